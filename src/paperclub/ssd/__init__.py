@@ -1,0 +1,1 @@
+"""The inference engine: AR, speculative decoding (SD) and speculative speculative decoding (SSD)."""
