@@ -1,0 +1,135 @@
+"""The Llama-family decoder, written for a runtime that owns the KV cache.
+
+One forward takes a (B, T) block of tokens, their rope positions and where each token's K/V goes in the
+cache; attention reads the first S cache entries of each row's slot under a (B, T, S) boolean mask. The same
+call therefore serves prefill (ragged prompts padded to T), decode (T = 1), verification (T = K + 1) and
+branch decoding (tokens of many branches appended after a shared prefix, with a tree mask and per-branch
+positions). The model never decides what is in the cache: the runtime (`paperclub.ssd.kv_cache`) does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paperclub.models.config import ModelConfig
+from paperclub.nn.rmsnorm import RMSNorm
+from paperclub.nn.rope import apply_rope, rope_table
+
+
+@dataclass
+class AttentionMeta:
+    """Where a forward's tokens live in the cache and what they may attend to."""
+
+    slots: torch.Tensor  # (B,) cache slot of each row
+    write_index: torch.Tensor  # (B, T) cache index each token's K/V is written to
+    kv_len: int  # S: attention reads cache entries [0, S) of each slot
+    mask: torch.Tensor | None  # (B, 1, T, S) bool, True = may attend; None = attend to all S
+    slot_range: tuple[int, int] | None = None  # rows are slots [a, b): read the cache as a view, no gather
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMeta):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+        q = q.view(B, T, cfg.num_heads, cfg.head_dim)
+        k = k.view(B, T, cfg.num_kv_heads, cfg.head_dim)
+        v = v.view(B, T, cfg.num_kv_heads, cfg.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, T, H, hd)
+
+        rows = meta.slots[:, None].expand(B, T)
+        k_cache[rows, :, meta.write_index] = k
+        v_cache[rows, :, meta.write_index] = v
+        if meta.slot_range is not None:
+            a, b = meta.slot_range
+            keys, values = k_cache[a:b, :, : meta.kv_len], v_cache[a:b, :, : meta.kv_len]
+        else:
+            keys = k_cache.index_select(0, meta.slots)[:, :, : meta.kv_len]
+            values = v_cache.index_select(0, meta.slots)[:, :, : meta.kv_len]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys, values, attn_mask=meta.mask, enable_gqa=cfg.num_heads != cfg.num_kv_heads
+        )  # (B, H, T, hd)
+        return self.o(out.transpose(1, 2).reshape(B, T, cfg.q_size))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).split(self.hidden, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, meta):
+        x = x + self.attn(self.attn_norm(x), cos, sin, k_cache, v_cache, meta)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig, max_positions: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.set_rope(max_positions)
+
+    def set_rope(self, max_positions: int | None = None) -> None:
+        """(Re)build the cos/sin table for positions [0, max_positions) on the weights' device."""
+        cfg = self.cfg
+        n = min(max_positions or cfg.max_position_embeddings, cfg.max_position_embeddings)
+        cos, sin = rope_table(cfg.head_dim, cfg.rope_theta, n, cfg.rope_scaling)
+        device = self.embed.weight.device
+        device = torch.device("cpu") if device.type == "meta" else device
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def forward(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
+        """tokens, positions: (B, T). Returns the final-normed hidden states (B, T, D)."""
+        x = self.embed(tokens)
+        cos = self.rope_cos[positions].to(x.dtype)[:, :, None]  # (B, T, 1, hd)
+        sin = self.rope_sin[positions].to(x.dtype)[:, :, None]
+        for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
+            x = layer(x, cos, sin, k_cache, v_cache, meta)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits for the given hidden states (..., D)."""
+        return self.lm_head(hidden).float()
