@@ -1,0 +1,180 @@
+"""The engine loop: schedule -> run the decoder -> post-process, with continuous batching.
+
+New requests join between steps (their prompts are prefilled together, ragged), finished ones leave and give
+their cache slot back. What one decode step does is the decoder's business (`ARDecoder` here; speculative
+decoding and SSD in their own modules): it returns, for every running sequence, the tokens it produced.
+Post-processing applies stop conditions token by token, so a decoder may emit several tokens at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from paperclub.errors import UserError
+from paperclub.ssd.runner import ModelRunner
+from paperclub.ssd.sampling import SamplingParams, next_tokens
+from paperclub.ssd.sequence import Sequence, Status
+
+log = logging.getLogger(__name__)
+
+
+class Decoder(Protocol):
+    """A decoding algorithm. `prefill` returns each new sequence's first token, `step` each running
+    sequence's new tokens (one or more); `release` forgets a finished sequence."""
+
+    runner: ModelRunner
+    lookahead: int  # cache positions a step may write past a sequence's length
+
+    def prefill(self, seqs: list[Sequence]) -> list[list[int]]: ...
+
+    def step(self, seqs: list[Sequence]) -> list[list[int]]: ...
+
+    def release(self, seq: Sequence) -> None: ...
+
+
+class ARDecoder:
+    """Autoregressive decoding: one target forward per token."""
+
+    lookahead = 1
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+
+    def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
+        for s in seqs:
+            s.slot = self.runner.cache.allocate()
+        logits = self.runner.append([s.slot for s in seqs], [0] * len(seqs), [s.prompt_ids for s in seqs], True)
+        for s in seqs:
+            s.num_cached = len(s.prompt_ids)
+        return self._sample(logits, seqs)
+
+    def step(self, seqs: list[Sequence]) -> list[list[int]]:
+        logits = self.runner.append(
+            [s.slot for s in seqs], [s.num_cached for s in seqs], [[s.output_ids[-1]] for s in seqs], True
+        )
+        for s in seqs:
+            s.num_cached += 1
+        return self._sample(logits, seqs)
+
+    def release(self, seq: Sequence) -> None:
+        self.runner.cache.release(seq.slot)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[list[int]]:
+        tokens = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        return [[t] for t in tokens.tolist()]
+
+
+@dataclass
+class EngineConfig:
+    max_num_seqs: int = 16
+    prefill_token_budget: int = 4096  # prompt tokens prefilled together in one step
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise UserError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+
+
+class Engine:
+    def __init__(self, decoder: Decoder, tokenizer=None, eos_token_ids=(), config: EngineConfig | None = None):
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.eos_token_ids = set(eos_token_ids)
+        self.config = config or EngineConfig()
+        self.max_len = decoder.runner.max_positions
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        if not prompt_ids:
+            raise UserError("the prompt is empty: give at least one token of text")
+        vocab = self.decoder.runner.cfg.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise UserError(f"prompt token ids must be in [0, {vocab}): the prompt does not fit this model")
+        room = self.max_len - self.decoder.lookahead - 1
+        if len(prompt_ids) > room:
+            raise UserError(
+                f"the prompt has {len(prompt_ids)} tokens but the context window allows {room}: shorten the prompt"
+            )
+        seq = Sequence(list(prompt_ids), params)
+        if self.tokenizer is not None:
+            seq.decoder = self.tokenizer.stream_decoder()
+        self.waiting.append(seq)
+        return seq
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def step(self) -> list[Sequence]:
+        """One engine step. Returns the sequences that received tokens (finished ones included)."""
+        batch = self._schedule_prefill()
+        if batch:
+            self._reserve(self.running + batch)
+            new_tokens = self.decoder.prefill(batch)
+            now = time.perf_counter()
+            for s in batch:
+                s.status, s.t_first_token = Status.RUNNING, now
+            self.running += batch
+        else:
+            batch = list(self.running)
+            new_tokens = self.decoder.step(batch)
+        for seq, tokens in zip(batch, new_tokens, strict=True):
+            self._append(seq, tokens)
+        for seq in batch:
+            if seq.finished:
+                self.running.remove(seq)
+                self.decoder.release(seq)
+        return batch
+
+    def _schedule_prefill(self) -> list[Sequence]:
+        batch: list[Sequence] = []
+        budget = self.config.prefill_token_budget
+        while self.waiting and len(self.running) + len(batch) < self.config.max_num_seqs:
+            n = len(self.waiting[0].prompt_ids)
+            if batch and n > budget:
+                break
+            budget -= n
+            batch.append(self.waiting.popleft())
+        return batch
+
+    def _reserve(self, seqs: list[Sequence]) -> None:
+        need = max(s.length + s.params.max_tokens - len(s.output_ids) for s in seqs) + self.decoder.lookahead + 1
+        self.decoder.runner.reserve(len(seqs), min(need, self.max_len))
+
+    def _append(self, seq: Sequence, tokens: list[int]) -> None:
+        params = seq.params
+        for token in tokens:
+            seq.output_ids.append(token)
+            if seq.decoder is not None:
+                delta = seq.decoder.feed(token)
+                seq.text += delta
+                if params.stop and self._hit_stop_string(seq, len(delta)):
+                    self._finish(seq, "stop", flush=False)  # the text is already cut at the stop string
+                    return
+            if (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
+                self._finish(seq, "stop")
+                return
+            if len(seq.output_ids) >= params.max_tokens or seq.length + self.decoder.lookahead >= self.max_len:
+                self._finish(seq, "length")
+                return
+
+    @staticmethod
+    def _hit_stop_string(seq: Sequence, delta_len: int) -> bool:
+        longest = max(len(s) for s in seq.params.stop)
+        start = max(0, len(seq.text) - delta_len - longest + 1)
+        hits = [i for s in seq.params.stop if (i := seq.text.find(s, start)) >= 0]
+        if hits:
+            seq.text = seq.text[: min(hits)]
+            return True
+        return False
+
+    def _finish(self, seq: Sequence, reason: str, flush: bool = True) -> None:
+        seq.status, seq.finish_reason, seq.t_finish = Status.FINISHED, reason, time.perf_counter()
+        if flush and seq.decoder is not None:
+            seq.text += seq.decoder.flush()

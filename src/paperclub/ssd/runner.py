@@ -1,0 +1,42 @@
+"""The model runner: a model, its KV cache, and the one operation every decoding mode is built from —
+append tokens to some sequences' caches and return the logits the caller needs."""
+
+from __future__ import annotations
+
+import torch
+
+from paperclub.models.llama import AttentionMeta, Llama
+from paperclub.ssd.kv_cache import KVCache, causal_meta
+
+
+class ModelRunner:
+    def __init__(self, model: Llama, max_positions: int):
+        self.model = model
+        self.cfg = model.cfg
+        self.device = model.device
+        self.max_positions = max_positions
+        self.cache = KVCache(self.cfg, self.device, model.dtype, max_positions)
+
+    def reserve(self, num_slots: int, capacity: int) -> None:
+        self.cache.ensure(num_slots, min(capacity, self.max_positions))
+
+    @torch.inference_mode()
+    def append(self, slots: list[int], starts: list[int], chunks: list[list[int]], last_only: bool) -> torch.Tensor:
+        """Write `chunks[b]` after `starts[b]` cached tokens of slot `slots[b]`.
+
+        Returns float32 logits: (B, V) for each row's last token if `last_only`, else (B, T, V) with rows
+        padded to the longest chunk (positions past a row's chunk are garbage)."""
+        lengths = [len(c) for c in chunks]
+        T = max(lengths)
+        meta, positions = causal_meta(slots, starts, lengths, self.device, self.cfg.sliding_window)
+        tokens = torch.tensor([c + [0] * (T - len(c)) for c in chunks], device=self.device)
+        hidden = self.model(tokens, positions, self.cache.k, self.cache.v, meta)
+        if last_only:
+            last = torch.tensor(lengths, device=self.device) - 1
+            hidden = hidden[torch.arange(len(chunks), device=self.device), last]
+        return self.model.logits(hidden)
+
+    @torch.inference_mode()
+    def forward_meta(self, tokens: torch.Tensor, positions: torch.Tensor, meta: AttentionMeta) -> torch.Tensor:
+        """Raw forward with caller-built metadata (branch decoding). Returns (B, T, V) float32 logits."""
+        return self.model.logits(self.model(tokens, positions, self.cache.k, self.cache.v, meta))

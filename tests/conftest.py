@@ -1,0 +1,41 @@
+"""Shared test fixtures: tiny randomly initialised models paired with their transformers twin."""
+
+from __future__ import annotations
+
+import torch
+
+from paperclub.models.config import ModelConfig
+from paperclub.models.llama import Llama
+from paperclub.models.loader import load_hf_weights
+
+BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6)
+ARCH_CONFIGS = {
+    "llama2": ("LlamaConfig", dict(tie_word_embeddings=False)),
+    "llama3-rope-scaling": ("LlamaConfig", dict(rope_theta=500000.0, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=16))),
+    "llama-attention-bias": ("LlamaConfig", dict(attention_bias=True)),
+    "smollm2-tied": ("LlamaConfig", dict(tie_word_embeddings=True, rope_theta=100000.0, num_attention_heads=8,
+                                         num_key_value_heads=2)),
+    "mistral-sliding": ("MistralConfig", dict(sliding_window=6, head_dim=16)),
+    "qwen2-qkv-bias": ("Qwen2Config", dict(tie_word_embeddings=True)),
+    "qwen3-qk-norm": ("Qwen3Config", dict(head_dim=32, tie_word_embeddings=False)),
+}
+
+
+def make_pair(arch: str):
+    cls_name, extra = ARCH_CONFIGS[arch]
+    import transformers
+
+    hf_cfg = getattr(transformers, cls_name)(**{**BASE, **extra})
+    hf_cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():  # norms and biases too, so every weight is really tested
+            p.add_(torch.randn_like(p) * 0.05)
+    cfg = ModelConfig.from_hf(hf_cfg.to_dict())
+    ours = Llama(cfg).eval()
+    load_hf_weights(ours, hf.state_dict().items())
+    return hf, ours, cfg
