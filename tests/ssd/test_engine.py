@@ -95,7 +95,7 @@ def test_prompt_longer_than_context_is_refused(pair):
     _, model, _ = pair
     engine = make_engine(model)
     with pytest.raises(UserError, match="context window"):
-        engine.add_request(list(range(300)), SamplingParams())
+        engine.add_request([i % 97 for i in range(300)], SamplingParams())
     with pytest.raises(UserError, match=r"token ids must be in \[0, 97\)"):
         engine.add_request([5, 97], SamplingParams())
     with pytest.raises(UserError, match="empty"):
