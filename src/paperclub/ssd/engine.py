@@ -104,9 +104,18 @@ class Engine:
             )
         seq = Sequence(list(prompt_ids), params)
         if self.tokenizer is not None:
-            seq.decoder = self.tokenizer.stream_decoder()
+            seq.decoder = self.tokenizer.stream_decoder(skip_special_tokens=True)
         self.waiting.append(seq)
         return seq
+
+    def abort(self, seq: Sequence) -> None:
+        """Drop a request wherever it is; its cache slot is given back."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        elif seq in self.running:
+            self.running.remove(seq)
+            self.decoder.release(seq)
+        seq.status, seq.finish_reason = Status.FINISHED, seq.finish_reason or "abort"
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -152,7 +161,7 @@ class Engine:
         for token in tokens:
             seq.output_ids.append(token)
             if seq.decoder is not None:
-                delta = seq.decoder.feed(token)
+                delta = seq.decoder.push(token)
                 seq.text += delta
                 if params.stop and self._hit_stop_string(seq, len(delta)):
                     self._finish(seq, "stop", flush=False)  # the text is already cut at the stop string

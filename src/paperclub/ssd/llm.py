@@ -1,0 +1,182 @@
+"""The public API: `LLM(...)`, `SamplingParams(...)`, `llm.generate(...)`, `llm.stream(...)`.
+
+    from paperclub.ssd import LLM, SamplingParams
+    llm = LLM()                                   # the embedded default model
+    out = llm.generate(["The capital of France is"], SamplingParams(max_tokens=32))
+    print(out[0].text, out[0].metrics["tokens_per_s"])
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from paperclub.errors import UserError
+from paperclub.models.loader import load_model
+from paperclub.models.store import resolve_model
+from paperclub.models.tokenizer import Tokenizer
+from paperclub.ssd.engine import ARDecoder, Engine, EngineConfig
+from paperclub.ssd.runner import ModelRunner
+from paperclub.ssd.sampling import SamplingParams
+from paperclub.ssd.sequence import Sequence as Seq
+
+log = logging.getLogger(__name__)
+
+Chat = list[dict[str, str]]
+Prompt = str | Chat | list[int]
+DEFAULT_MAX_MODEL_LEN = 8192
+
+
+@dataclass
+class RequestOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    finish_reason: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+    return dev
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16  # CPUs with AVX512-BF16/AMX and every recent GPU run bf16 natively
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use auto, bfloat16 or float32")
+    return DTYPES[dtype]
+
+
+class LLM:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_num_seqs: int = 16,
+        max_model_len: int | None = None,
+    ):
+        self.model_dir = resolve_model(model)
+        self.tokenizer = Tokenizer.from_dir(self.model_dir)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        t0 = time.perf_counter()
+        self.model = load_model(self.model_dir, self.device, self.dtype, max_positions=None)
+        cfg = self.model.cfg
+        self.max_model_len = min(max_model_len or DEFAULT_MAX_MODEL_LEN, cfg.max_position_embeddings)
+        self.model.set_rope(self.max_model_len)
+        log.info("loaded %s in %.1fs", self.model_dir, time.perf_counter() - t0)
+        if self.tokenizer.vocab_size > cfg.vocab_size:
+            raise UserError(
+                f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
+                "the tokenizer does not belong to this model"
+            )
+        eos = set(cfg.eos_token_ids) | self.tokenizer.eos_token_ids
+        self.engine = Engine(
+            ARDecoder(ModelRunner(self.model, self.max_model_len)),
+            tokenizer=self.tokenizer,
+            eos_token_ids=eos,
+            config=EngineConfig(max_num_seqs=max_num_seqs),
+        )
+
+    # -- prompts -------------------------------------------------------------------------------------
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids for a raw text prompt, a chat ([{"role", "content"}], rendered with the model's chat
+        template and the generation prompt) or a list of token ids (used as is)."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
+            return list(prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+            for m in prompt:
+                if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise UserError('each chat message needs string "role" and "content" fields')
+            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        raise UserError("a prompt must be a string, a list of chat messages, or a list of token ids")
+
+    @staticmethod
+    def _as_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+        if isinstance(prompts, str):
+            return [prompts]
+        if isinstance(prompts, list) and prompts and isinstance(prompts[0], dict | int):
+            return [prompts]  # one chat, or one list of token ids
+        return list(prompts)
+
+    # -- generation ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (batched, continuous batching); outputs in input order.
+        `self.last_stats` holds the aggregate: generated tokens, wall time, tokens/s (prefill included)."""
+        items = self._as_list(prompts)
+        plist = self._params_list(params, len(items))
+        ids = [self.encode(p) for p in items]
+        t0 = time.perf_counter()
+        seqs = [self.engine.add_request(i, p) for i, p in zip(ids, plist, strict=True)]
+        total = sum(p.max_tokens for p in plist)
+        with tqdm(total=total, disable=not use_tqdm, unit="tok", desc="generate") as bar:
+            while self.engine.has_unfinished():
+                before = sum(len(s.output_ids) for s in seqs)
+                self.engine.step()
+                bar.update(sum(len(s.output_ids) for s in seqs) - before)
+        wall = time.perf_counter() - t0
+        n = sum(len(s.output_ids) for s in seqs)
+        self.last_stats = {"generated_tokens": n, "wall_s": wall, "tokens_per_s": n / wall if wall else 0.0}
+        return [self._output(i, s) for i, s in enumerate(seqs)]
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield the text of one generation piece by piece as it is produced."""
+        seq = self.engine.add_request(self.encode(prompt), params or SamplingParams())
+        emitted = 0
+        try:
+            while not seq.finished:
+                self.engine.step()
+                if len(seq.text) > emitted:
+                    yield seq.text[emitted:]
+                    emitted = len(seq.text)
+        finally:
+            if not seq.finished:  # the caller stopped early: drop the request
+                self.engine.abort(seq)
+        self.last_output = self._output(0, seq)
+
+    @staticmethod
+    def _params_list(params: Any, n: int) -> list[SamplingParams]:
+        if params is None:
+            return [SamplingParams() for _ in range(n)]
+        if isinstance(params, SamplingParams):
+            return [params] * n
+        params = list(params)
+        if len(params) != n:
+            raise UserError(f"got {len(params)} SamplingParams for {n} prompts: give one, or one per prompt")
+        return params
+
+    @staticmethod
+    def _output(index: int, s: Seq) -> RequestOutput:
+        return RequestOutput(index, s.text, list(s.output_ids), list(s.prompt_ids), s.finish_reason, s.metrics())
