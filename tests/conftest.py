@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from paperclub.models.config import ModelConfig
@@ -39,3 +40,15 @@ def make_pair(arch: str):
     ours = Llama(cfg).eval()
     load_hf_weights(ours, hf.state_dict().items())
     return hf, ours, cfg
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    """The embedded default model in the user cache (fetched and converted on first use)."""
+    from paperclub.errors import UserError
+    from paperclub.models.default_model import ensure_default_model
+
+    try:
+        return ensure_default_model()
+    except UserError as e:
+        pytest.skip(f"default model unavailable: {e}")

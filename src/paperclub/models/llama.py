@@ -107,11 +107,13 @@ class Llama(nn.Module):
         """(Re)build the cos/sin table for positions [0, max_positions) on the weights' device."""
         cfg = self.cfg
         n = min(max_positions or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        cos, sin = rope_table(cfg.head_dim, cfg.rope_theta, n, cfg.rope_scaling)
         device = self.embed.weight.device
-        device = torch.device("cpu") if device.type == "meta" else device
-        self.register_buffer("rope_cos", cos.to(device), persistent=False)
-        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+        with torch.device("cpu"):  # computed on the CPU in float32 whatever the model's device
+            cos, sin = rope_table(cfg.head_dim, cfg.rope_theta, n, cfg.rope_scaling)
+        if device.type != "meta":
+            cos, sin = cos.to(device), sin.to(device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     @property
     def device(self) -> torch.device:
