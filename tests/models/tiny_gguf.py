@@ -46,6 +46,8 @@ class TinySpec:
     rope_theta: float = 50000.0
     eps: float = 1e-5
     tied: bool = False
+    add_bos: bool = False
+    pre: str = "smollm"
 
 
 def tokens() -> list[str]:
@@ -132,7 +134,7 @@ def write_tiny_gguf(path: Path, spec: TinySpec, sd: dict[str, np.ndarray]) -> Pa
     w.add_vocab_size(len(vocab))
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
+    w.add_tokenizer_pre(spec.pre)
     w.add_token_list(vocab)
     w.add_token_types([3] * len(SPECIALS) + [1] * (len(vocab) - len(SPECIALS)))
     w.add_token_merges([f"{a} {b}" for a, b in MERGES])
@@ -140,7 +142,7 @@ def write_tiny_gguf(path: Path, spec: TinySpec, sd: dict[str, np.ndarray]) -> Pa
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
     w.add_pad_token_id(2)
-    w.add_add_bos_token(False)
+    w.add_add_bos_token(spec.add_bos)
     w.add_chat_template(TEMPLATE)
     for name, t in sd.items():
         if name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):

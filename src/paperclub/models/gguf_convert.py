@@ -281,12 +281,26 @@ def convert_gguf(
             _write_json(tmp / "tokenizer_config.json", tok_files.config)
             tok_files.tokenizer.save(str(tmp / "tokenizer.json"))
             _write_json(tmp / "paperclub.json", provenance)
+            (tmp / "README.md").write_text(_readme(gguf_path, config, provenance["file_types"]))
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
     log.info("converted %s in %.1f s (%.0f MB)", gguf_path.name, seconds, size / 1e6)
     return ConversionResult(out_dir, config, seconds, size)
+
+
+def _readme(gguf_path: Path, config: ModelConfig, file_types: list[str]) -> str:
+    shape = f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}"
+    return (
+        f"# {gguf_path.stem}\n\n"
+        f"Converted by paperclub from `{gguf_path.name}` ({', '.join(file_types)} tensors).\n\n"
+        "The weights are stored as float32. F16, Q8_0 and Q4_1 blocks decode as\n"
+        "`fp16 scale * small integer (+ fp16 offset)`, which float32 holds exactly (checked element by\n"
+        "element against float64 for SmolLM2-135M-Instruct.Q4_1): these are the quantized model's\n"
+        "weights with no further rounding, not a recovery of the original precision.\n\n"
+        f"Architecture {config.model_type}, {shape}, {config.num_parameters:,} parameters.\n"
+    )
 
 
 def _write_json(path: Path, obj: Any) -> None:
