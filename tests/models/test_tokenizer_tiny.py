@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from tiny_gguf import TinySpec, hf_state_dict, write_tiny_gguf
 
 from paperclub.errors import UserError
 from paperclub.models.gguf_convert import convert_gguf
 from paperclub.models.tokenizer import Tokenizer
+from tests.models.tiny_gguf import TinySpec, hf_state_dict, write_tiny_gguf
 
 
 def _convert(tmp_path, **kw) -> Tokenizer:

@@ -31,7 +31,7 @@ import numpy as np
 from paperclub.atomic import atomic_path
 from paperclub.errors import UserError
 from paperclub.models.gguf_tokenizer import build_tokenizer
-from paperclub.models.model_config import ModelConfig
+from paperclub.models.hf_config import HFConfig
 from paperclub.models.safetensors_stream import TensorSpec, write_streaming
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def unpermute_from_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
 @dataclass
 class ConversionResult:
     out_dir: Path
-    config: ModelConfig
+    config: HFConfig
     seconds: float
     bytes_written: int
 
@@ -120,7 +120,7 @@ def open_gguf(path: str | os.PathLike) -> Any:
         ) from None
 
 
-def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> ModelConfig:
+def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> HFConfig:
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UserError(
@@ -153,7 +153,7 @@ def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> ModelC
         )
     eos = meta.get("tokenizer.ggml.eos_token_id")
     has_bias = any(n.endswith("attn_q.bias") for n in tensor_names)
-    return ModelConfig(
+    return HFConfig(
         model_type=arch,
         vocab_size=n_vocab,
         hidden_size=hidden,
@@ -290,7 +290,7 @@ def convert_gguf(
     return ConversionResult(out_dir, config, seconds, size)
 
 
-def _readme(gguf_path: Path, config: ModelConfig, file_types: list[str]) -> str:
+def _readme(gguf_path: Path, config: HFConfig, file_types: list[str]) -> str:
     shape = f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}"
     return (
         f"# {gguf_path.stem}\n\n"

@@ -6,7 +6,6 @@ of the model in that dtype.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import Llama
+from paperclub.models.store import weight_files
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +45,8 @@ _TOP_MAP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "n
 _PARTS = {"attn.qkv.weight": 3, "attn.qkv.bias": 3, "mlp.gate_up.weight": 2}
 
 
-def safetensors_files(model_dir: str | Path) -> list[Path]:
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise UserError(f"{index} is corrupt ({e!r}): re-download the model") from e
-        files = [model_dir / f for f in sorted(set(weight_map.values()))]
-    else:
-        files = sorted(model_dir.glob("*.safetensors"))
-    missing = [f for f in files if not f.is_file()]
-    if not files or missing:
-        what = ", ".join(f.name for f in missing) if missing else "no *.safetensors file"
-        raise UserError(f"{model_dir}: {what} found: the weights are missing; re-download or re-convert the model")
-    return files
-
-
 def hf_tensors(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    for path in safetensors_files(model_dir):
+    for path in weight_files(Path(model_dir)):
         try:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
@@ -126,7 +108,7 @@ def load_model(
     max_positions: int | None = None,
 ) -> Llama:
     cfg = ModelConfig.from_dir(model_dir)
-    files = safetensors_files(model_dir)
+    files = weight_files(Path(model_dir))
     log.info("loading %s (%d file(s)) as %s on %s", model_dir, len(files), dtype, device)
     with torch.device("meta"):
         model = Llama(cfg, max_positions=1)

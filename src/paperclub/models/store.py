@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paperclub.errors import UserError
-from paperclub.models.model_config import ModelConfig, load_config
+from paperclub.models.hf_config import HFConfig, load_config
 from paperclub.models.safetensors_stream import read_header
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def weight_files(model_dir: Path) -> list[Path]:
     )
 
 
-def validate_model_dir(model_dir: str | os.PathLike, *, check_weights: bool = True) -> ModelConfig:
+def validate_model_dir(model_dir: str | os.PathLike, *, check_weights: bool = True) -> HFConfig:
     """Check that `model_dir` is a usable Hugging Face model directory; return its config.
 
     Raises `UserError` saying what is missing or broken."""

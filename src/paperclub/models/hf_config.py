@@ -1,4 +1,6 @@
-"""The Llama-family model configuration, as written to and read from a Hugging Face `config.json`."""
+"""The `config.json` a converted model is written with: the Hugging Face fields, for the file format.
+
+The runtime reads configs through `paperclub.models.config.ModelConfig`; this class is the writer's side."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
 @dataclass
-class ModelConfig:
+class HFConfig:
     """The fields of a Llama/Qwen2 `config.json` that decide the computation."""
 
     model_type: str
@@ -60,7 +62,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_hf_dict(cls, d: dict[str, Any]) -> HFConfig:
         try:
             heads = int(d["num_attention_heads"])
             hidden = int(d["hidden_size"])
@@ -92,7 +94,7 @@ class ModelConfig:
         return embed * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * layer + h
 
 
-def load_config(model_dir: str | Path) -> ModelConfig:
+def load_config(model_dir: str | Path) -> HFConfig:
     """Read `<model_dir>/config.json`; `UserError` if it is missing or not JSON."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
@@ -105,4 +107,4 @@ def load_config(model_dir: str | Path) -> ModelConfig:
         raise UserError(f"{path} is not valid JSON ({e}); re-download or re-convert the model") from None
     if not isinstance(d, dict):
         raise UserError(f"{path} is not a JSON object; re-download or re-convert the model")
-    return ModelConfig.from_hf_dict(d)
+    return HFConfig.from_hf_dict(d)
