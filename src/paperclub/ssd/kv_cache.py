@@ -51,7 +51,7 @@ class KVCache:
 
     def allocate(self) -> int:
         if not self._free:
-            self.ensure(self.num_slots + 1, self.capacity)
+            self.ensure(max(2 * self.num_slots, 1), self.capacity)
         return self._free.pop(0)
 
     def release(self, slot: int) -> None:
