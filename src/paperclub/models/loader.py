@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import Llama
+from paperclub.models.safetensors_stream import read_tensors
 from paperclub.models.store import weight_files
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,9 @@ _PARTS = {"attn.qkv.weight": 3, "attn.qkv.bias": 3, "mlp.gate_up.weight": 2}
 def hf_tensors(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     for path in weight_files(Path(model_dir)):
         try:
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
-        except (SafetensorError, OSError) as e:
-            raise UserError(f"cannot read {path} ({e}): the file is corrupt; re-download or re-convert") from e
+            yield from read_tensors(path)
+        except OSError as e:
+            raise UserError(f"cannot read {path} ({e}): re-download or re-convert the model") from e
 
 
 def load_hf_weights(model: Llama, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -117,3 +117,29 @@ def read_header(path: str | os.PathLike) -> dict[str, dict]:
         if not 0 <= begin <= end <= data_size or end - begin != expected:
             raise UserError(f"{hint} (tensor {name!r} lies outside the file: truncated?); {fix}")
     return header
+
+
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I32": "int32",
+                 "I64": "int64", "U8": "uint8", "I8": "int8", "BOOL": "bool"}
+
+
+def read_tensors(path: str | os.PathLike):
+    """Yield (name, torch tensor) for every tensor in file order, reading each with plain file reads.
+
+    Unlike a memory map, nothing stays resident after a tensor is consumed: loading an fp32 checkpoint
+    into a bf16 model peaks at the bf16 model plus one fp32 tensor, not plus the whole file."""
+    import torch
+
+    header = read_header(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        base = 8 + n
+        for name, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            begin, end = entry["data_offsets"]
+            dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
+            out = torch.empty(entry["shape"], dtype=dtype)
+            f.seek(base + begin)
+            view = out.view(-1).view(torch.uint8) if out.numel() else None
+            if view is not None and f.readinto(memoryview(view.numpy())) != end - begin:
+                raise UserError(f"{path} is truncated at tensor {name!r}; re-download or re-convert the model")
+            yield name, out
