@@ -21,6 +21,10 @@ DEMO_PROMPTS = [
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model directory, .gguf file or cached name (default: embedded)")
+    p.add_argument("--mode", default="auto", choices=["auto", "ar", "sd"],
+                   help="decoding algorithm (auto: sd when a draft is available, else ar)")
+    p.add_argument("--draft", default=None, help="draft model for sd (default: the shipped draft of the default model)")
+    p.add_argument("--k", type=int, default=5, help="draft tokens per round (sd)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="weights/activations")
 
@@ -44,7 +48,8 @@ def sampling_params(args: argparse.Namespace):
 def make_llm(args: argparse.Namespace, **kwargs: Any):
     from paperclub.ssd.llm import LLM
 
-    return LLM(model=args.model, device=args.device, dtype=args.dtype, **kwargs)
+    return LLM(model=args.model, draft=args.draft, mode=args.mode, k=args.k, device=args.device, dtype=args.dtype,
+               **kwargs)
 
 
 def read_prompts_jsonl(path: str) -> list[Any]:
@@ -95,6 +100,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {
             "target": str(llm.model_dir),
+            "draft": str(llm.draft_dir) if llm.draft_dir else None,
+            "mode": llm.mode,
             "outputs": [{"token_ids": o.token_ids, "text": o.text} for o in outputs],
             "tokens_per_s": stats["tokens_per_s"],
         })
@@ -155,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    g = sub.add_parser("generate", help="generate text with AR decoding",
+    g = sub.add_parser("generate", help="generate text (AR or speculative decoding)",
                        description="Generate completions for prompts given on the command line or in a JSONL file.")
     g.add_argument("prompt", nargs="*", help="raw text prompt(s)")
     g.add_argument("--prompts", help='JSONL file: {"prompt": ...} or {"messages": [...]} per line')

@@ -26,12 +26,14 @@ from paperclub.ssd.engine import ARDecoder, Engine, EngineConfig
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.sampling import SamplingParams
 from paperclub.ssd.sequence import Sequence as Seq
+from paperclub.ssd.speculative import SpeculativeDecoder, load_draft_model
 
 log = logging.getLogger(__name__)
 
 Chat = list[dict[str, str]]
 Prompt = str | Chat | list[int]
 DEFAULT_MAX_MODEL_LEN = 8192
+DEFAULT_DRAFT_DIR = Path(__file__).parent / "drafts" / "smollm2-135m-draft"
 
 
 @dataclass
@@ -70,15 +72,40 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
+MODES = ("auto", "ar", "sd")
+
+
+def speculation_stats(seqs: list[Seq]) -> dict[str, float]:
+    """Aggregate acceptance rate and tokens per target forward over finished speculative requests."""
+    rounds = sum(s.stats.get("rounds", 0) for s in seqs)
+    if not rounds:
+        return {}
+    accepted = sum(s.stats["accepted"] for s in seqs)
+    return {"acceptance_rate": accepted / sum(s.stats["drafted"] for s in seqs),
+            "tokens_per_round": (accepted + rounds) / rounds}
+
+
 class LLM:
+    """An engine over one target model and, for speculative modes, one draft model.
+
+    mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), or "auto" (SD when a
+    draft is given or a default draft exists for the target, else AR)."""
+
     def __init__(
         self,
         model: str | Path | None = None,
+        draft: str | Path | None = None,
         device: str = "auto",
         dtype: str | torch.dtype = "auto",
+        mode: str = "auto",
+        k: int = 5,
         max_num_seqs: int = 16,
         max_model_len: int | None = None,
     ):
+        if mode not in MODES:
+            raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if k < 1:
+            raise UserError(f"k (draft tokens per round) must be >= 1, got {k}")
         self.model_dir = resolve_model(model)
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         self.device = resolve_device(device)
@@ -95,12 +122,34 @@ class LLM:
                 "the tokenizer does not belong to this model"
             )
         eos = set(cfg.eos_token_ids) | self.tokenizer.eos_token_ids
+        self.draft_dir = self._pick_draft(draft, mode, model is None)
+        self.mode = "sd" if self.draft_dir is not None else "ar"
+        self.k = k
+        target = ModelRunner(self.model, self.max_model_len)
+        if self.mode == "ar":
+            decoder = ARDecoder(target)
+        else:
+            self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype)
+            self.draft_model.set_rope(self.max_model_len)
+            decoder = SpeculativeDecoder(target, ModelRunner(self.draft_model, self.max_model_len), k=k)
         self.engine = Engine(
-            ARDecoder(ModelRunner(self.model, self.max_model_len)),
+            decoder,
             tokenizer=self.tokenizer,
             eos_token_ids=eos,
             config=EngineConfig(max_num_seqs=max_num_seqs),
         )
+
+    @staticmethod
+    def _pick_draft(draft: str | Path | None, mode: str, default_target: bool) -> Path | None:
+        if mode == "ar":
+            return None
+        if draft is not None:
+            return resolve_model(draft)
+        if default_target and DEFAULT_DRAFT_DIR.is_dir():
+            return DEFAULT_DRAFT_DIR
+        if mode == "sd":
+            raise UserError("mode sd needs a draft model: pass --draft DIR (a small model with the target's tokenizer)")
+        return None
 
     # -- prompts -------------------------------------------------------------------------------------
     def encode(self, prompt: Prompt) -> list[int]:
@@ -148,7 +197,8 @@ class LLM:
                 bar.update(sum(len(s.output_ids) for s in seqs) - before)
         wall = time.perf_counter() - t0
         n = sum(len(s.output_ids) for s in seqs)
-        self.last_stats = {"generated_tokens": n, "wall_s": wall, "tokens_per_s": n / wall if wall else 0.0}
+        self.last_stats = {"generated_tokens": n, "wall_s": wall, "tokens_per_s": n / wall if wall else 0.0,
+                           "mode": self.mode, **speculation_stats(seqs)}
         return [self._output(i, s) for i, s in enumerate(seqs)]
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:

@@ -66,4 +66,7 @@ class Sequence:
             "tokens_per_s": n / elapsed if elapsed > 0 else 0.0,
         }
         out.update(self.stats)
+        if self.stats.get("rounds"):
+            out["acceptance_rate"] = self.stats["accepted"] / self.stats["drafted"]
+            out["tokens_per_round"] = (self.stats["accepted"] + self.stats["rounds"]) / self.stats["rounds"]
         return out
