@@ -74,11 +74,12 @@ def hf_batch1(hf, ids: list[int], n: int) -> float:
 
 
 def peak_rss_mb(model_dir: Path, dtype: str, n: int) -> float:
+    # VmHWM, not ru_maxrss: the latter survives fork+exec and would report this (parent) process's peak
     code = (
-        "import resource\nfrom paperclub.ssd import LLM, SamplingParams\n"
+        "from paperclub.ssd import LLM, SamplingParams\n"
         f"llm = LLM(model={str(model_dir)!r}, dtype={dtype!r})\n"
         f"llm.generate(['Tell me about the moon.'], SamplingParams(max_tokens={n}, ignore_eos=True))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "print(next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')) / 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

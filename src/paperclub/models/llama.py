@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from paperclub.models.config import ModelConfig
+from paperclub.nn.cpu_kernels import cpu_kernel, usable
+from paperclub.nn.linear import linear
 from paperclub.nn.rmsnorm import RMSNorm
 from paperclub.nn.rope import apply_rope, rope_table
 
@@ -43,7 +45,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMeta):
         cfg = self.cfg
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+        q, k, v = linear(x, self.qkv.weight, self.qkv.bias).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
         q = q.view(B, T, cfg.num_heads, cfg.head_dim)
         k = k.view(B, T, cfg.num_kv_heads, cfg.head_dim)
         v = v.view(B, T, cfg.num_kv_heads, cfg.head_dim)
@@ -54,6 +56,11 @@ class Attention(nn.Module):
         rows = meta.slots[:, None].expand(B, T)
         k_cache[rows, :, meta.write_index] = k
         v_cache[rows, :, meta.write_index] = v
+        if q.shape[-1] % 16 == 0 and usable(q, k_cache):  # batch-invariant CPU kernel, reads the slots in place
+            mask = None if meta.mask is None else meta.mask.view(B, T, meta.kv_len)
+            out = cpu_kernel().attention(q.contiguous(), k_cache, v_cache, meta.slots, meta.kv_len, mask,
+                                         cfg.head_dim**-0.5)
+            return linear(out.view(B, T, cfg.q_size), self.o.weight, self.o.bias)
         if meta.slot_range is not None:
             a, b = meta.slot_range
             keys, values = k_cache[a:b, :, : meta.kv_len], v_cache[a:b, :, : meta.kv_len]
@@ -63,7 +70,7 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), keys, values, attn_mask=meta.mask, enable_gqa=cfg.num_heads != cfg.num_kv_heads
         )  # (B, H, T, hd)
-        return self.o(out.transpose(1, 2).reshape(B, T, cfg.q_size))
+        return linear(out.transpose(1, 2).reshape(B, T, cfg.q_size), self.o.weight, self.o.bias)
 
 
 class SwiGLU(nn.Module):
@@ -74,8 +81,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).split(self.hidden, dim=-1)
-        return self.down(F.silu(gate) * up)
+        gate, up = linear(x, self.gate_up.weight).split(self.hidden, dim=-1)
+        return linear(F.silu(gate) * up, self.down.weight)
 
 
 class Block(nn.Module):
@@ -134,4 +141,4 @@ class Llama(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits for the given hidden states (..., D)."""
-        return self.lm_head(hidden).float()
+        return linear(hidden, self.lm_head.weight).float()
