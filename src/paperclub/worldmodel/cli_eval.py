@@ -1,0 +1,5 @@
+"""`paperclub lewm plan` and `paperclub lewm surprise`."""
+
+
+def register(sub) -> None:
+    pass
