@@ -36,8 +36,13 @@ class AdaLNZeroBlock(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
         x = x + gate1 * self.attention(modulate(self.norm1(x), shift1, scale1), attn_mask, is_causal)
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))

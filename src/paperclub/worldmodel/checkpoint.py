@@ -37,8 +37,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[LeWM, dict]:
     """Model in eval mode and the checkpoint's metadata."""
     path = Path(path)
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
-        raise UserError(f"{path} is not a LeWM checkpoint (needs {CONFIG} and {WEIGHTS}): "
-                        "train one with `paperclub lewm train --out DIR` or omit --ckpt to use the shipped one")
+        raise UserError(
+            f"{path} is not a LeWM checkpoint (needs {CONFIG} and {WEIGHTS}): "
+            "train one with `paperclub lewm train --out DIR` or omit --ckpt to use the shipped one"
+        )
     meta = json.loads((path / CONFIG).read_text())
     model = LeWM(LeWMConfig(**meta["model"]))
     model.load_state_dict(load_file(str(path / WEIGHTS)))
@@ -53,8 +55,10 @@ def resolve_checkpoint(ckpt: str | None, env: str | None) -> Path:
         raise UserError("give --ckpt DIR or --env NAME (to use the shipped checkpoint)")
     path = shipped_checkpoint(env)
     if not (path / WEIGHTS).is_file():
-        raise UserError(f"no shipped checkpoint for {env}: train one with `paperclub lewm train --env {env} "
-                        "--out DIR` and pass --ckpt DIR")
+        raise UserError(
+            f"no shipped checkpoint for {env}: train one with `paperclub lewm train --env {env} "
+            "--out DIR` and pass --ckpt DIR"
+        )
     return path
 
 

@@ -14,9 +14,13 @@ from paperclub.errors import UserError
 log = logging.getLogger(__name__)
 
 ENV_DEFAULTS = {  # per-environment defaults shared by collect/train/plan
-    "tworoom": {"episodes": 300, "steps": 100, "frameskip": 5},
-    "pusht": {"episodes": 300, "steps": 100, "frameskip": 5},
+    "tworoom": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 25, "max_steps": 50},
+    "pusht": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 10, "max_steps": 30},
 }
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def _torch_threads(n: int) -> None:
@@ -33,8 +37,13 @@ def cmd_collect(args) -> int:
     from paperclub.worldmodel.data import CollectConfig, collect
 
     d = ENV_DEFAULTS[args.env]
-    cfg = CollectConfig(env=args.env, episodes=args.episodes or d["episodes"], steps=args.steps or d["steps"],
-                        seed=args.seed, image_size=args.image_size)
+    cfg = CollectConfig(
+        env=args.env,
+        episodes=_or(args.episodes, d["episodes"]),
+        steps=_or(args.steps, d["steps"]),
+        seed=args.seed,
+        image_size=args.image_size,
+    )
     path = collect(cfg, args.out, progress=not args.quiet)
     print(f"wrote {cfg.episodes} episodes to {path}")
     return 0
@@ -54,20 +63,44 @@ def cmd_train(args) -> int:
         data_path = out / "dataset.h5"
         if not data_path.is_file():
             tiny = args.config == "tiny"
-            collect(CollectConfig(env=args.env, episodes=args.episodes or (16 if tiny else d["episodes"]),
-                                  steps=d["steps"] if not tiny else 60, seed=args.seed), data_path,
-                    progress=not args.quiet)
+            collect(
+                CollectConfig(
+                    env=args.env,
+                    episodes=_or(args.episodes, 16 if tiny else d["episodes"]),
+                    steps=d["steps"] if not tiny else 60,
+                    seed=args.seed,
+                ),
+                data_path,
+                progress=not args.quiet,
+            )
     data = load(data_path)
     if data.env != args.env:
         raise UserError(f"dataset {data_path} is for {data.env}, not {args.env}: pass a matching --data")
-    model_cfg = preset(args.config, frameskip=args.frameskip or d["frameskip"],
-                       action_dim=int(data.actions.shape[1]), image_size=int(data.frames.shape[1]))
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, sigreg_weight=args.sigreg_weight,
-                      sigreg_directions=args.sigreg_directions, max_minutes=args.max_minutes, seed=args.seed,
-                      eval_every=min(args.eval_every, args.steps))
+    model_cfg = preset(
+        args.config,
+        frameskip=_or(args.frameskip, d["frameskip"]),
+        action_dim=int(data.actions.shape[1]),
+        image_size=int(data.frames.shape[1]),
+    )
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        sigreg_weight=args.sigreg_weight,
+        sigreg_directions=args.sigreg_directions,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        eval_every=min(args.eval_every, args.steps),
+    )
     command = "paperclub lewm " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["lewm"] else None
-    result = train(model_cfg, cfg, data, out, meta={"config_name": args.config, "dataset": str(data_path),
-                                                     "command": command}, progress=not args.quiet)
+    result = train(
+        model_cfg,
+        cfg,
+        data,
+        out,
+        meta={"config_name": args.config, "dataset": str(data_path), "command": command},
+        progress=not args.quiet,
+    )
     print(json.dumps(result, indent=2))
     return 0
 
@@ -103,7 +136,9 @@ def cmd_probe(args) -> int:
 
 
 def register(subparsers) -> None:
-    lewm = subparsers.add_parser("lewm", help="LeWorldModel: JEPA world model with SIGReg and latent planning")
+    lewm = subparsers.add_parser(
+        "lewm", help="LeWorldModel: JEPA world model with SIGReg and latent planning"
+    )
     sub = lewm.add_subparsers(dest="lewm_command", metavar="SUBCOMMAND", parser_class=type(lewm))
     lewm.set_defaults(func=lambda args: (lewm.print_help(), 2)[1])
 

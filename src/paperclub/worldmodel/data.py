@@ -60,8 +60,12 @@ class Episodes:
 
     def episode(self, i: int) -> dict[str, np.ndarray]:
         s = slice(int(self.starts[i]), int(self.starts[i] + self.lengths[i]))
-        return {"frames": self.frames[s], "actions": self.actions[s], "proprio": self.proprio[s],
-                "state": self.state[s]}
+        return {
+            "frames": self.frames[s],
+            "actions": self.actions[s],
+            "proprio": self.proprio[s],
+            "state": self.state[s],
+        }
 
 
 def run_episode(env_name: str, env, steps: int, seed: int) -> dict[str, np.ndarray]:
@@ -78,27 +82,44 @@ def run_episode(env_name: str, env, steps: int, seed: int) -> dict[str, np.ndarr
         proprio.append(info["proprio"])
         state.append(info["state"])
     actions.append(np.zeros_like(actions[0]))
-    return {"frames": np.stack(frames), "actions": np.stack(actions).astype(np.float32),
-            "proprio": np.stack(proprio).astype(np.float32), "state": np.stack(state).astype(np.float64)}
+    return {
+        "frames": np.stack(frames),
+        "actions": np.stack(actions).astype(np.float32),
+        "proprio": np.stack(proprio).astype(np.float32),
+        "state": np.stack(state).astype(np.float64),
+    }
 
 
 def collect(cfg: CollectConfig, out: str | os.PathLike, progress: bool = True) -> Path:
     """Run `cfg.episodes` scripted episodes and write them atomically to the HDF5 file `out`."""
     env = make_env(cfg.env, cfg.image_size)
-    eps = [run_episode(cfg.env, env, cfg.steps, cfg.seed * 100_003 + i)
-           for i in tqdm(range(cfg.episodes), desc=f"collect {cfg.env}", disable=not progress)]
+    eps = [
+        run_episode(cfg.env, env, cfg.steps, cfg.seed * 100_003 + i)
+        for i in tqdm(range(cfg.episodes), desc=f"collect {cfg.env}", disable=not progress)
+    ]
     lengths = np.array([len(e["frames"]) for e in eps], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     out = Path(out)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update(schema=SCHEMA, env=cfg.env, image_size=cfg.image_size, seed=cfg.seed,
-                           num_episodes=cfg.episodes, steps_per_episode=cfg.steps,
-                           policy=type(make_policy(cfg.env, env, np.random.default_rng(0))).__name__,
-                           created_by="paperclub lewm collect")
+            f.attrs.update(
+                schema=SCHEMA,
+                env=cfg.env,
+                image_size=cfg.image_size,
+                seed=cfg.seed,
+                num_episodes=cfg.episodes,
+                steps_per_episode=cfg.steps,
+                policy=type(make_policy(cfg.env, env, np.random.default_rng(0))).__name__,
+                created_by="paperclub lewm collect",
+            )
             frames = np.concatenate([e["frames"] for e in eps])
-            f.create_dataset("frames", data=frames, compression="gzip", compression_opts=4,
-                             chunks=(min(256, len(frames)), *frames.shape[1:]))
+            f.create_dataset(
+                "frames",
+                data=frames,
+                compression="gzip",
+                compression_opts=4,
+                chunks=(min(256, len(frames)), *frames.shape[1:]),
+            )
             for key in ("actions", "proprio", "state"):
                 f.create_dataset(key, data=np.concatenate([e[key] for e in eps]))
             f.create_dataset("episode_starts", data=starts)
@@ -114,9 +135,15 @@ def load(path: str | os.PathLike) -> Episodes:
     with h5py.File(path, "r") as f:
         if f.attrs.get("schema") != SCHEMA:
             raise UserError(f"{path} is not a LeWM dataset (schema {f.attrs.get('schema')!r}, want {SCHEMA})")
-        return Episodes(env=str(f.attrs["env"]), frames=f["frames"][:], actions=f["actions"][:],
-                        proprio=f["proprio"][:], state=f["state"][:], starts=f["episode_starts"][:],
-                        lengths=f["episode_lengths"][:])
+        return Episodes(
+            env=str(f.attrs["env"]),
+            frames=f["frames"][:],
+            actions=f["actions"][:],
+            proprio=f["proprio"][:],
+            state=f["state"][:],
+            starts=f["episode_starts"][:],
+            lengths=f["episode_lengths"][:],
+        )
 
 
 class WindowSampler:
@@ -127,11 +154,16 @@ class WindowSampler:
         self.data, self.history, self.frameskip = data, history, frameskip
         span = history * frameskip  # from the first frame of a window to its last
         eps = np.arange(data.num_episodes) if episodes is None else np.asarray(episodes)
-        valid = [np.arange(data.starts[i], data.starts[i] + data.lengths[i] - span) for i in eps
-                 if data.lengths[i] > span]
+        valid = [
+            np.arange(data.starts[i], data.starts[i] + data.lengths[i] - span)
+            for i in eps
+            if data.lengths[i] > span
+        ]
         if not valid:
-            raise UserError(f"episodes are too short for windows of {history + 1} frames, {frameskip} apart: "
-                            "collect longer episodes (--steps)")
+            raise UserError(
+                f"episodes are too short for windows of {history + 1} frames, {frameskip} apart: "
+                "collect longer episodes (--steps)"
+            )
         self.window_starts = np.concatenate(valid)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """The LeWorldModel (LeWM) network: pixels -> one latent vector per frame -> next latent given actions.
 
     encoder    small CNN for 64x64 frames -> feature vector
-    projector  Linear -> BatchNorm -> GELU -> Linear: the latent z (what SIGReg shapes, what planning compares)
+    projector  Linear -> BatchNorm -> GELU -> Linear: the latent z (shaped by SIGReg, compared by planning)
     action enc MLP over a block of `frameskip` consecutive actions (flattened)
     predictor  causal transformer over the last `history` latents; each token is conditioned on its action
                block with AdaLN-zero; output token i is the prediction of latent i + 1
@@ -58,8 +58,15 @@ class LeWMConfig:
 
 
 PRESETS = {
-    "tiny": dict(channels=(16, 32), feature_dim=128, latent_dim=32, action_embed_dim=32, pred_dim=64,
-                 pred_depth=1, pred_heads=2),
+    "tiny": dict(
+        channels=(16, 32),
+        feature_dim=128,
+        latent_dim=32,
+        action_embed_dim=32,
+        pred_dim=64,
+        pred_depth=1,
+        pred_heads=2,
+    ),
     "small": {},
 }
 
@@ -97,8 +104,9 @@ class Projector(nn.Module):
 
     def __init__(self, d_in: int, d_hidden: int, d_out: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, d_hidden), nn.BatchNorm1d(d_hidden), nn.GELU(),
-                                 nn.Linear(d_hidden, d_out))
+        self.net = nn.Sequential(
+            nn.Linear(d_in, d_hidden), nn.BatchNorm1d(d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -107,8 +115,11 @@ class Projector(nn.Module):
 class ActionEncoder(nn.Module):
     def __init__(self, cfg: LeWMConfig):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(cfg.action_block_dim, cfg.action_embed_dim), nn.SiLU(),
-                                 nn.Linear(cfg.action_embed_dim, cfg.action_embed_dim))
+        self.net = nn.Sequential(
+            nn.Linear(cfg.action_block_dim, cfg.action_embed_dim),
+            nn.SiLU(),
+            nn.Linear(cfg.action_embed_dim, cfg.action_embed_dim),
+        )
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         return self.net(a)
@@ -123,7 +134,8 @@ class Predictor(nn.Module):
         self.pos = nn.Parameter(torch.zeros(cfg.history, cfg.pred_dim))
         nn.init.normal_(self.pos, std=0.02)
         self.blocks = nn.ModuleList(
-            AdaLNZeroBlock(cfg.pred_dim, cfg.pred_heads, cfg.action_embed_dim) for _ in range(cfg.pred_depth))
+            AdaLNZeroBlock(cfg.pred_dim, cfg.pred_heads, cfg.action_embed_dim) for _ in range(cfg.pred_depth)
+        )
         self.norm = nn.LayerNorm(cfg.pred_dim)
         self.out = nn.Linear(cfg.pred_dim, cfg.latent_dim)
 
@@ -170,7 +182,7 @@ class LeWM(nn.Module):
         for step in range(plan.shape[1]):
             lo = max(0, step + 1 - h)
             z = torch.stack(zs[lo:], dim=1)
-            zs.append(self.predictor(z, emb[:, lo:step + 1])[:, -1])
+            zs.append(self.predictor(z, emb[:, lo : step + 1])[:, -1])
         return zs[-1]
 
 

@@ -23,8 +23,15 @@ def save_figure(fig, path: str | os.PathLike, data: dict) -> Path:
     return path.with_suffix(".png")
 
 
-def line_plot(path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
-              logy: bool = False, vline: float | None = None) -> Path:
+def line_plot(
+    path,
+    series: dict[str, tuple[list, list]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logy: bool = False,
+    vline: float | None = None,
+) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, (x, y) in series.items():
         ax.plot(x, y, label=name)
@@ -35,19 +42,27 @@ def line_plot(path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: s
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    data = {"title": title, "xlabel": xlabel, "ylabel": ylabel,
-            "series": {k: {"x": list(map(float, x)), "y": list(map(float, y))} for k, (x, y) in series.items()}}
+    data = {
+        "title": title,
+        "xlabel": xlabel,
+        "ylabel": ylabel,
+        "series": {k: {"x": list(map(float, x)), "y": list(map(float, y))} for k, (x, y) in series.items()},
+    }
     return save_figure(fig, path, data)
 
 
 def bar_plot(path, values: dict[str, float], ylabel: str, title: str, logy: bool = False) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.bar(list(values), list(values.values()), color=["tab:blue", "tab:orange", "tab:green", "tab:red"][
-        : len(values)] or None)
+    ax.bar(
+        list(values),
+        list(values.values()),
+        color=["tab:blue", "tab:orange", "tab:green", "tab:red"][: len(values)] or None,
+    )
     for i, v in enumerate(values.values()):
         ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     ax.set(ylabel=ylabel, title=title)
     if logy:
         ax.set_yscale("log")
-    return save_figure(fig, path, {"title": title, "ylabel": ylabel, "values": {k: float(v) for k, v in
-                                                                                values.items()}})
+    return save_figure(
+        fig, path, {"title": title, "ylabel": ylabel, "values": {k: float(v) for k, v in values.items()}}
+    )

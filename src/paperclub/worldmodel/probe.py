@@ -28,13 +28,22 @@ def effective_rank(z: torch.Tensor | np.ndarray) -> float:
 @torch.no_grad()
 def encode_frames(model: LeWM, frames: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     model.eval()
-    return torch.cat([model.encode(frames_to_tensor(frames[i:i + batch_size]))
-                      for i in range(0, len(frames), batch_size)])
+    return torch.cat(
+        [
+            model.encode(frames_to_tensor(frames[i : i + batch_size]))
+            for i in range(0, len(frames), batch_size)
+        ]
+    )
 
 
 def probe_latents(model: LeWM, frames: np.ndarray) -> dict:
     z = encode_frames(model, frames)
     std = z.std(dim=0)
-    return {"effective_rank": effective_rank(z), "latent_dim": int(z.shape[1]), "num_frames": int(len(z)),
-            "effective_rank_fraction": effective_rank(z) / z.shape[1],
-            "mean_latent_std": float(std.mean()), "min_latent_std": float(std.min())}
+    return {
+        "effective_rank": effective_rank(z),
+        "latent_dim": int(z.shape[1]),
+        "num_frames": int(len(z)),
+        "effective_rank_fraction": effective_rank(z) / z.shape[1],
+        "mean_latent_std": float(std.mean()),
+        "min_latent_std": float(std.min()),
+    }

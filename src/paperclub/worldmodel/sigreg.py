@@ -24,7 +24,9 @@ from __future__ import annotations
 import torch
 
 
-def epps_pulley_weights(num_knots: int = 17, t_max: float = 3.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def epps_pulley_weights(
+    num_knots: int = 17, t_max: float = 3.0, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quadrature grid t on [0, t_max] and weights = trapezoid rule x Gaussian window x 2 (even integrand)."""
     t = torch.linspace(0.0, t_max, num_knots, device=device)
     dt = t_max / (num_knots - 1)
@@ -46,15 +48,21 @@ def epps_pulley(h: torch.Tensor, num_knots: int = 17, t_max: float = 3.0) -> tor
     return n * (sq_err * weights).sum(dim=-1)
 
 
-def random_directions(dim: int, num_directions: int, generator: torch.Generator | None = None,
-                      device=None) -> torch.Tensor:
+def random_directions(
+    dim: int, num_directions: int, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
     """M random unit vectors in R^dim, as the columns of a dim x M matrix."""
     a = torch.randn(dim, num_directions, generator=generator, device=device)
     return a / a.norm(dim=0, keepdim=True)
 
 
-def sigreg(z: torch.Tensor, num_directions: int = 1024, num_knots: int = 17, t_max: float = 3.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sigreg(
+    z: torch.Tensor,
+    num_directions: int = 1024,
+    num_knots: int = 17,
+    t_max: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """SIGReg loss of a batch of embeddings z (N x D, or ... x D flattened to N x D): the Epps-Pulley
     statistic of z projected on `num_directions` fresh random unit directions, averaged over directions."""
     z = z.reshape(-1, z.shape[-1])

@@ -50,10 +50,13 @@ class TrainConfig:
             raise UserError("val_fraction must be in [0, 1)")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warmup, then cosine decay over the budget: steps, or wall time when that runs out first."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.max_minutes:
+        progress = max(progress, elapsed_s / (60 * cfg.max_minutes))
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -69,19 +72,29 @@ def evaluate(model: LeWM, sampler: WindowSampler, n: int = 256, seed: int = 1234
     frames, actions = sampler.sample(n, np.random.default_rng(seed))
     pred, z = model(frames_to_tensor(frames), torch.from_numpy(actions))
     model.train()
-    return {"val_pred_loss": float(prediction_loss(pred, z)),
-            "val_effective_rank": effective_rank(z.reshape(-1, z.shape[-1]))}
+    return {
+        "val_pred_loss": float(prediction_loss(pred, z)),
+        "val_effective_rank": effective_rank(z.reshape(-1, z.shape[-1])),
+    }
 
 
-def train(model_cfg: LeWMConfig, cfg: TrainConfig, data: Episodes, out: str | os.PathLike,
-          meta: dict | None = None, progress: bool = True) -> dict:
+def train(
+    model_cfg: LeWMConfig,
+    cfg: TrainConfig,
+    data: Episodes,
+    out: str | os.PathLike,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Train a LeWM on `data`, write the checkpoint, log and training-curve plot into `out`."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out = Path(out)
     train_eps, val_eps = split_episodes(data, cfg.val_fraction, cfg.seed)
     sampler = WindowSampler(data, model_cfg.history, model_cfg.frameskip, train_eps)
-    val_sampler = WindowSampler(data, model_cfg.history, model_cfg.frameskip, val_eps if len(val_eps) else None)
+    val_sampler = WindowSampler(
+        data, model_cfg.history, model_cfg.frameskip, val_eps if len(val_eps) else None
+    )
     model = LeWM(model_cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -94,7 +107,7 @@ def train(model_cfg: LeWMConfig, cfg: TrainConfig, data: Episodes, out: str | os
     step = 0
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg, time.perf_counter() - start)
         frames, actions = sampler.sample(cfg.batch_size, rng)
         pred, z = model(frames_to_tensor(frames), torch.from_numpy(actions))
         pred_loss = prediction_loss(pred, z)
@@ -105,8 +118,13 @@ def train(model_cfg: LeWMConfig, cfg: TrainConfig, data: Episodes, out: str | os
         opt.step()
         elapsed = time.perf_counter() - start
         if step % 10 == 0 or step == cfg.steps - 1:
-            for key, val in (("step", step), ("loss", loss.item()), ("pred_loss", pred_loss.item()),
-                             ("sigreg", reg.item()), ("time_s", elapsed)):
+            for key, val in (
+                ("step", step),
+                ("loss", loss.item()),
+                ("pred_loss", pred_loss.item()),
+                ("sigreg", reg.item()),
+                ("time_s", elapsed),
+            ):
                 history[key].append(val)
             bar.set_postfix(pred=f"{pred_loss.item():.4f}", sigreg=f"{reg.item():.3f}")
         last = step == cfg.steps - 1 or (cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes)
@@ -123,7 +141,14 @@ def train(model_cfg: LeWMConfig, cfg: TrainConfig, data: Episodes, out: str | os
 def _save(model: LeWM, out: Path, meta: dict, history: dict, evals: list[dict], step: int) -> None:
     save_checkpoint(model, out, {**meta, "steps_done": step + 1, "final_eval": evals[-1]})
     write_json(out / "train_log.json", {"history": history, "evals": evals})
-    line_plot(out / "training_curve", {"prediction MSE": (history["step"], history["pred_loss"]),
-                                       "SIGReg": (history["step"], history["sigreg"])},
-              "step", "loss", f"LeWM training ({meta.get('env')}, lambda={meta['train']['sigreg_weight']})",
-              logy=True)
+    line_plot(
+        out / "training_curve",
+        {
+            "prediction MSE": (history["step"], history["pred_loss"]),
+            "SIGReg": (history["step"], history["sigreg"]),
+        },
+        "step",
+        "loss",
+        f"LeWM training ({meta.get('env')}, lambda={meta['train']['sigreg_weight']})",
+        logy=True,
+    )

@@ -38,8 +38,9 @@ def wrap_angle(a: float) -> float:
 class PushTEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, image_size: int = 64, max_steps: int = 300, pos_tol: float = 20.0,
-                 angle_tol: float = np.pi / 9):
+    def __init__(
+        self, image_size: int = 64, max_steps: int = 300, pos_tol: float = 20.0, angle_tol: float = np.pi / 9
+    ):
         self.image_size = image_size
         self.max_steps = max_steps
         self.pos_tol = pos_tol
@@ -66,7 +67,9 @@ class PushTEnv(gym.Env):
         self.space.add(self.pusher, pusher_shape)
         shapes_verts = []
         for cx, cy, hw, hh in T_PARTS:
-            shapes_verts.append([(cx - hw, cy - hh), (cx + hw, cy - hh), (cx + hw, cy + hh), (cx - hw, cy + hh)])
+            shapes_verts.append(
+                [(cx - hw, cy - hh), (cx + hw, cy - hh), (cx + hw, cy + hh), (cx - hw, cy + hh)]
+            )
         mass = 1.0
         moment = sum(pymunk.moment_for_poly(mass / 2, v) for v in shapes_verts)
         self.block = pymunk.Body(mass, moment)
@@ -133,8 +136,17 @@ class PushTEnv(gym.Env):
         ang = self.block.angle
         c, s = np.cos(ang), np.sin(ang)
         for cx, cy, hw, hh in T_PARTS:
-            fill_rect(img, self._xs, self._ys, bx + c * cx - s * cy, by + s * cx + c * cy, hw, hh, ang,
-                      self.block_color)
+            fill_rect(
+                img,
+                self._xs,
+                self._ys,
+                bx + c * cx - s * cy,
+                by + s * cx + c * cy,
+                hw,
+                hh,
+                ang,
+                self.block_color,
+            )
         px, py = self.pusher.position
         fill_disc(img, self._xs, self._ys, px, py, PUSHER_RADIUS, PUSHER_COLOR)
         return img
@@ -142,13 +154,17 @@ class PushTEnv(gym.Env):
     # -- task --------------------------------------------------------------------------------------------
     def is_success(self, goal_state: np.ndarray) -> bool:
         s = self.get_state()
-        return bool(np.hypot(*(s[2:4] - goal_state[2:4])) <= self.pos_tol
-                    and abs(wrap_angle(s[4] - goal_state[4])) <= self.angle_tol)
+        return bool(
+            np.hypot(*(s[2:4] - goal_state[2:4])) <= self.pos_tol
+            and abs(wrap_angle(s[4] - goal_state[4])) <= self.angle_tol
+        )
 
     def goal_distance(self, goal_state: np.ndarray) -> float:
-        """Block position error in world units plus angle error in degrees (a rough, monotone progress score)."""
+        """Block position error in world units plus angle error in degrees (a rough progress score)."""
         s = self.get_state()
-        return float(np.hypot(*(s[2:4] - goal_state[2:4])) + np.degrees(abs(wrap_angle(s[4] - goal_state[4]))))
+        return float(
+            np.hypot(*(s[2:4] - goal_state[2:4])) + np.degrees(abs(wrap_angle(s[4] - goal_state[4])))
+        )
 
     # -- perturbations for the surprise test -------------------------------------------------------------
     def teleport(self, rng: np.random.Generator) -> None:

@@ -17,8 +17,17 @@ def fill_disc(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, cx: float, cy: fl
     img[(xs - cx) ** 2 + (ys - cy) ** 2 <= r * r] = color
 
 
-def fill_rect(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, half_w: float,
-              half_h: float, angle: float, color) -> None:
+def fill_rect(
+    img: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    cx: float,
+    cy: float,
+    half_w: float,
+    half_h: float,
+    angle: float,
+    color,
+) -> None:
     """Rectangle centred at (cx, cy), half sizes (half_w, half_h), rotated by `angle` radians."""
     c, s = np.cos(angle), np.sin(angle)
     dx, dy = xs - cx, ys - cy
