@@ -92,7 +92,8 @@ def cmd_train(args) -> int:
         seed=args.seed,
         eval_every=min(args.eval_every, args.steps),
     )
-    command = "paperclub lewm " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["lewm"] else None
+    argv = sys.argv[1:]
+    command = "paperclub " + " ".join(argv[argv.index("lewm"):]) if "lewm" in argv else None
     result = train(
         model_cfg,
         cfg,
