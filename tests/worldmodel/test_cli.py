@@ -122,3 +122,40 @@ def test_bad_input_is_one_line_exit_2(argv, capsys, tmp_path, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "error" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("env", ["tworoom", "pusht"])
+def test_plan_runs_from_the_shipped_checkpoint(env, tmp_path):
+    from paperclub.worldmodel.checkpoint import shipped_checkpoint
+
+    if not (shipped_checkpoint(env) / "model.safetensors").is_file():
+        pytest.skip(f"no shipped {env} checkpoint")
+    out = tmp_path / "plan.json"
+    argv = [
+        "lewm",
+        "plan",
+        "--env",
+        env,
+        "--episodes",
+        "1",
+        "--seed",
+        "0",
+        "--samples",
+        "16",
+        "--elites",
+        "4",
+        "--iterations",
+        "1",
+        "--horizon",
+        "2",
+        "--max-steps",
+        "5",
+        "--baseline-plans",
+        "1",
+        "--json",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    r = json.loads(out.read_text())
+    assert r["env"] == env and r["speedup_vs_patch_baseline"] > 1
