@@ -1,0 +1,187 @@
+"""`paperclub lewm ...`: collect, train, probe, plan, surprise."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from paperclub.atomic import write_json
+from paperclub.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ENV_DEFAULTS = {  # per-environment defaults shared by collect/train/plan
+    "tworoom": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 25, "max_steps": 50},
+    "pusht": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 10, "max_steps": 30},
+}
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+def _env_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--env", choices=sorted(ENV_DEFAULTS), required=required, help="environment")
+
+
+def cmd_collect(args) -> int:
+    from paperclub.worldmodel.data import CollectConfig, collect
+
+    d = ENV_DEFAULTS[args.env]
+    cfg = CollectConfig(
+        env=args.env,
+        episodes=_or(args.episodes, d["episodes"]),
+        steps=_or(args.steps, d["steps"]),
+        seed=args.seed,
+        image_size=args.image_size,
+    )
+    path = collect(cfg, args.out, progress=not args.quiet)
+    print(f"wrote {cfg.episodes} episodes to {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from paperclub.worldmodel.data import CollectConfig, collect, load
+    from paperclub.worldmodel.model import preset
+    from paperclub.worldmodel.train import TrainConfig, train
+
+    _torch_threads(args.threads)
+    out = Path(args.out)
+    d = ENV_DEFAULTS[args.env]
+    if args.data:
+        data_path = Path(args.data)
+    else:  # no dataset given: collect a small one next to the checkpoint
+        data_path = out / "dataset.h5"
+        if not data_path.is_file():
+            tiny = args.config == "tiny"
+            collect(
+                CollectConfig(
+                    env=args.env,
+                    episodes=_or(args.episodes, 16 if tiny else d["episodes"]),
+                    steps=d["steps"] if not tiny else 60,
+                    seed=args.seed,
+                ),
+                data_path,
+                progress=not args.quiet,
+            )
+    data = load(data_path)
+    if data.env != args.env:
+        raise UserError(f"dataset {data_path} is for {data.env}, not {args.env}: pass a matching --data")
+    model_cfg = preset(
+        args.config,
+        frameskip=_or(args.frameskip, d["frameskip"]),
+        action_dim=int(data.actions.shape[1]),
+        image_size=int(data.frames.shape[1]),
+    )
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        sigreg_weight=args.sigreg_weight,
+        sigreg_directions=args.sigreg_directions,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        eval_every=min(args.eval_every, args.steps),
+    )
+    argv = sys.argv[1:]
+    command = "paperclub " + " ".join(argv[argv.index("lewm"):]) if "lewm" in argv else None
+    result = train(
+        model_cfg,
+        cfg,
+        data,
+        out,
+        meta={"config_name": args.config, "dataset": str(data_path), "command": command},
+        progress=not args.quiet,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_probe(args) -> int:
+    import numpy as np
+
+    from paperclub.worldmodel.checkpoint import load_checkpoint, resolve_checkpoint
+    from paperclub.worldmodel.data import load, run_episode
+    from paperclub.worldmodel.envs import make_env
+    from paperclub.worldmodel.probe import probe_latents
+
+    _torch_threads(args.threads)
+    model, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.env))
+    env_name = meta["env"]
+    if args.data:
+        frames = load(args.data).frames
+        frames = frames[np.random.default_rng(args.seed).permutation(len(frames))[: args.frames]]
+    else:  # fresh held-out episodes of the scripted policy
+        env = make_env(env_name, model.cfg.image_size)
+        eps, total = [], 0
+        i = 0
+        while total < args.frames:
+            eps.append(run_episode(env_name, env, 100, 10_000_000 + args.seed * 1000 + i)["frames"])
+            total += len(eps[-1])
+            i += 1
+        frames = np.concatenate(eps)[: args.frames]
+    result = {"env": env_name, "ckpt": str(args.ckpt or "shipped"), **probe_latents(model, frames)}
+    if args.json:
+        write_json(args.json, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def register(subparsers) -> None:
+    lewm = subparsers.add_parser(
+        "lewm", help="LeWorldModel: JEPA world model with SIGReg and latent planning"
+    )
+    sub = lewm.add_subparsers(dest="lewm_command", metavar="SUBCOMMAND", parser_class=type(lewm))
+    lewm.set_defaults(func=lambda args: (lewm.print_help(), 2)[1])
+
+    p = sub.add_parser("collect", help="collect scripted episodes into an HDF5 dataset")
+    _env_arg(p)
+    p.add_argument("--episodes", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="env steps per episode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--out", required=True, help="output .h5 file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("train", help="train a LeWM checkpoint")
+    _env_arg(p)
+    p.add_argument("--config", default="small", help="model size preset: tiny or small")
+    p.add_argument("--data", default=None, help="dataset .h5 (default: collect one into OUT/dataset.h5)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes to collect when --data is not given")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--sigreg-weight", type=float, default=0.1, help="lambda, the SIGReg weight")
+    p.add_argument("--sigreg-directions", type=int, default=1024)
+    p.add_argument("--frameskip", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this wall time")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("probe", help="effective rank of the latents (collapse diagnostic)")
+    p.add_argument("--ckpt", default=None, help="checkpoint directory (default: the shipped one for --env)")
+    _env_arg(p, required=False)
+    p.add_argument("--data", default=None, help="dataset .h5 to probe on (default: fresh episodes)")
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None, help="write the result here")
+    p.set_defaults(func=cmd_probe)
+
+    from paperclub.worldmodel import cli_eval  # plan and surprise
+
+    cli_eval.register(sub)

@@ -1,0 +1,148 @@
+"""`paperclub lewm plan` and `paperclub lewm surprise`: the evaluations that load a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from paperclub.atomic import write_json
+from paperclub.errors import UserError
+
+
+def _load(args):
+    import torch
+
+    from paperclub.worldmodel.checkpoint import load_checkpoint, resolve_checkpoint
+
+    torch.set_num_threads(max(1, args.threads))
+    model, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.env))
+    if args.env and meta.get("env") != args.env:
+        raise UserError(
+            f"checkpoint {args.ckpt} was trained on {meta.get('env')}, not {args.env}: "
+            "drop --env or pass a matching --ckpt"
+        )
+    return model, meta
+
+
+def _sidecar(json_path: str | None, suffix: str) -> Path | None:
+    return None if not json_path else Path(json_path).with_name(Path(json_path).stem + suffix)
+
+
+def cmd_plan(args) -> int:
+    import torch
+
+    from paperclub.worldmodel.cli import ENV_DEFAULTS, _or
+    from paperclub.worldmodel.patch_baseline import PatchWM, matched_config
+    from paperclub.worldmodel.planner import CEMConfig, PlanConfig, evaluate_planning
+    from paperclub.worldmodel.plots import bar_plot
+
+    model, meta = _load(args)
+    env = meta["env"]
+    d = ENV_DEFAULTS[env]
+    cfg = PlanConfig(
+        episodes=args.episodes,
+        seed=args.seed,
+        goal_offset=_or(args.goal_offset, d["goal_offset"]),
+        max_steps=_or(args.max_steps, d["max_steps"]),
+        baseline_plans=args.baseline_plans,
+        cem=CEMConfig(
+            samples=args.samples, elites=args.elites, iterations=args.iterations, horizon=args.horizon
+        ),
+    )
+    baseline = None
+    if args.baseline_plans > 0:
+        torch.manual_seed(args.seed)
+        baseline = PatchWM(matched_config(model.cfg)).eval()
+    result = evaluate_planning(model, env, cfg, baseline=baseline, progress=not args.quiet)
+    result["ckpt"] = str(args.ckpt or "shipped")
+    if args.json:
+        write_json(args.json, result)
+        times = (
+            {"LeWM": result["lewm_median_plan_time_same_states_s"]}
+            if baseline
+            else {"LeWM": result["median_plan_time_s"]}
+        )
+        if baseline:
+            times["patch tokens"] = result["baseline_median_plan_time_s"]
+        bar_plot(
+            _sidecar(args.json, "_plan_time"),
+            times,
+            "median seconds per plan",
+            f"{env}: planning time (same states, same CEM)",
+            logy=True,
+        )
+        bar_plot(
+            _sidecar(args.json, "_success"),
+            {"LeWM": result["success_rate"]},
+            "success rate",
+            f"{env}: MPC success over {result['episodes']} episodes",
+        )
+    summary = {k: v for k, v in result.items() if k not in ("per_episode", "config")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_surprise(args) -> int:
+    from paperclub.worldmodel.plots import line_plot
+    from paperclub.worldmodel.surprise import SurpriseConfig, surprise_experiment
+
+    model, meta = _load(args)
+    cfg = SurpriseConfig(
+        episodes=args.episodes, blocks=args.blocks, perturb_block=args.perturb_block, seed=args.seed
+    )
+    result = surprise_experiment(model, meta["env"], cfg, progress=not args.quiet)
+    if args.json:
+        write_json(args.json, result)
+        series = {k: (list(range(1, len(v) + 1)), v) for k, v in result["traces_mean"].items()}
+        line_plot(
+            _sidecar(args.json, "_traces"),
+            series,
+            "transition (action block)",
+            "latent prediction error (mean over episodes)",
+            f"{meta['env']}: surprise",
+            logy=True,
+            vline=cfg.perturb_block,
+        )
+    print(json.dumps({k: v for k, v in result.items() if k != "traces_mean"}, indent=2))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--env",
+        choices=["pusht", "tworoom"],
+        default=None,
+        help="environment (without --ckpt: use the shipped checkpoint for it)",
+    )
+    p.add_argument("--ckpt", default=None, help="checkpoint directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None, help="write the result (and plots next to it) here")
+    p.add_argument("--quiet", action="store_true")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="CEM/MPC planning success and speed vs the patch-token baseline")
+    _common(p)
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--samples", type=int, default=128)
+    p.add_argument("--elites", type=int, default=16)
+    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument("--horizon", type=int, default=5, help="action blocks planned ahead")
+    p.add_argument("--goal-offset", type=int, default=None, help="env steps from start to goal")
+    p.add_argument("--max-steps", type=int, default=None, help="env steps the MPC loop may use")
+    p.add_argument(
+        "--baseline-plans",
+        type=int,
+        default=3,
+        help="plans timed with the patch-token baseline from the same states (0: skip)",
+    )
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("surprise", help="prediction-error spike at a teleport and at a colour change")
+    _common(p)
+    p.add_argument("--episodes", type=int, default=30)
+    p.add_argument("--blocks", type=int, default=12)
+    p.add_argument("--perturb-block", type=int, default=6)
+    p.set_defaults(func=cmd_surprise)

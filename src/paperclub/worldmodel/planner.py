@@ -1,0 +1,186 @@
+"""Latent planning: CEM over action blocks, cost = distance between the imagined final latent and the
+encoded goal image; receding-horizon MPC (execute the first block, re-plan); success rate over episodes
+whose goals are states a held-out scripted trajectory reaches some steps ahead.
+
+Any world model with `encode(frames)` and `rollout(z0, plans)` plugs in (LeWM, or the patch-token
+baseline), so both are timed by the same code at the same CEM settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from paperclub.errors import UserError
+from paperclub.worldmodel.envs import make_env, make_policy
+from paperclub.worldmodel.model import frames_to_tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CEMConfig:
+    samples: int = 128
+    elites: int = 16
+    iterations: int = 6
+    horizon: int = 5  # action blocks
+    init_std: float = 1.0
+    min_std: float = 0.05
+
+    def __post_init__(self):
+        if not 1 <= self.elites <= self.samples:
+            raise UserError("CEM needs 1 <= elites <= samples")
+        if min(self.iterations, self.horizon) < 1:
+            raise UserError("CEM iterations and horizon must be >= 1")
+
+
+@dataclass
+class PlanConfig:
+    episodes: int = 20
+    seed: int = 0
+    goal_offset: int = 25  # env steps of the held-out scripted trajectory between start and goal
+    max_steps: int = 50  # env steps the MPC loop may use
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    baseline_plans: int = 3  # how many plans (from the same states) to time with the patch-token baseline
+
+    def __post_init__(self):
+        if self.episodes < 1:
+            raise UserError("--episodes must be >= 1")
+        if self.goal_offset < 1 or self.max_steps < 1:
+            raise UserError("goal offset and max steps must be >= 1")
+
+
+def cost(z_final: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
+    """Squared distance between imagined final latents (S, ...) and the goal latent (...)."""
+    return (z_final - z_goal).pow(2).flatten(1).sum(dim=1)
+
+
+@torch.no_grad()
+def cem_plan(
+    model,
+    z0: torch.Tensor,
+    z_goal: torch.Tensor,
+    cfg: CEMConfig,
+    block_dim: int,
+    generator: torch.Generator,
+    init_mean: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Cross-entropy method over (horizon, block_dim) action plans in [-1, 1]. Returns (best mean plan, its
+    cost). z0 and z_goal are single latents (no batch dim)."""
+    mean = torch.zeros(cfg.horizon, block_dim) if init_mean is None else init_mean.clone()
+    std = torch.full((cfg.horizon, block_dim), cfg.init_std)
+    z0s = z0.unsqueeze(0).expand(cfg.samples, *z0.shape)
+    best_cost = float("inf")
+    for _ in range(cfg.iterations):
+        plans = (mean + std * torch.randn(cfg.samples, *mean.shape, generator=generator)).clamp(-1, 1)
+        plans[0] = mean.clamp(-1, 1)  # keep the current mean among the candidates
+        costs = cost(model.rollout(z0s, plans), z_goal)
+        elite_idx = torch.topk(costs, cfg.elites, largest=False).indices
+        elites = plans[elite_idx]
+        mean, std = elites.mean(dim=0), elites.std(dim=0).clamp_min(cfg.min_std) if cfg.elites > 1 else std
+        best_cost = min(best_cost, float(costs[elite_idx[0]]))
+    return mean.clamp(-1, 1), best_cost
+
+
+@torch.no_grad()
+def encode_one(model, frame: np.ndarray) -> torch.Tensor:
+    return model.encode(frames_to_tensor(frame[None]))[0]
+
+
+def make_goal(env_name: str, env, seed: int, goal_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reset to the episode's start; run the scripted policy `goal_offset` steps on a held-out seed to get the
+    goal; put the env back at the start. Returns (start frame, goal frame, goal state)."""
+    obs, info = env.reset(seed=seed)
+    start_state = info["state"]
+    policy = make_policy(env_name, env, np.random.default_rng(seed))
+    for _ in range(goal_offset):
+        env.step(policy())
+    goal_state, goal_frame = env.get_state(), env.render()
+    env.set_state(start_state)
+    env.steps = 0
+    return env.render(), goal_frame, goal_state
+
+
+def time_plan(
+    model, frame, goal_frame, cfg: CEMConfig, block_dim: int, seed: int, init_mean: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """One full plan (encode current and goal frames + CEM), timed."""
+    t0 = time.perf_counter()
+    z0, zg = encode_one(model, frame), encode_one(model, goal_frame)
+    plan, _ = cem_plan(model, z0, zg, cfg, block_dim, torch.Generator().manual_seed(seed), init_mean)
+    return plan, time.perf_counter() - t0
+
+
+def evaluate_planning(model, env_name: str, cfg: PlanConfig, baseline=None, progress: bool = True) -> dict:
+    """MPC success rate over `cfg.episodes` held-out episodes; LeWM plan times; and, when `baseline` is
+    given, the patch-token model timed planning from the first `baseline_plans` identical states."""
+    model.eval()
+    k = model.cfg.frameskip
+    block_dim = model.cfg.action_block_dim
+    env = make_env(env_name, model.cfg.image_size)
+    plan_times, paired_lewm, paired_base, results = [], [], [], []
+    seed = 1_000_000 + 1000 * cfg.seed  # held out: collection uses seeds < 1e6
+    bar = tqdm(total=cfg.episodes, desc=f"plan {env_name}", disable=not progress)
+    while len(results) < cfg.episodes:
+        seed += 1
+        frame, goal_frame, goal_state = make_goal(env_name, env, seed, cfg.goal_offset)
+        if env.is_success(goal_state):  # trivial episode: the start already satisfies the goal
+            continue
+        start_dist = env.goal_distance(goal_state)
+        success, steps, warm = False, 0, None
+        while steps < cfg.max_steps and not success:
+            plan, dt = time_plan(model, frame, goal_frame, cfg.cem, block_dim, seed * 100 + steps, warm)
+            plan_times.append(dt)
+            if baseline is not None and len(paired_base) < cfg.baseline_plans:
+                _, dt_base = time_plan(
+                    baseline, frame, goal_frame, cfg.cem, block_dim, seed * 100 + steps, warm
+                )
+                paired_base.append(dt_base)
+                paired_lewm.append(dt)
+            warm = torch.cat([plan[1:], torch.zeros_like(plan[:1])])  # receding horizon: shift, re-plan
+            for a in plan[0].view(k, -1).numpy():
+                frame, *_ = env.step(a)
+                steps += 1
+                if env.is_success(goal_state):
+                    success = True
+                    break
+        results.append(
+            {
+                "seed": seed,
+                "success": success,
+                "steps": steps,
+                "start_distance": start_dist,
+                "final_distance": env.goal_distance(goal_state),
+            }
+        )
+        bar.update(1)
+        bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
+    bar.close()
+    out = {
+        "env": env_name,
+        "episodes": len(results),
+        "success_rate": float(np.mean([r["success"] for r in results])),
+        "successes": int(sum(r["success"] for r in results)),
+        "mean_plan_time_s": float(np.mean(plan_times)),
+        "median_plan_time_s": float(statistics.median(plan_times)),
+        "num_plans": len(plan_times),
+        "mean_start_distance": float(np.mean([r["start_distance"] for r in results])),
+        "mean_final_distance": float(np.mean([r["final_distance"] for r in results])),
+        "config": {**asdict(cfg)},
+        "per_episode": results,
+    }
+    if paired_base:
+        out["baseline_mean_plan_time_s"] = float(np.mean(paired_base))
+        out["baseline_median_plan_time_s"] = float(statistics.median(paired_base))
+        out["lewm_median_plan_time_same_states_s"] = float(statistics.median(paired_lewm))
+        out["baseline_plans_timed"] = len(paired_base)
+        out["speedup_vs_patch_baseline"] = float(
+            statistics.median(paired_base) / statistics.median(paired_lewm)
+        )
+    return out

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from paperclub.errors import UserError
+from paperclub.worldmodel.checkpoint import (
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    shipped_checkpoint,
+    state_dict_size_bytes,
+)
+from paperclub.worldmodel.model import LeWM, preset
+
+
+def test_roundtrip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    m = LeWM(preset("tiny")).eval()
+    save_checkpoint(m, tmp_path / "c", {"env": "tworoom"})
+    m2, meta = load_checkpoint(tmp_path / "c")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(m.encode(x), m2.encode(x)) and meta["env"] == "tworoom"
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path)
+    with pytest.raises(UserError):
+        resolve_checkpoint(None, None)
+
+
+@pytest.mark.parametrize("env", ["tworoom", "pusht"])
+def test_shipped_checkpoints_are_small_and_load(env):
+    path = shipped_checkpoint(env)
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"no shipped {env} checkpoint in this checkout")
+    model, meta = load_checkpoint(path)
+    assert meta["env"] == env and meta.get("command")
+    assert state_dict_size_bytes(model) < 8e6

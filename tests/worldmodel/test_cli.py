@@ -1,0 +1,161 @@
+import json
+
+import pytest
+
+from paperclub.cli import main
+
+
+@pytest.fixture(scope="module")
+def cli_ckpt(tmp_path_factory, tworoom_data_path):
+    out = tmp_path_factory.mktemp("cli") / "ckpt"
+    assert (
+        main(
+            [
+                "lewm",
+                "train",
+                "--env",
+                "tworoom",
+                "--config",
+                "tiny",
+                "--steps",
+                "10",
+                "--sigreg-weight",
+                "0.1",
+                "--data",
+                str(tworoom_data_path),
+                "--sigreg-directions",
+                "32",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_train_and_probe_contract(cli_ckpt, tmp_path, capsys):
+    assert (
+        main(
+            ["lewm", "probe", "--ckpt", str(cli_ckpt), "--frames", "200", "--json", str(tmp_path / "p.json")]
+        )
+        == 0
+    )
+    r = json.loads((tmp_path / "p.json").read_text())
+    assert r["latent_dim"] == 32 and 1 <= r["effective_rank"] <= 32
+
+
+def test_plan_contract(cli_ckpt, tmp_path):
+    out = tmp_path / "plan.json"
+    assert (
+        main(
+            [
+                "lewm",
+                "plan",
+                "--ckpt",
+                str(cli_ckpt),
+                "--episodes",
+                "1",
+                "--seed",
+                "0",
+                "--samples",
+                "16",
+                "--elites",
+                "4",
+                "--iterations",
+                "1",
+                "--horizon",
+                "2",
+                "--max-steps",
+                "10",
+                "--baseline-plans",
+                "1",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    r = json.loads(out.read_text())
+    for key in ("success_rate", "episodes", "mean_plan_time_s", "speedup_vs_patch_baseline"):
+        assert key in r
+    assert r["episodes"] == 1 and r["speedup_vs_patch_baseline"] > 1
+    assert (tmp_path / "plan_plan_time.png").is_file() and (tmp_path / "plan_plan_time.json").is_file()
+
+
+def test_collect_writes_dataset(tmp_path):
+    assert (
+        main(
+            [
+                "lewm",
+                "collect",
+                "--env",
+                "pusht",
+                "--episodes",
+                "2",
+                "--steps",
+                "5",
+                "--out",
+                str(tmp_path / "d.h5"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "d.h5").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["lewm", "probe", "--ckpt", "/nonexistent/ckpt"],
+        ["lewm", "plan", "--ckpt", "/nonexistent/ckpt", "--episodes", "1"],
+        ["lewm", "collect", "--env", "tworoom", "--episodes", "0", "--out", "x.h5"],
+        ["lewm", "train", "--env", "tworoom", "--data", "/nonexistent.h5", "--out", "o"],
+        ["lewm", "plan", "--env", "tworoom", "--episodes", "0"],
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "error" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("env", ["tworoom", "pusht"])
+def test_plan_runs_from_the_shipped_checkpoint(env, tmp_path):
+    from paperclub.worldmodel.checkpoint import shipped_checkpoint
+
+    if not (shipped_checkpoint(env) / "model.safetensors").is_file():
+        pytest.skip(f"no shipped {env} checkpoint")
+    out = tmp_path / "plan.json"
+    argv = [
+        "lewm",
+        "plan",
+        "--env",
+        env,
+        "--episodes",
+        "1",
+        "--seed",
+        "0",
+        "--samples",
+        "16",
+        "--elites",
+        "4",
+        "--iterations",
+        "1",
+        "--horizon",
+        "2",
+        "--max-steps",
+        "5",
+        "--baseline-plans",
+        "1",
+        "--json",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    r = json.loads(out.read_text())
+    assert r["env"] == env and r["speedup_vs_patch_baseline"] > 1

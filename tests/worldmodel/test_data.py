@@ -1,0 +1,45 @@
+import h5py
+import numpy as np
+import pytest
+
+from paperclub.errors import UserError
+from paperclub.worldmodel.data import SCHEMA, CollectConfig, WindowSampler, load
+
+
+def test_dataset_schema_and_layout(tworoom_data_path, tworoom_data):
+    with h5py.File(tworoom_data_path) as f:
+        assert f.attrs["schema"] == SCHEMA and f.attrs["env"] == "tworoom"
+        assert f["frames"].compression == "gzip"
+    d = tworoom_data
+    assert d.num_episodes == 10 and (d.lengths == 61).all()
+    assert d.frames.shape == (610, 64, 64, 3) and d.frames.dtype == np.uint8
+    assert d.actions.shape == (610, 2) and d.proprio.shape == (610, 2)
+    assert np.array_equal(d.starts, np.arange(10) * 61)
+    # the last action of every episode is padding
+    assert np.all(d.actions[d.starts + d.lengths - 1] == 0)
+    # no temp files left by the atomic write
+    assert [p.name for p in tworoom_data_path.parent.iterdir()] == [tworoom_data_path.name]
+
+
+def test_windows_stay_inside_episodes_and_align_actions(tworoom_data, rng):
+    s = WindowSampler(tworoom_data, history=3, frameskip=5)
+    frames, actions = s.sample(64, rng)
+    assert frames.shape == (64, 4, 64, 64, 3) and actions.shape == (64, 4, 10)
+    episode_of = np.repeat(np.arange(10), 61)
+    starts = s.window_starts
+    assert np.all(episode_of[starts] == episode_of[starts + 15])
+    f, a = s.window(np.array([7]))
+    assert np.array_equal(f[0, 1], tworoom_data.frames[12])
+    assert np.array_equal(a[0, 1], tworoom_data.actions[12:17].reshape(-1))
+    # consecutive frames in a window are one block of 5 actions apart: at most 5 steps of 0.05 per axis
+    st = tworoom_data.state
+    assert np.all(np.abs(st[starts + 5] - st[starts]) <= 0.25 + 1e-9)
+
+
+def test_bad_inputs_raise_user_error(tmp_path, tworoom_data):
+    with pytest.raises(UserError):
+        load(tmp_path / "missing.h5")
+    with pytest.raises(UserError):
+        CollectConfig(episodes=0)
+    with pytest.raises(UserError):
+        WindowSampler(tworoom_data, history=3, frameskip=30)

@@ -1,0 +1,83 @@
+import numpy as np
+
+from paperclub.worldmodel.envs import make_env, make_policy
+from paperclub.worldmodel.envs.pusht import PushTEnv
+from paperclub.worldmodel.envs.tworoom import TwoRoomEnv, TwoRoomExpert
+
+
+def test_tworoom_wall_blocks_and_door_lets_through():
+    env = TwoRoomEnv()
+    env.reset(seed=0)
+    env.set_state(np.array([0.3, 0.15]))  # left room, level with the wall
+    for _ in range(40):
+        env.step(np.array([1.0, 0.0]))
+    assert env.pos[0] < 0.5
+    env.set_state(np.array([0.3, 0.5]))  # level with the door
+    for _ in range(10):
+        env.step(np.array([1.0, 0.0]))
+    assert env.pos[0] > 0.5
+
+
+def test_tworoom_expert_reaches_the_other_room(rng):
+    env = TwoRoomEnv()
+    env.reset(seed=1)
+    env.set_state(np.array([0.2, 0.8]))
+    expert = TwoRoomExpert(env, rng)
+    expert.target = np.array([0.8, 0.2])
+    for _ in range(60):
+        env.step(expert())
+    assert np.linalg.norm(env.pos - expert.target) < 0.1 or expert.target[0] < 0.5 or env.pos[0] > 0.5
+
+
+def test_tworoom_render_reset_state_and_perturbations(rng):
+    env = TwoRoomEnv(image_size=64)
+    obs, info = env.reset(seed=5)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    obs2, _ = env.reset(seed=5)
+    assert np.array_equal(obs, obs2)
+    env.set_state(np.array([0.2, 0.2]))
+    a = env.render()
+    env.set_state(np.array([0.8, 0.8]))
+    assert not np.array_equal(a, env.render())
+    before = env.get_state()
+    env.teleport(rng)
+    assert np.linalg.norm(env.get_state() - before) >= 0.3
+    frame = env.render()
+    env.change_color()
+    assert not np.array_equal(frame, env.render())
+    assert env.is_success(env.get_state())
+
+
+def test_pusht_pushing_moves_block_and_idle_does_not():
+    env = PushTEnv()
+    env.reset(seed=0)
+    env.set_state(np.array([100.0, 256.0, 256.0, 256.0, 0.0]))
+    for _ in range(5):
+        env.step(np.zeros(2))
+    assert np.allclose(env.get_state()[2:4], [256, 256], atol=1e-3)
+    for _ in range(20):
+        env.step(np.array([1.0, 0.0]))
+    assert env.get_state()[2] > 280  # pushed to the right
+    s = env.get_state()
+    assert env.is_success(s)
+    moved = s.copy()
+    moved[2] += 50
+    assert not env.is_success(moved)
+    rotated = s.copy()
+    rotated[4] += 1.0
+    assert not env.is_success(rotated)
+
+
+def test_pusht_render_state_roundtrip_and_policy(rng):
+    env = make_env("pusht")
+    obs, info = env.reset(seed=2)
+    assert obs.shape == (64, 64, 3) and info["proprio"].shape == (4,)
+    s = env.get_state()
+    policy = make_policy("pusht", env, rng)
+    for _ in range(30):
+        obs, *_ = env.step(policy())
+    assert env.action_space.contains(policy())
+    env.set_state(s)
+    assert np.allclose(env.get_state(), s)
+    colours = {tuple(c) for c in env.render().reshape(-1, 3)}
+    assert (70, 110, 200) in colours and (220, 60, 60) in colours

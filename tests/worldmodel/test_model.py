@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from paperclub.errors import UserError
+from paperclub.worldmodel.model import LeWM, frames_to_tensor, prediction_loss, preset
+
+
+def tiny():
+    torch.manual_seed(0)
+    return LeWM(preset("tiny"))
+
+
+def test_shapes_and_batchnorm_projector():
+    m = tiny()
+    frames = torch.randn(4, 4, 3, 64, 64)
+    pred, z = m(frames, torch.randn(4, 4, 10))
+    assert z.shape == (4, 4, 32) and pred.shape == (4, 3, 32)
+    assert prediction_loss(pred, z).ndim == 0
+    assert any(isinstance(x, torch.nn.BatchNorm1d) for x in m.projector.modules())
+
+
+def test_predictor_is_causal():
+    m = tiny().eval()
+    z = torch.randn(2, 3, 32)
+    a = torch.randn(2, 3, 10)
+    # give the AdaLN gates non-zero values so that every path is active
+    for p in m.predictor.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    out = m.predict(z, a)
+    z2, a2 = z.clone(), a.clone()
+    z2[:, 2] += 5.0
+    a2[:, 2] += 1.0
+    out2 = m.predict(z2, a2)
+    assert torch.allclose(out[:, :2], out2[:, :2], atol=1e-5)
+    assert not torch.allclose(out[:, 2], out2[:, 2])
+
+
+def test_adaln_zero_starts_as_identity_on_actions_then_learns_to_use_them():
+    m = tiny()
+    z = torch.randn(8, 3, 32)
+    a = torch.randn(8, 3, 10)
+    assert torch.allclose(m.predict(z, a), m.predict(z, torch.zeros_like(a)), atol=1e-6)
+    target = a[..., :1].expand(-1, -1, 32)  # a target only the actions explain
+    opt = torch.optim.Adam(m.predictor.parameters(), lr=1e-2)
+    m.action_encoder.requires_grad_(True)
+    for _ in range(30):
+        loss = (m.predict(z, a) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.allclose(m.predict(z, a), m.predict(z, torch.zeros_like(a)), atol=1e-3)
+
+
+def test_rollout_matches_step_by_step_prediction():
+    m = tiny().eval()
+    z0 = torch.randn(5, 32)
+    plan = torch.randn(5, 4, 10)
+    zs = [z0]
+    for t in range(4):
+        lo = max(0, t - 2)
+        zs.append(m.predict(torch.stack(zs[lo:], 1), plan[:, lo : t + 1])[:, -1])
+    assert torch.allclose(m.rollout(z0, plan), zs[-1], atol=1e-5)
+
+
+def test_frames_to_tensor_range_and_layout():
+    x = frames_to_tensor(torch.full((2, 64, 64, 3), 255, dtype=torch.uint8))
+    assert x.shape == (2, 3, 64, 64) and torch.allclose(x, torch.ones_like(x))
+
+
+def test_bad_config_raises_user_error():
+    with pytest.raises(UserError):
+        preset("huge")
+    with pytest.raises(UserError):
+        preset("tiny", image_size=60)
