@@ -159,6 +159,32 @@ def init_draft(target: Llama, num_layers: int, vocab_ids: torch.Tensor, init_lay
     return draft
 
 
+# -- the shipped default draft -------------------------------------------------------------------------
+
+DEFAULT_DRAFT = "smollm2-135m-draft"
+
+
+def default_draft_dir() -> Path:
+    """The draft shipped for the embedded default target (SmolLM2-135M-Instruct)."""
+    from importlib import resources
+
+    return Path(str(resources.files("paperclub.ssd").joinpath("drafts", DEFAULT_DRAFT)))
+
+
+def default_draft_for(target_dir: str | Path) -> Path | None:
+    """The shipped draft if it fits the target in `target_dir` (same config and tokenizer), else None."""
+    draft_dir = default_draft_dir()
+    if not (draft_dir / "model.safetensors").is_file():
+        return None
+    try:
+        check_draft_compatible(draft_dir, target_dir)
+        d, t = _read_config(draft_dir), _read_config(Path(target_dir))
+    except UserError:
+        return None
+    same = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size", "rope_theta")
+    return draft_dir if all(d.get(k) == t.get(k) for k in same) else None
+
+
 # -- files ----------------------------------------------------------------------------------------------
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
