@@ -104,6 +104,7 @@ def test_distill_end_to_end_raises_acceptance_and_writes_a_loadable_draft(tmp_pa
     assert 0.0 <= saved["acceptance"]["T=0.7"]["acceptance_rate"] <= 1.0
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (out / f).is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     # the trained draft beats an untrained one of the same shape on the held-out prompts
     untrained = held_out(out, target_dir, random_init=True)
     trained = held_out(out, target_dir, out)

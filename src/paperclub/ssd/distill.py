@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +54,7 @@ class DistillConfig:
     time_budget_s: float | None = None
     batch_size: int = 8
     max_seq_len: int = 512
-    lr: float = 5e-4
+    lr: float = 1.5e-3
     warmup_steps: int = 30
     weight_decay: float = 0.0
     prompt_weight: float = 0.2
@@ -305,10 +307,14 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     # 4. export (bf16) and evaluate what was exported, against the bf16 target
     extra = {"distill": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "prompts"},
              "train_steps": state.step, "train_seconds": round(state.elapsed_s, 1)}
-    with atomic_path(out / ".export") as tmp:
-        save_draft(draft, tmp, target_dir, extra)
-        for f in tmp.iterdir():
+    export = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:  # each file replaces its predecessor atomically
+        save_draft(draft, export, target_dir, extra)
+        for f in export.iterdir():
+            f.chmod(0o644)
             f.replace(out / f.name)
+    finally:
+        shutil.rmtree(export, ignore_errors=True)
     target = llm.model
     exported = load_draft(out, target)
     reports = {}
@@ -348,8 +354,6 @@ def prepare_out(out: Path, resume: bool, force: bool) -> None:
         return
     if not force:
         raise UserError(f"output directory {out} exists: pass --resume to continue it or --force to overwrite it")
-    import shutil
-
     shutil.rmtree(out)
 
 

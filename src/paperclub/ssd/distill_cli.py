@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default 2000)")
     p.add_argument("--time-budget", default=None, help="training wall-time budget, e.g. 40m (default: none)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 8)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1.5e-3)")
     p.add_argument("--prompts", default=None, help="JSONL prompts (default: shipped set + HumanEval)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="target continuation length (default 192)")
     p.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts to evaluate (default all)")
