@@ -17,6 +17,7 @@ from paperclub.errors import UserError
 SYSTEMS = [
     "paperclub.models.cli",
     "paperclub.ssd.cli",
+    "paperclub.ssd.distill_cli",
     "paperclub.worldmodel.cli",
 ]
 
