@@ -197,20 +197,24 @@ class SSDDecoder:
 
     def _send(self, msg: dict) -> None:
         try:
-            self.channel.send(msg)
+            self.channel.send(msg, timeout_s=self.config.recv_timeout_s)
         except TransportError as e:
-            self._fail(f"cannot reach the draft process ({e})")
+            self._lost(e, self.config.recv_timeout_s)
 
     def _recv(self, timeout_s: float) -> tuple[dict, list[torch.Tensor]]:
         try:
             msg, tensors = self.channel.recv(timeout_s)
         except TransportError as e:
-            alive = self.process.is_alive()
-            why = f"no answer within {timeout_s:.0f} s" if alive else f"it died (exit code {self.process.exitcode})"
-            self._fail(f"lost the draft process: {why} [{e}]")
+            self._lost(e, timeout_s)
         if msg["kind"] == "error":
             self._fail(f"the draft process failed: {msg['message']}")
         return msg, tensors
+
+    def _lost(self, e: TransportError, timeout_s: float) -> None:
+        self.process.join(timeout=0.2)  # a killed process needs a moment to be reported dead
+        if self.process.is_alive():
+            self._fail(f"lost the draft process: no answer within {timeout_s:g} s ({e})")
+        self._fail(f"lost the draft process: it died (exit code {self.process.exitcode}) ({e})")
 
     def _fail(self, why: str) -> None:
         self._error = why

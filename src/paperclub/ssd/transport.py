@@ -39,16 +39,20 @@ class Channel:
     def connect(cls, store: dist.Store, rank: int, timeout: timedelta = _FOREVER) -> Channel:
         return cls(dist.ProcessGroupGloo(store, rank, 2, timeout), 1 - rank)
 
-    def send(self, header: dict[str, Any], tensors: list[torch.Tensor] | tuple = ()) -> None:
+    def send(self, header: dict[str, Any], tensors: list[torch.Tensor] | tuple = (),
+             timeout_s: float | None = None) -> None:
+        """Send one message. A gloo send completes only once the peer receives it, so it takes a timeout too."""
+        timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
         tensors = [t.detach().to("cpu").contiguous() for t in tensors]
         meta = pickle.dumps({"h": header, "t": [(tuple(t.shape), t.dtype) for t in tensors]})
         payload = torch.frombuffer(bytearray(meta), dtype=torch.uint8)
         try:
             for t in [torch.tensor([payload.numel()], dtype=torch.int64), payload, *tensors]:
                 if t.numel():
-                    self.pg.send([t], self.peer, 0).wait()
+                    work = self.pg.send([t], self.peer, 0)
+                    work.wait(timeout) if timeout is not None else work.wait()
         except RuntimeError as e:
-            raise TransportError(f"send failed: {e}") from e
+            raise TransportError(_first_line(e)) from e
 
     def recv(self, timeout_s: float | None = None) -> tuple[dict[str, Any], list[torch.Tensor]]:
         """The next message; raises TransportError if the peer is gone or nothing arrives in `timeout_s`."""
@@ -69,10 +73,16 @@ class Channel:
             work = self.pg.recv([t], self.peer, 0)
             work.wait(timeout) if timeout is not None else work.wait()
         except RuntimeError as e:
-            raise TransportError(str(e).splitlines()[0]) from e
+            raise TransportError(_first_line(e)) from e
 
     def close(self) -> None:
         try:
             self.pg.abort()
         except (RuntimeError, AttributeError):
             pass
+
+
+def _first_line(e: Exception) -> str:
+    """gloo's messages carry a source path and a long tail; keep what tells the user something."""
+    line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return line.split("] ", 1)[-1].split(". This is typically", 1)[0]
