@@ -10,7 +10,6 @@ side's pending receive at once; a peer that hangs is caught by the receive timeo
 from __future__ import annotations
 
 import pickle
-import socket
 from datetime import timedelta
 from typing import Any
 
@@ -23,12 +22,6 @@ _FOREVER = timedelta(days=30)
 
 class TransportError(ConnectionError):
     """The peer died, hung past the timeout, or the connection broke."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Channel:
