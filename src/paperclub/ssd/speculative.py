@@ -124,12 +124,7 @@ class SpeculativeDecoder:
     def verify(self, seqs: list[Sequence], draft: torch.Tensor, q: torch.Tensor | None) -> Verdict:
         chunks = [[s.output_ids[-1]] + d for s, d in zip(seqs, draft.tolist(), strict=True)]
         logits = self.runner.append([s.slot for s in seqs], [s.num_cached for s in seqs], chunks, False)
-        if q is None:
-            return verify_greedy(draft, logits)
-        params = [s.params for s in seqs]
-        B, T, V = logits.shape
-        p = filtered_probs(logits.reshape(B * T, V), [x for x in params for _ in range(T)]).view(B, T, V)
-        return verify_sampled(draft, q, p, draw_uniforms([s.generator for s in seqs], self.k, p.device))
+        return judge(seqs, draft, q, logits)
 
     def finish_round(self, seqs: list[Sequence], draft: list[list[int]], verdict: Verdict) -> list[list[int]]:
         for s, n in zip(seqs, verdict.num_accepted, strict=True):
@@ -142,3 +137,14 @@ class SpeculativeDecoder:
     def release(self, seq: Sequence) -> None:
         self.runner.cache.release(seq.slot)
         self.proposer.release(seq)
+
+
+def judge(seqs: list[Sequence], draft: torch.Tensor, q: torch.Tensor | None, logits: torch.Tensor) -> Verdict:
+    """The target's verdict on (B, K) draft tokens (q: (B, K, V) or None when every row is greedy) from its
+    (B, K + 1, V) logits at [last token, d_1..d_K]."""
+    if q is None:
+        return verify_greedy(draft, logits)
+    params = [s.params for s in seqs]
+    B, T, V = logits.shape
+    p = filtered_probs(logits.reshape(B * T, V), [x for x in params for _ in range(T)]).view(B, T, V)
+    return verify_sampled(draft, q, p, draw_uniforms([s.generator for s in seqs], draft.shape[1], p.device))
