@@ -17,7 +17,8 @@ import torch
 from scipy.stats import chisquare
 
 from paperclub.errors import UserError
-from paperclub.ssd.draft_worker import DraftWorker, load_draft_model
+from paperclub.models.draft import load_draft_model
+from paperclub.ssd.draft_worker import DraftWorker
 from paperclub.ssd.engine import ARDecoder, Engine, EngineConfig
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.saguaro import cache_aware

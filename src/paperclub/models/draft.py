@@ -310,3 +310,32 @@ def _load_own(draft: DraftLM, tensors: dict[str, torch.Tensor]) -> None:
     load_hf_weights(draft, {**tensors, "model.embed_tokens.weight": draft.embed.weight}.items())
     with torch.no_grad():
         draft.lm_head.weight.copy_(tensors["lm_head.weight"].to(draft.dtype))
+
+
+def load_draft_model(draft_dir: str | Path, target_dir: str | Path | None, device, dtype: torch.dtype,
+                     target: Llama | None = None) -> Llama:
+    """The one place a draft directory becomes a model, for SD and for the SSD draft process alike.
+
+    A paperclub draft (`is_draft_dir`) reuses the target's embedding: from `target` when given, else the target
+    is loaded from `target_dir`. Any other Hugging Face model may draft if it shares the target's vocabulary
+    and tokenizer."""
+    if is_draft_dir(draft_dir):
+        if target_dir is None:
+            raise UserError(f"{draft_dir} is a paperclub draft: it needs its target model to load")
+        check_draft_compatible(draft_dir, target_dir)
+        if target is None:
+            from paperclub.models.loader import load_model
+
+            target = load_model(target_dir, device, dtype)
+        return load_draft(draft_dir, target, device, dtype)
+    if target_dir is not None:
+        dcfg, tcfg = ModelConfig.from_dir(draft_dir), ModelConfig.from_dir(target_dir)
+        if dcfg.vocab_size != tcfg.vocab_size:
+            raise UserError(f"draft vocab ({dcfg.vocab_size}) differs from target vocab ({tcfg.vocab_size}): "
+                            "use a draft trained with the target's tokenizer")
+        dtok, ttok = _tokenizer_fingerprint(Path(draft_dir)), _tokenizer_fingerprint(Path(target_dir))
+        if dtok is not None and ttok is not None and dtok[1] != ttok[1]:
+            raise UserError(f"{draft_dir} has a different tokenizer than {target_dir}: the draft must share it")
+    from paperclub.models.loader import load_model
+
+    return load_model(draft_dir, device, dtype)

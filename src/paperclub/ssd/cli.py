@@ -21,10 +21,10 @@ DEMO_PROMPTS = [
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model directory, .gguf file or cached name (default: embedded)")
-    p.add_argument("--mode", default="auto", choices=["auto", "ar", "sd"],
-                   help="decoding algorithm (auto: sd when a draft is available, else ar)")
+    p.add_argument("--mode", default="auto", choices=["auto", "ar", "sd", "ssd"],
+                   help="decoding algorithm (auto: sd when --draft is given, else ar)")
     p.add_argument("--draft", default=None, help="draft model for sd (default: the shipped draft of the default model)")
-    p.add_argument("--k", type=int, default=5, help="draft tokens per round (sd)")
+    p.add_argument("--k", type=int, default=5, help="draft tokens per round (sd, ssd)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="weights/activations")
 

@@ -30,13 +30,12 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from paperclub.models.llama import AttentionMeta, Llama
-from paperclub.models.loader import load_model
+from paperclub.models.draft import load_draft_model
+from paperclub.models.llama import AttentionMeta
 from paperclub.ssd.kv_cache import slot_range
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.saguaro import cache_aware
@@ -46,11 +45,6 @@ from paperclub.ssd.ssd_config import SSDConfig
 from paperclub.ssd.transport import DRAFT, Channel, TransportError
 
 log = logging.getLogger(__name__)
-
-
-def load_draft_model(draft_dir: str | Path, target_dir: str | Path | None, device, dtype: torch.dtype) -> Llama:
-    """The one place that turns a draft directory into a model (a draft format may reuse the target's weights)."""
-    return load_model(draft_dir, device, dtype)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from paperclub.errors import UserError
+from paperclub.models.draft import default_draft_for, load_draft_model
 from paperclub.models.loader import load_model
 from paperclub.models.store import resolve_model
 from paperclub.models.tokenizer import Tokenizer
@@ -26,14 +27,15 @@ from paperclub.ssd.engine import ARDecoder, Engine, EngineConfig
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.sampling import SamplingParams
 from paperclub.ssd.sequence import Sequence as Seq
-from paperclub.ssd.speculative import SpeculativeDecoder, load_draft_model
+from paperclub.ssd.speculative import SpeculativeDecoder
+from paperclub.ssd.ssd import SSDDecoder
+from paperclub.ssd.ssd_config import SSDConfig
 
 log = logging.getLogger(__name__)
 
 Chat = list[dict[str, str]]
 Prompt = str | Chat | list[int]
 DEFAULT_MAX_MODEL_LEN = 8192
-DEFAULT_DRAFT_DIR = Path(__file__).parent / "drafts" / "smollm2-135m-draft"
 
 
 @dataclass
@@ -72,7 +74,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
-MODES = ("auto", "ar", "sd")
+MODES = ("auto", "ar", "sd", "ssd")
 
 
 def speculation_stats(seqs: list[Seq]) -> dict[str, float]:
@@ -88,8 +90,9 @@ def speculation_stats(seqs: list[Seq]) -> dict[str, float]:
 class LLM:
     """An engine over one target model and, for speculative modes, one draft model.
 
-    mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), or "auto" (SD when a
-    draft is given or a default draft exists for the target, else AR)."""
+    mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), "ssd" (speculative
+    speculative decoding: the draft runs in its own process and pre-drafts the likely outcomes; `ssd_config`
+    tunes fan-out, fallback and threads), or "auto" (SD when a draft is given, else AR)."""
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class LLM:
         k: int = 5,
         max_num_seqs: int = 16,
         max_model_len: int | None = None,
+        ssd_config: SSDConfig | None = None,
     ):
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -122,14 +126,17 @@ class LLM:
                 "the tokenizer does not belong to this model"
             )
         eos = set(cfg.eos_token_ids) | self.tokenizer.eos_token_ids
-        self.draft_dir = self._pick_draft(draft, mode, model is None)
-        self.mode = "sd" if self.draft_dir is not None else "ar"
+        self.draft_dir = self._pick_draft(draft, mode, self.model_dir)
+        self.mode = "ar" if self.draft_dir is None else ("ssd" if mode == "ssd" else "sd")
         self.k = k
         target = ModelRunner(self.model, self.max_model_len)
         if self.mode == "ar":
             decoder = ARDecoder(target)
+        elif self.mode == "ssd":
+            config = ssd_config or SSDConfig(k=k, draft_dtype=self.dtype)
+            decoder = SSDDecoder(target, self.draft_dir, self.model_dir, config)
         else:
-            self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype)
+            self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype, self.model)
             self.draft_model.set_rope(self.max_model_len)
             decoder = SpeculativeDecoder(target, ModelRunner(self.draft_model, self.max_model_len), k=k)
         self.engine = Engine(
@@ -140,16 +147,32 @@ class LLM:
         )
 
     @staticmethod
-    def _pick_draft(draft: str | Path | None, mode: str, default_target: bool) -> Path | None:
+    def _pick_draft(draft: str | Path | None, mode: str, target_dir: Path) -> Path | None:
+        """auto is AR unless a draft is given: the shipped default draft accepts too few tokens to beat AR yet
+        (see BENCHMARKS.md); `mode="sd"` uses it when no draft is given."""
         if mode == "ar":
             return None
         if draft is not None:
-            return resolve_model(draft)
-        if default_target and DEFAULT_DRAFT_DIR.is_dir():
-            return DEFAULT_DRAFT_DIR
-        if mode == "sd":
-            raise UserError("mode sd needs a draft model: pass --draft DIR (a small model with the target's tokenizer)")
+            return Path(draft) if Path(draft).is_dir() else resolve_model(draft)
+        if mode in ("sd", "ssd"):
+            found = default_draft_for(target_dir)
+            if found is None:
+                raise UserError(f"mode {mode} needs a draft model: pass --draft DIR (a small model with the target's "
+                                "tokenizer)")
+            return found
         return None
+
+    def close(self) -> None:
+        """Stop the SSD draft process, if any (also done at interpreter exit)."""
+        close = getattr(self.engine.decoder, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- prompts -------------------------------------------------------------------------------------
     def encode(self, prompt: Prompt) -> list[int]:

@@ -10,32 +10,12 @@ Rows accept different numbers of tokens; the next round simply feeds each row wh
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from paperclub.errors import UserError
-from paperclub.models.config import ModelConfig
-from paperclub.models.llama import Llama
-from paperclub.models.loader import load_model
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.sampling import filtered_probs, next_tokens, sample
 from paperclub.ssd.sequence import Sequence
 from paperclub.ssd.verify import Verdict, draw_uniforms, verify_greedy, verify_sampled
-
-
-def load_draft_model(draft_dir: Path, target_dir: Path, device, dtype) -> Llama:
-    """Load a draft and check that it can speak for the target: same vocabulary, same tokenizer."""
-    draft_cfg, target_cfg = ModelConfig.from_dir(draft_dir), ModelConfig.from_dir(target_dir)
-    if draft_cfg.vocab_size != target_cfg.vocab_size:
-        raise UserError(
-            f"draft vocab ({draft_cfg.vocab_size}) differs from target vocab ({target_cfg.vocab_size}): "
-            "use a draft trained with the target's tokenizer"
-        )
-    draft_tok, target_tok = Path(draft_dir) / "tokenizer.json", Path(target_dir) / "tokenizer.json"
-    if draft_tok.is_file() and target_tok.is_file() and draft_tok.read_bytes() != target_tok.read_bytes():
-        raise UserError(f"{draft_dir} has a different tokenizer than {target_dir}: the draft must share it")
-    return load_model(draft_dir, device, dtype)
 
 
 class DraftProposer:
