@@ -36,7 +36,9 @@ def cpu_kernel():
         return cpp_extension.load(
             name="paperclub_cpu_kernels",
             sources=[str(kernels / "linear_cpu.cpp"), str(kernels / "attention_cpu.cpp")],
-            extra_cflags=["-O3", "-mavx512f", "-mavx512bf16", "-mavx512vl", "-mavx512bw", "-mfma"],
+            # -fopenmp: at::parallel_for is an OpenMP pragma in the headers; without it the kernels run serially
+            extra_cflags=["-O3", "-fopenmp", "-mavx512f", "-mavx512bf16", "-mavx512vl", "-mavx512bw", "-mfma"],
+            extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as e:  # no compiler, no headers: stay correct, only slower
