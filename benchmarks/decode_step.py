@@ -4,8 +4,11 @@ torch.compile variants, batch 1/16, context ~100/~600, K+1=6-token verify step, 
 Model layout (what the engine should copy):
   * fused weights per layer: wqkv [960, 576], wo [576, 576], wgu [3072, 576] (gate rows first),
     wd [576, 1536]; tied embedding [49152, 576] used as LM head; all bf16; RMSNorm weights bf16 (F.rms_norm).
-  * static KV cache k_cache / v_cache [L, B, n_kv, S_max=1024, 64] bf16, passed as *inputs* and written in
-    place with scatter_ at per-sequence positions pos [B, T] (int64 tensor => no recompile when pos changes).
+  * static KV cache: per-layer lists k_caches / v_caches of [B, n_kv, S_max=1024, 64] bf16 tensors, passed as
+    *inputs* and written in place with index_copy_(2, pos, k) at positions pos [T] (int64 tensor => no
+    recompile when pos changes; all rows of the batch share positions). PITFALL (measured, see
+    kv_write_pitfall()): scatter_ into a view k_cache[i] of one big [L, ...] cache makes inductor copy the
+    whole cache every layer (~41 ms/step extra); scatter_ on per-layer tensors ~3.4 ms; index_copy_ ~0.05 ms.
   * attention always runs over a view of fixed length `kv_view` (default: the whole S_max) with a boolean
     mask kv_idx <= pos built inside the graph => graph shapes never change from step to step.
     GQA without repeating K/V: q [B, 9, T, 64] -> [B, 3, 3*T, 64] so each KV head serves its 3 q heads.
@@ -118,17 +121,16 @@ class Llama(nn.Module):
         v_cache: torch.Tensor,
         kv_view: int,
     ) -> torch.Tensor:
-        """tokens, pos: [B, T] int64; caches [L, B, n_kv, S_max, hd] (mutated); logits [B, T, V] bf16."""
+        """tokens [B, T], pos [T] int64; caches: L x [B, n_kv, S_max, hd] (mutated); logits [B, T, V]."""
         c = self.c
         b, t = tokens.shape
         grp = c.n_heads // c.n_kv
         x = F.embedding(tokens, self.embed)
-        cos = self.cos[pos].unsqueeze(1)  # [B, 1, T, hd]
-        sin = self.sin[pos].unsqueeze(1)
+        cos = self.cos[pos]  # [T, hd]
+        sin = self.sin[pos]
         kv_idx = torch.arange(kv_view, device=tokens.device)
-        allowed = kv_idx.view(1, 1, kv_view) <= pos.unsqueeze(-1)  # [B, T, S]
-        mask = allowed.unsqueeze(1).repeat(1, 1, grp, 1)  # [B, 1, grp*T, S]
-        widx = pos.view(b, 1, t, 1).expand(b, c.n_kv, t, c.head_dim)
+        allowed = kv_idx.view(1, kv_view) <= pos.unsqueeze(-1)  # [T, S]
+        mask = allowed.repeat(grp, 1)  # [grp*T, S]: row g*T + t
         nq, nk = c.n_heads * c.head_dim, c.n_kv * c.head_dim
         for i in range(c.n_layers):
             h = F.rms_norm(x, (c.hidden,), self.ln1[i], c.eps)
@@ -139,8 +141,8 @@ class Llama(nn.Module):
             v = v.view(b, t, c.n_kv, c.head_dim).transpose(1, 2)
             q = q * cos + rot_half(q) * sin
             k = k * cos + rot_half(k) * sin
-            k_cache[i].scatter_(2, widx, k)
-            v_cache[i].scatter_(2, widx, v)
+            k_cache[i].index_copy_(2, pos, k)
+            v_cache[i].index_copy_(2, pos, v)
             kk = k_cache[i][:, :, :kv_view]
             vv = v_cache[i][:, :, :kv_view]
             qg = q.reshape(b, c.n_kv, grp * t, c.head_dim)  # heads grouped by their KV head
@@ -155,9 +157,40 @@ class Llama(nn.Module):
         return self.lin(x, self.embed)
 
 
-def new_cache(c: Cfg, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    shp = (c.n_layers, b, c.n_kv, c.s_max, c.head_dim)
-    return torch.zeros(shp, dtype=torch.bfloat16), torch.zeros(shp, dtype=torch.bfloat16)
+def new_cache(c: Cfg, b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    shp = (b, c.n_kv, c.s_max, c.head_dim)
+    z = lambda: [torch.zeros(shp, dtype=torch.bfloat16) for _ in range(c.n_layers)]
+    return z(), z()
+
+
+def kv_write_pitfall(threads: int) -> None:
+    """Compiled cost of writing one token's K into 30 layer caches, three ways."""
+    n_l, shp = 30, (1, 3, 1024, 64)
+
+    def f_view(kc, idx, p, v):
+        for i in range(n_l):
+            kc[i].scatter_(2, idx, v)
+
+    def f_list(kcs, idx, p, v):
+        for i in range(n_l):
+            kcs[i].scatter_(2, idx, v)
+
+    def f_icopy(kcs, idx, p, v):
+        for i in range(n_l):
+            kcs[i].index_copy_(2, p, v)
+
+    big = torch.zeros(n_l, *shp, dtype=torch.bfloat16)
+    lst = [torch.zeros(shp, dtype=torch.bfloat16) for _ in range(n_l)]
+    v = torch.randn(1, 3, 1, 64, dtype=torch.bfloat16)
+    idx, p = torch.full((1, 3, 1, 64), 100), torch.tensor([100])
+    fns = {}
+    for name, f, kc in [("scatter_ view of [L,...]", f_view, big), ("scatter_ per-layer", f_list, lst),
+                        ("index_copy_ per-layer", f_icopy, lst)]:  # fmt: skip
+        cf = torch.compile(f, fullgraph=True, dynamic=False)
+        fns[name] = (lambda g, a: lambda: g(a, idx, p, v))(cf, kc)
+    res = bench_interleaved(fns, reps=7, target_s=0.05)
+    for k, sec in res.items():
+        print(f"threads={threads} KV write x30 layers, compiled: {k:26s} {sec * 1e3:8.3f} ms")
 
 
 def make_compiled(model: Llama, mode: str | None, freezing: bool):
@@ -205,7 +238,7 @@ def bench_steps(args, c: Cfg) -> None:
                 kc, vc = new_cache(c, b)
                 for ctx in args.ctx:
                     tok = torch.randint(0, c.vocab, (b, t))
-                    pos = (ctx + torch.arange(t)).expand(b, t).contiguous()
+                    pos = ctx + torch.arange(t)
                     kvv = kv_view_for(variant, ctx, t, c, args.bucket)
                     mk = lambda f, a, p, kc_, vc_, n: lambda: f(a, p, kc_, vc_, n)
                     call = mk(fn, tok, pos, kc, vc, kvv)
@@ -246,10 +279,10 @@ def generate_loop(fn, c: Cfg, n_new: int, prompt_len: int, b: int = 1) -> float:
     tok = torch.randint(0, c.vocab, (b, 1))
     with torch.no_grad():
         for p in range(prompt_len):
-            fn(tok, torch.full((b, 1), p), kc, vc, c.s_max)
+            fn(tok, torch.tensor([p]), kc, vc, c.s_max)
         t0 = time.perf_counter()
         for i in range(n_new):
-            logits = fn(tok, torch.full((b, 1), prompt_len + i), kc, vc, c.s_max)
+            logits = fn(tok, torch.tensor([prompt_len + i]), kc, vc, c.s_max)
             tok = logits[:, -1].argmax(-1, keepdim=True)
         return n_new / (time.perf_counter() - t0)
 
@@ -305,7 +338,7 @@ def run_generate(args, c: Cfg) -> None:
             t0 = time.perf_counter()
             kc, vc = new_cache(c, 1)
             with torch.no_grad():
-                fn(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long), kc, vc, c.s_max)
+                fn(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), kc, vc, c.s_max)
             icfg.freezing = False
             print(f"{variant}: compile {time.perf_counter() - t0:.1f}s", flush=True)
         else:
@@ -335,7 +368,7 @@ def run_profile(c: Cfg) -> None:
     model = Llama(c).eval()
     kc, vc = new_cache(c, 1)
     tok = torch.randint(0, c.vocab, (1, 1))
-    pos = torch.full((1, 1), 100)
+    pos = torch.tensor([100])
     with torch.no_grad():
         for _ in range(3):
             model(tok, pos, kc, vc, 101)
@@ -369,12 +402,15 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--gen-reps", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--kv-pitfall", action="store_true")
     ap.add_argument("--layers", type=int, default=30)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     c = Cfg(n_layers=args.layers)
     print(f"torch {torch.__version__} threads={torch.get_num_threads()}", flush=True)
-    if args.profile:
+    if args.kv_pitfall:
+        kv_write_pitfall(args.threads)
+    elif args.profile:
         run_profile(c)
     elif args.generate is not None:
         run_generate(args, c)
