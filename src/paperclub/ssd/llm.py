@@ -64,7 +64,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.f
           "float16": torch.float16, "fp16": torch.float16}
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -113,7 +113,7 @@ class LLM:
         self.model_dir = resolve_model(model)
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype)
         t0 = time.perf_counter()
         self.model = load_model(self.model_dir, self.device, self.dtype, max_positions=None)
         cfg = self.model.cfg

@@ -51,7 +51,7 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+def make_generator(seed: int | None) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
     return g
