@@ -23,6 +23,7 @@ from paperclub.models.draft import default_draft_for, load_draft_model
 from paperclub.models.loader import load_model
 from paperclub.models.store import resolve_model
 from paperclub.models.tokenizer import Tokenizer
+from paperclub.nn.cpu_kernels import cpu_kernel
 from paperclub.ssd.engine import ARDecoder, Engine, EngineConfig
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.sampling import SamplingParams
@@ -115,6 +116,8 @@ class LLM:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         t0 = time.perf_counter()
+        if self.device.type == "cpu":
+            cpu_kernel()  # build/load the CPU kernels now, so the first generation's timing does not include it
         self.model = load_model(self.model_dir, self.device, self.dtype, max_positions=None)
         cfg = self.model.cfg
         self.max_model_len = min(max_model_len or DEFAULT_MAX_MODEL_LEN, cfg.max_position_embeddings)
