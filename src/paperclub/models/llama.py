@@ -94,8 +94,30 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x, cos, sin, k_cache, v_cache, meta):
+        if self._fused(x, k_cache):  # the whole block in one compiled call (`nn/kernels/block_cpu.cpp`)
+            return cpu_kernel().block(x.contiguous(), *self.tensors(), cos, sin, k_cache, v_cache, meta.slots,
+                                      meta.write_index, meta.kv_len, meta.mask, self.attn.cfg.num_heads,
+                                      self.attn_norm.eps)
         x = x + self.attn(self.attn_norm(x), cos, sin, k_cache, v_cache, meta)
         return x + self.mlp(self.mlp_norm(x))
+
+    def tensors(self) -> list[torch.Tensor | None]:
+        """The block's tensors in the order the fused kernel takes them."""
+        a = self.attn
+        return [self.attn_norm.weight, a.qkv.weight, a.qkv.bias, None if a.q_norm is None else a.q_norm.weight,
+                None if a.k_norm is None else a.k_norm.weight, a.o.weight, a.o.bias, self.mlp_norm.weight,
+                self.mlp.gate_up.weight, self.mlp.down.weight]
+
+    def _fused(self, x: torch.Tensor, k_cache: torch.Tensor) -> bool:
+        w = self.attn.qkv.weight
+        key = (x.dtype, x.device, k_cache.dtype, w.dtype, w.device, torch.is_grad_enabled() and w.requires_grad)
+        if getattr(self, "_fused_key", None) != key:  # decided once per dtype/device/grad mode, not per call
+            cfg, step = self.attn.cfg, 32 if x.dtype == torch.bfloat16 else 16
+            shapes_ok = cfg.head_dim % 16 == 0 and all(n % step == 0 for n in (cfg.hidden_size, cfg.q_size,
+                                                                               cfg.intermediate_size))
+            self._fused_key = key
+            self._fused_ok = shapes_ok and usable(x, k_cache, *self.parameters())
+        return self._fused_ok
 
 
 class Llama(nn.Module):
@@ -135,9 +157,23 @@ class Llama(nn.Module):
         x = self.embed(tokens)
         cos = self.rope_cos[positions].to(x.dtype)[:, :, None]  # (B, T, 1, hd)
         sin = self.rope_sin[positions].to(x.dtype)[:, :, None]
+        if len(self.layers) and self.layers[0]._fused(x, k_caches[0]):  # every block in one compiled call
+            x = cpu_kernel().layers(x.contiguous(), self._block_params(), list(k_caches), list(v_caches), cos, sin,
+                                    meta.slots, meta.write_index, meta.kv_len, meta.mask, self.cfg.num_heads,
+                                    self.cfg.rms_norm_eps)
+            return self.norm(x)
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         return self.norm(x)
+
+    def _block_params(self) -> list[torch.Tensor | None]:
+        """Every block's tensors in the order `layers` (`nn/kernels/block_cpu.cpp`) takes them. Cached per
+        dtype/device: the Parameter objects stay the same when weights are loaded (`copy_`) or converted (`.to`)."""
+        key = self.layers[0]._fused_key
+        if getattr(self, "_block_params_key", None) != key:
+            self._block_params_list = [t for layer in self.layers for t in layer.tensors()]
+            self._block_params_key = key
+        return self._block_params_list
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits for the given hidden states (..., D)."""

@@ -10,10 +10,63 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <type_traits>
 
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;  // weight rows per parallel work item
+// Software prefetch of the weight rows this many rows ahead: the hardware prefetcher stops at 4 KiB pages,
+// and a decode step is nothing but streaming weights.
+constexpr int64_t kPrefetchRows = 8;
+
+// The sum of v's 16 lanes in one fixed tree: t[i] = v[i] + v[i+8], u[j] = t[j] + t[j+4], (u0 + u2) + (u1 + u3).
+// Every output element of these kernels is reduced in exactly this order, whatever the tile it falls in.
+inline float reduce16(__m512 v) {
+  const __m256 t = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+  const __m128 w = _mm_add_ps(u, _mm_movehl_ps(u, u));
+  return _mm_cvtss_f32(_mm_add_ss(w, _mm_shuffle_ps(w, w, 1)));
+}
+
+// The same tree for 16 accumulators at once (a transpose by shuffles): lane 4q + t of the result is the sum of
+// acc[q + 4t]. For a 4x4 tile acc[4i + j] (weight row i, x row j) that puts row j's four outputs in lanes 4j..4j+3.
+inline __m512 reduce16x16(const __m512* acc) {
+  __m512 s1[8], s2[4], s3[2];
+  for (int p = 0; p < 8; ++p)  // halves: acc[2p] | acc[2p+1], each lane i = v[i] + v[i+8]
+    s1[p] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], 0x44),
+                          _mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], 0xEE));
+  for (int r = 0; r < 4; ++r)  // quarters: acc[4r + 0..3], each lane j = t[j] + t[j+4]
+    s2[r] = _mm512_add_ps(_mm512_shuffle_f32x4(s1[2 * r], s1[2 * r + 1], 0x88),
+                          _mm512_shuffle_f32x4(s1[2 * r], s1[2 * r + 1], 0xDD));
+  for (int u = 0; u < 2; ++u)  // quarter q: (u0 + u2, u1 + u3) of acc[8u + q], then of acc[8u + 4 + q]
+    s3[u] = _mm512_add_ps(_mm512_shuffle_ps(s2[2 * u], s2[2 * u + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(s2[2 * u], s2[2 * u + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_add_ps(_mm512_shuffle_ps(s3[0], s3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(s3[0], s3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Reduce a tile's accumulators and write y[m0 + j, n0 + i] = sum(acc[i][j]) + bias[n0 + i].
+template <int NB, int MB, typename T>
+inline void store_tile(__m512 (&acc)[NB][MB], const float* bias, T* y, int64_t N, int64_t n0, int64_t m0) {
+  auto put = [&](int i, int j, float v) {
+    v += bias ? bias[n0 + i] : 0.f;
+    if constexpr (std::is_same_v<T, uint16_t>) {
+      y[(m0 + j) * N + n0 + i] = c10::BFloat16(v).x;  // round to nearest even
+    } else {
+      y[(m0 + j) * N + n0 + i] = v;
+    }
+  };
+  if constexpr (NB == 4 && MB == 4) {
+    alignas(64) float out[16];
+    _mm512_store_ps(out, reduce16x16(&acc[0][0]));
+    for (int j = 0; j < 4; ++j)
+      for (int i = 0; i < 4; ++i) put(i, j, out[4 * j + i]);
+  } else {
+    for (int i = 0; i < NB; ++i)
+      for (int j = 0; j < MB; ++j) put(i, j, reduce16(acc[i][j]));
+  }
+}
 
 template <int NB, int MB>
 inline void tile_bf16(const uint16_t* x, const uint16_t* w, const float* bias, uint16_t* y, int64_t K, int64_t N,
@@ -23,17 +76,16 @@ inline void tile_bf16(const uint16_t* x, const uint16_t* w, const float* bias, u
     for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 32) {
     __m512bh wv[NB];
-    for (int i = 0; i < NB; ++i) wv[i] = (__m512bh)_mm512_loadu_si512(w + (n0 + i) * K + k);
+    for (int i = 0; i < NB; ++i) {
+      _mm_prefetch((const char*)(w + (n0 + i + kPrefetchRows) * K + k), _MM_HINT_T0);  // may pass the end: harmless
+      wv[i] = (__m512bh)_mm512_loadu_si512(w + (n0 + i) * K + k);
+    }
     for (int j = 0; j < MB; ++j) {
       __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + j) * K + k);
       for (int i = 0; i < NB; ++i) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[i]);
     }
   }
-  for (int i = 0; i < NB; ++i)
-    for (int j = 0; j < MB; ++j) {
-      float v = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[n0 + i] : 0.f);
-      y[(m0 + j) * N + n0 + i] = c10::BFloat16(v).x;  // round to nearest even
-    }
+  store_tile<NB, MB>(acc, bias, y, N, n0, m0);
 }
 
 template <int NB, int MB>
@@ -44,14 +96,16 @@ inline void tile_f32(const float* x, const float* w, const float* bias, float* y
     for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
     __m512 wv[NB];
-    for (int i = 0; i < NB; ++i) wv[i] = _mm512_loadu_ps(w + (n0 + i) * K + k);
+    for (int i = 0; i < NB; ++i) {
+      _mm_prefetch((const char*)(w + (n0 + i + kPrefetchRows) * K + k), _MM_HINT_T0);
+      wv[i] = _mm512_loadu_ps(w + (n0 + i) * K + k);
+    }
     for (int j = 0; j < MB; ++j) {
       __m512 xv = _mm512_loadu_ps(x + (m0 + j) * K + k);
       for (int i = 0; i < NB; ++i) acc[i][j] = _mm512_fmadd_ps(xv, wv[i], acc[i][j]);
     }
   }
-  for (int i = 0; i < NB; ++i)
-    for (int j = 0; j < MB; ++j) y[(m0 + j) * N + n0 + i] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[n0 + i] : 0.f);
+  store_tile<NB, MB>(acc, bias, y, N, n0, m0);
 }
 
 // Cover rows [n_begin, n_end) x all M rows of x with 4x4 tiles and 1-wide tails (same per-element order).
@@ -114,8 +168,20 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tens
 
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                         int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
+torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qkv, c10::optional<torch::Tensor> b_qkv,
+                    c10::optional<torch::Tensor> q_norm, c10::optional<torch::Tensor> k_norm, torch::Tensor w_o,
+                    c10::optional<torch::Tensor> b_o, torch::Tensor mlp_norm, torch::Tensor w_gate_up,
+                    torch::Tensor w_down, torch::Tensor cos, torch::Tensor sin, torch::Tensor k_cache,
+                    torch::Tensor v_cache, torch::Tensor slots, torch::Tensor write_index, int64_t S,
+                    c10::optional<torch::Tensor> mask, int64_t num_heads, double eps);  // block_cpu.cpp
+torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> params,
+                     std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches, torch::Tensor cos,
+                     torch::Tensor sin, torch::Tensor slots, torch::Tensor write_index, int64_t S,
+                     c10::optional<torch::Tensor> mask, int64_t num_heads, double eps);  // block_cpu.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "batch-invariant linear (AVX-512)");
   m.def("attention", &attention, "batch-invariant attention over a slot KV cache (AVX-512)");
+  m.def("layers", &layers, "all decoder blocks of a model, one after the other");
+  m.def("block", &block, "one Llama decoder block: norms, projections, rope, cache write, attention, MLP");
 }

@@ -1,0 +1,182 @@
+// One Llama decoder block in a single call, for x86 CPUs with AVX-512 (BF16).
+//
+//   x = x + o_proj(attention(rope(q, k), cache))      q, k, v = qkv_proj(rmsnorm(x)), k/v written to the cache
+//   x = x + down(silu(gate) * up)                     gate, up = gate_up_proj(rmsnorm(x))
+//
+// A decode step of a small model is ~20 tiny elementwise ops per layer around 4 matmuls; run one by one from
+// Python each costs more in dispatch than in arithmetic. Here they are plain loops between the batch-invariant
+// matmuls of linear_cpu.cpp and the attention of attention_cpu.cpp, so a block costs its weight reads and little
+// else. The rounding follows the eager PyTorch reference step by step (every op computes in float32 and rounds
+// to the activation dtype once), and every token row is computed on its own: results do not depend on how many
+// rows share the call, which keeps greedy AR, SD and SSD token-identical.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+
+torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt);  // linear_cpu.cpp
+torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
+                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
+
+namespace {
+
+constexpr int64_t kRowGrain = 8;  // token rows per parallel work item for the elementwise loops
+
+// y[r] = w * round(x[r] * rsqrt(mean(x[r]^2) + eps)), x and y with row strides (may alias per row).
+template <typename T>
+void rmsnorm_rows(const T* x, int64_t x_stride, const T* w, T* y, int64_t y_stride, int64_t rows, int64_t D,
+                  float eps) {
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * x_stride;
+      T* yr = y + r * y_stride;
+      float ss = 0.f;
+      for (int64_t d = 0; d < D; ++d) ss += float(xr[d]) * float(xr[d]);
+      const float inv = 1.f / std::sqrt(ss / float(D) + eps);
+      for (int64_t d = 0; d < D; ++d) yr[d] = T(float(w[d]) * float(T(float(xr[d]) * inv)));
+    }
+  });
+}
+
+// Half-split rotary embedding of one head vector in place: x = x * cos + cat(-x2, x1) * sin.
+template <typename T>
+inline void rope_head(T* x, const T* cos, const T* sin, int64_t D) {
+  const int64_t half = D / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = float(x[i]), x2 = float(x[i + half]);
+    const T a = T(float(T(x1 * float(cos[i]))) + float(T(-x2 * float(sin[i]))));
+    const T b = T(float(T(x2 * float(cos[i + half]))) + float(T(x1 * float(sin[i + half]))));
+    x[i] = a;
+    x[i + half] = b;
+  }
+}
+
+template <typename T>
+struct BlockArgs {
+  int64_t B, Tq, D, H, Hkv, hd, I, cap;
+  float eps;
+};
+
+// From the qkv projection (rows = B*T, width (H + 2 Hkv) hd): optional q/k norm, rope, q out, k/v to the cache.
+template <typename T>
+void qkv_epilogue(const BlockArgs<T>& a, T* qkv, const T* q_norm, const T* k_norm, const T* cos, const T* sin,
+                  const int64_t* slots, const int64_t* write_index, T* q_out, T* kc, T* vc) {
+  const int64_t width = (a.H + 2 * a.Hkv) * a.hd;
+  at::parallel_for(0, a.B * a.Tq, kRowGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* row = qkv + r * width;
+      const int64_t b = r / a.Tq;
+      const T* c = cos + r * a.hd;
+      const T* s = sin + r * a.hd;
+      if (q_norm) rmsnorm_rows(row, a.hd, q_norm, row, a.hd, a.H, a.hd, a.eps);
+      if (k_norm) rmsnorm_rows(row + a.H * a.hd, a.hd, k_norm, row + a.H * a.hd, a.hd, a.Hkv, a.hd, a.eps);
+      for (int64_t h = 0; h < a.H + a.Hkv; ++h) rope_head(row + h * a.hd, c, s, a.hd);
+      std::copy(row, row + a.H * a.hd, q_out + r * a.H * a.hd);
+      const int64_t pos = write_index[r];
+      for (int64_t h = 0; h < a.Hkv; ++h) {
+        const int64_t at = ((slots[b] * a.Hkv + h) * a.cap + pos) * a.hd;
+        std::copy(row + (a.H + h) * a.hd, row + (a.H + h + 1) * a.hd, kc + at);
+        std::copy(row + (a.H + a.Hkv + h) * a.hd, row + (a.H + a.Hkv + h + 1) * a.hd, vc + at);
+      }
+    }
+  });
+}
+
+// out = x + y elementwise, rounded once (out may be x).
+template <typename T>
+void add(const T* x, const T* y, T* out, int64_t n) {
+  at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = T(float(x[i]) + float(y[i]));
+  });
+}
+
+// out[r, i] = round(round(silu(gate[r, i])) * up[r, i]) from gate_up rows [gate | up].
+template <typename T>
+void silu_mul_rows(const T* gu, T* out, int64_t rows, int64_t I) {
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* g = gu + r * 2 * I;
+      const T* u = g + I;
+      T* o = out + r * I;
+      for (int64_t i = 0; i < I; ++i) {
+        const float gf = float(g[i]);
+        o[i] = T(float(T(gf / (1.f + std::exp(-gf)))) * float(u[i]));
+      }
+    }
+  });
+}
+
+template <typename T>
+const T* opt_ptr(const c10::optional<torch::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+}  // namespace
+
+// x: (B, T, D); cos, sin: (B, T, [1,] hd) in x's dtype; caches: (slots, Hkv, cap, hd); slots: (B,);
+// write_index: (B, T); mask: (B, [1,] T, S) bool or None. Returns the block's output (B, T, D); x is not changed.
+torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qkv, c10::optional<torch::Tensor> b_qkv,
+                    c10::optional<torch::Tensor> q_norm, c10::optional<torch::Tensor> k_norm, torch::Tensor w_o,
+                    c10::optional<torch::Tensor> b_o, torch::Tensor mlp_norm, torch::Tensor w_gate_up,
+                    torch::Tensor w_down, torch::Tensor cos, torch::Tensor sin, torch::Tensor k_cache,
+                    torch::Tensor v_cache, torch::Tensor slots, torch::Tensor write_index, int64_t S,
+                    c10::optional<torch::Tensor> mask, int64_t num_heads, double eps) {
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "block: x must be a contiguous (B, T, D) tensor");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
+              "block: layout");
+  const int64_t B = x.size(0), Tq = x.size(1), D = x.size(2), rows = B * Tq;
+  const int64_t Hkv = k_cache.size(1), cap = k_cache.size(2), hd = k_cache.size(3), H = num_heads;
+  const int64_t I = w_down.size(1);
+  TORCH_CHECK(w_qkv.size(0) == (H + 2 * Hkv) * hd && hd % 2 == 0 && cos.numel() == rows * hd, "block: shapes");
+  TORCH_CHECK(slots.scalar_type() == torch::kInt64 && write_index.scalar_type() == torch::kInt64, "block: int64 ids");
+  auto slots_c = slots.contiguous();
+  auto write_c = write_index.contiguous();
+  c10::optional<torch::Tensor> mask3;
+  if (mask.has_value() && mask->defined()) mask3 = mask->reshape({B, Tq, S});
+
+  auto x2 = x.view({rows, D});
+  auto h = torch::empty_like(x2);
+  auto out = torch::empty_like(x2);
+  auto q = torch::empty({B, Tq, H, hd}, x.options());
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    const BlockArgs<T> a{B, Tq, D, H, Hkv, hd, I, cap, (float)eps};
+    rmsnorm_rows(x2.data_ptr<T>(), D, attn_norm.data_ptr<T>(), h.data_ptr<T>(), D, rows, D, a.eps);
+    auto qkv = ::linear(h, w_qkv, b_qkv);
+    qkv_epilogue(a, qkv.data_ptr<T>(), opt_ptr<T>(q_norm), opt_ptr<T>(k_norm), cos.data_ptr<T>(), sin.data_ptr<T>(),
+                 slots_c.data_ptr<int64_t>(), write_c.data_ptr<int64_t>(), q.data_ptr<T>(), k_cache.data_ptr<T>(),
+                 v_cache.data_ptr<T>());
+    auto att = ::attention(q, k_cache, v_cache, slots_c, S, mask3, 1.0 / std::sqrt((double)hd));
+    auto o = ::linear(att.view({rows, H * hd}), w_o, b_o);
+    add(x2.data_ptr<T>(), o.data_ptr<T>(), out.data_ptr<T>(), rows * D);
+    rmsnorm_rows(out.data_ptr<T>(), D, mlp_norm.data_ptr<T>(), h.data_ptr<T>(), D, rows, D, a.eps);
+    auto gu = ::linear(h, w_gate_up, c10::nullopt);
+    auto act = torch::empty({rows, I}, x.options());
+    silu_mul_rows(gu.data_ptr<T>(), act.data_ptr<T>(), rows, I);
+    auto d = ::linear(act, w_down, c10::nullopt);
+    add(out.data_ptr<T>(), d.data_ptr<T>(), out.data_ptr<T>(), rows * D);
+  };
+  if (x.scalar_type() == torch::kBFloat16) {
+    run(at::BFloat16(0.f));
+  } else {
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "block: bf16 or fp32");
+    run(0.f);
+  }
+  return out.view({B, Tq, D});
+}
+
+// All decoder blocks of a model in one call. params: per layer, in this order, [attn_norm, w_qkv, b_qkv, q_norm,
+// k_norm, w_o, b_o, mlp_norm, w_gate_up, w_down] (None where a layer has no such tensor).
+torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> params,
+                     std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches, torch::Tensor cos,
+                     torch::Tensor sin, torch::Tensor slots, torch::Tensor write_index, int64_t S,
+                     c10::optional<torch::Tensor> mask, int64_t num_heads, double eps) {
+  constexpr size_t kPerLayer = 10;
+  TORCH_CHECK(params.size() == kPerLayer * k_caches.size() && k_caches.size() == v_caches.size(),
+              "layers: one set of parameters and caches per layer");
+  for (size_t l = 0; l < k_caches.size(); ++l) {
+    const auto* p = &params[kPerLayer * l];
+    x = block(x, *p[0], *p[1], p[2], p[3], p[4], *p[5], p[6], *p[7], *p[8], *p[9], cos, sin, k_caches[l],
+              v_caches[l], slots, write_index, S, mask, num_heads, eps);
+  }
+  return x;
+}

@@ -1,0 +1,99 @@
+"""The compiled CPU kernels: batch invariance (bit-exact, whatever shares the call) and agreement with torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from paperclub.models.config import ModelConfig
+from paperclub.models.llama import AttentionMeta, Block
+from paperclub.nn.cpu_kernels import cpu_kernel
+from paperclub.nn.rope import rope_table
+
+pytestmark = pytest.mark.skipif(cpu_kernel() is None, reason="CPU kernels need AVX512-BF16 and a compiler")
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", [64, 96])
+def test_linear_rows_do_not_depend_on_the_batch(dtype, K):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(37, K, generator=g).to(dtype)  # 37 rows: 4-row tiles and 1-row tails
+    b = torch.randn(37, generator=g).to(dtype)
+    x = torch.randn(17, K, generator=g).to(dtype)  # 17 rows: 4x4 tiles and 1-wide tails
+    alone = torch.cat([cpu_kernel().linear(x[i : i + 1].contiguous(), w, b) for i in range(17)])
+    for m in (2, 4, 5, 16, 17):
+        assert torch.equal(cpu_kernel().linear(x[:m].contiguous(), w, b), alone[:m]), f"rows differ at batch {m}"
+    ref = F.linear(x.double(), w.double(), b.double())
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(alone.double(), ref, atol=tol, rtol=tol * 0.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_rows_do_not_depend_on_the_batch(dtype):
+    g = torch.Generator().manual_seed(1)
+    kc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
+    vc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
+    q = torch.randn(3, 5, 4, 16, generator=g).to(dtype)
+    slots, S = torch.tensor([2, 0, 1]), 20
+    mask = torch.rand(3, 5, S, generator=g) > 0.3
+    mask[..., 0] = True
+    both = cpu_kernel().attention(q, kc, vc, slots, S, mask, 0.25)
+    one = cpu_kernel().attention(q[1:2, 3:4].contiguous(), kc, vc, slots[1:2], S, mask[1:2, 3:4].contiguous(), 0.25)
+    assert torch.equal(both[1:2, 3:4], one)
+    keys = kc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()  # (B, H, S, D)
+    values = vc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2).float(), keys, values, attn_mask=mask[:, None], scale=0.25)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(both.float(), ref.transpose(1, 2), atol=tol, rtol=tol)
+
+
+def _block_inputs(cfg: ModelConfig, dtype, T: int, start: int):
+    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(3)
+    block = Block(cfg).to(dtype).eval()
+    for p in block.parameters():
+        p.data = (torch.randn(p.shape, generator=g) * 0.1 + (1.0 if p.dim() == 1 else 0.0)).to(dtype)
+    x = torch.randn(1, T, cfg.hidden_size, generator=g).to(dtype)
+    cos, sin = rope_table(cfg.head_dim, cfg.rope_theta, 64)
+    pos = torch.arange(start, start + T)[None]
+    cos, sin = cos[pos].to(dtype)[:, :, None], sin[pos].to(dtype)[:, :, None]
+    cache = torch.randn(2, 1, cfg.num_kv_heads, 64, cfg.head_dim, generator=g).to(dtype)
+    return block, x, cos, sin, cache
+
+
+def _run(block, x, cos, sin, cache, start, fused):
+    T = x.shape[1]
+    k, v = cache[0].clone(), cache[1].clone()
+    j = torch.arange(start + T)[None, None]
+    write = torch.arange(start, start + T)[None]
+    meta = AttentionMeta(slots=torch.tensor([0]), write_index=write, kv_len=start + T,
+                         mask=(j <= write[:, :, None])[:, None])
+    block._fused_key, block._fused_ok = None, False
+    if not fused:
+        block._fused = lambda *_: False
+    with torch.no_grad():
+        out = block(x, cos, sin, k, v, meta)
+    if not fused:
+        del block._fused
+    return out, k, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_fused_block_matches_the_eager_block(dtype, qk_norm):
+    cfg = ModelConfig(vocab_size=50, hidden_size=64, intermediate_size=96, num_layers=1, num_heads=4, num_kv_heads=2,
+                      head_dim=16, max_position_embeddings=64, qk_norm=qk_norm, qkv_bias=True)
+    block, x, cos, sin, cache = _block_inputs(cfg, dtype, T=5, start=7)
+    fused, kf, vf = _run(block, x, cos, sin, cache, 7, fused=True)
+    eager, ke, ve = _run(block, x, cos, sin, cache, 7, fused=False)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(fused.float(), eager.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(kf.float(), ke.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(vf.float(), ve.float(), atol=tol, rtol=tol)
+    # decode one token at a time == one multi-token call, bit for bit (what keeps SD exact)
+    step = torch.cat([_run(block, x[:, t : t + 1].contiguous(), cos[:, t : t + 1], sin[:, t : t + 1],
+                           torch.stack([kf, vf]), 7 + t, fused=True)[0] for t in range(5)], dim=1)
+    assert torch.equal(step, fused)
