@@ -31,6 +31,25 @@ def test_linear_rows_do_not_depend_on_the_batch(dtype, K):
     torch.testing.assert_close(alone.double(), ref, atol=tol, rtol=tol * 0.1)
 
 
+@pytest.mark.skipif(cpu_kernel() is None or not cpu_kernel().amx(), reason="CPU has no AMX tiles")
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_linear_paths_are_batch_invariant_and_agree(amx):
+    """Both bf16 paths (AMX tiles, AVX-512 dot products): rows are bit-identical at any batch size, including
+    x blocks past 16 rows and a last weight block of fewer than 16 rows, and each agrees with float64 torch."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(53, 96, generator=g).bfloat16()  # 53 = 3 full 16-row blocks + 5
+    b = torch.randn(53, generator=g).bfloat16()
+    x = torch.randn(35, 96, generator=g).bfloat16()  # 35 = 2 full 16-row blocks + 3
+    lin = cpu_kernel().linear_on
+    alone = torch.cat([lin(x[i : i + 1].contiguous(), w, b, amx) for i in range(35)])
+    for m in (2, 5, 16, 17, 35):
+        assert torch.equal(lin(x[:m].contiguous(), w, b, amx), alone[:m]), f"rows differ at batch {m}"
+    ref = F.linear(x.double(), w.double(), b.double())
+    torch.testing.assert_close(alone.double(), ref, atol=0.1, rtol=1e-2)  # bf16 output rounding: 2^-8 relative
+    other = lin(x, w, b, not amx).double()  # the two reduce in different orders: close, not equal
+    torch.testing.assert_close(alone.double(), other, atol=0.1, rtol=1e-2)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_rows_do_not_depend_on_the_batch(dtype):
     g = torch.Generator().manual_seed(1)

@@ -35,9 +35,11 @@ def cpu_kernel():
     try:
         return cpp_extension.load(
             name="paperclub_cpu_kernels",
-            sources=[str(kernels / name) for name in ("linear_cpu.cpp", "attention_cpu.cpp", "block_cpu.cpp")],
+            sources=[str(kernels / name)
+                     for name in ("linear_cpu.cpp", "amx_cpu.cpp", "attention_cpu.cpp", "block_cpu.cpp")],
             # -fopenmp: at::parallel_for is an OpenMP pragma in the headers; without it the kernels run serially
-            extra_cflags=["-O3", "-fopenmp", "-mavx512f", "-mavx512bf16", "-mavx512vl", "-mavx512bw", "-mfma"],
+            extra_cflags=["-O3", "-fopenmp", "-mavx512f", "-mavx512bf16", "-mavx512vl", "-mavx512bw", "-mfma",
+                         "-mamx-tile", "-mamx-bf16"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )

@@ -126,7 +126,12 @@ void run_block(int64_t n_begin, int64_t n_end, int64_t M, Tile44 t44, Tile41 t41
 
 }  // namespace
 
-torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt) {
+bool amx_available();  // amx_cpu.cpp
+void amx_linear_bf16(const uint16_t* X, const uint16_t* W, const float* bias, uint16_t* Y, int64_t M, int64_t K,
+                     int64_t N);
+
+// `amx`: run bf16 on AMX tiles (callers pass amx_available(), fixed per process; tests and benchmarks compare both).
+torch::Tensor linear_on(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt, bool amx) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear: shapes do not fit");
   TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.scalar_type() == w.scalar_type(), "linear: layout");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
@@ -143,6 +148,11 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tens
     auto X = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
     auto W = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
     auto Y = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+    if (amx) {
+      TORCH_CHECK(amx_available(), "linear: this CPU or process cannot use AMX tiles");
+      amx_linear_bf16(X, W, bias, Y, M, K, N);
+      return y;
+    }
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
       run_block<uint16_t>(t0 * kRowsPerTask, std::min(N, t1 * kRowsPerTask), M,
           [&](int64_t n, int64_t m) { tile_bf16<4, 4>(X, W, bias, Y, K, N, n, m); },
@@ -166,6 +176,10 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tens
   return y;
 }
 
+torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt) {
+  return linear_on(x, w, bias_opt, amx_available());  // one choice per process: every call reduces in one order
+}
+
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                         int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
 torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qkv, c10::optional<torch::Tensor> b_qkv,
@@ -180,7 +194,9 @@ torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> 
                      c10::optional<torch::Tensor> mask, int64_t num_heads, double eps);  // block_cpu.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("linear", &linear, "batch-invariant linear (AVX-512)");
+  m.def("linear", &linear, "batch-invariant linear (AVX-512, AMX tiles for bf16 where the CPU has them)");
+  m.def("linear_on", &linear_on, "linear on a chosen path (amx=True: AMX tiles, False: AVX-512 dot products)");
+  m.def("amx", &amx_available, "whether bf16 linears run on AMX tiles in this process");
   m.def("attention", &attention, "batch-invariant attention over a slot KV cache (AVX-512)");
   m.def("layers", &layers, "all decoder blocks of a model, one after the other");
   m.def("block", &block, "one Llama decoder block: norms, projections, rope, cache write, attention, MLP");
