@@ -93,7 +93,8 @@ def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
                     continue
                 pos = x + (j - (len(systems) - 1) / 2) * width
                 ax.bar(pos, r["tokens_per_s"], width, color=colors[name], label=name)
-                ax.text(pos, r["tokens_per_s"], f"{r['tokens_per_s']:.0f}", ha="center", va="bottom", fontsize=7)
+                v = r["tokens_per_s"]
+                ax.text(pos, v, f"{v:.0f}" if v >= 10 else f"{v:.1f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
         ax.set_ylabel("tokens/s (prefill included)")
         ax.set_title(f"temperature {t:g}")
@@ -112,8 +113,8 @@ def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
             if v is not None:
                 ax.bar(x + (j - (len(metrics) - 1) / 2) * width, v, width, color=f"C{j + 4}",
                        label=f"{name} {key.replace('_', ' ')}" if x == 0 else None)
-    for name, marker in (("sd", "o"), ("ssd", "s")):
-        pts = [(x, c["results"][name]["tokens_per_round"]) for x, c in enumerate(configs)
+    for name, marker, dx in (("sd", "o", -0.1), ("ssd", "s", 0.1)):
+        pts = [(x + dx, c["results"][name]["tokens_per_round"]) for x, c in enumerate(configs)
                if c["results"].get(name, {}).get("tokens_per_round") is not None]
         if pts:
             right.plot(*zip(*pts, strict=True), marker, color="k", label=f"{name} tokens/round")
