@@ -289,12 +289,13 @@ def run_config(systems: dict[str, Any], prompt_ids: list[list[int]], s: BenchSet
 
 def run_bench(s: BenchSettings) -> dict[str, Any]:
     check_peers(s.peers)
+    load_start = os.getloadavg()[0]
     prompts = load_prompts(s.prompts, s.num_prompts)
     systems, scorer, draft_dir = load_systems(s)
     try:
         prompt_ids = [scorer.encode(p) for p in prompts]
         configs = [run_config(systems, prompt_ids, s, b, t, scorer) for b in s.batch_sizes for t in s.temperatures]
-        machine = machine_info()
+        machine = machine_info() | {"load_average_1m": [load_start, os.getloadavg()[0]]}  # at start, at end
         llamacpp = systems.get("llamacpp")
         if llamacpp is not None:
             machine["llama_cpp_python"] = llamacpp.info.get("version")
