@@ -97,6 +97,7 @@ def test_mismatches_say_where_and_by_how_much():
     assert seen == [[100, 101, 5]]  # the prompt plus the common prefix
     m = mismatches[0]
     assert m["logit_margin"] == 0.0 and m["tie"] and m["top2_gap"] == 0.0
+    assert m["bf16_spacing"] == 2.0 ** -6  # bf16 values in [2, 4) are 1/64 apart
 
 
 def test_hf_assisted_draft_computes_our_draft(default_model_dir):

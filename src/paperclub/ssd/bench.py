@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -193,7 +194,8 @@ def add_margins(mismatches: list[dict[str, Any]], prompt_ids: list[list[int]], o
         a, b = float(logits[m["reference_token"]]), float(logits[m["token"]])
         top2 = torch.topk(logits, 2).values
         m |= {"reference_logit": a, "logit": b, "logit_margin": a - b, "tie": a == b,
-              "top2_gap": float(top2[0] - top2[1])}
+              "top2_gap": float(top2[0] - top2[1]),
+              "bf16_spacing": 2.0 ** (math.floor(math.log2(abs(a))) - 7) if a else None}  # 1 bf16 ulp at |a|
 
 
 def target_logits_fn(llm):
