@@ -69,6 +69,9 @@ def configs_of(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"batch_size": s["batch_size"], "temperature": s["temperature"], "results": data["results"]}]
 
 
+SPEC_COLORS = ("tab:olive", "tab:cyan", "tab:gray", "tab:pink")  # apart from the systems' C0..C5
+
+
 def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
     """tokens/s per system, bars grouped by batch size, one panel per temperature; then a panel with SD/SSD
     acceptance rate, SSD cache hit rate (bars, left axis) and tokens per target forward (dots, right axis)."""
@@ -111,7 +114,7 @@ def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
         for x, c in enumerate(configs):
             v = c["results"].get(name, {}).get(key)
             if v is not None:
-                ax.bar(x + (j - (len(metrics) - 1) / 2) * width, v, width, color=f"C{j + 4}",
+                ax.bar(x + (j - (len(metrics) - 1) / 2) * width, v, width, color=SPEC_COLORS[j % len(SPEC_COLORS)],
                        label=f"{name} {key.replace('_', ' ')}" if x == 0 else None)
     for name, marker, dx in (("sd", "o", -0.1), ("ssd", "s", 0.1)):
         pts = [(x + dx, c["results"][name]["tokens_per_round"]) for x, c in enumerate(configs)
@@ -122,7 +125,9 @@ def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
     ax.set_xticks(range(len(configs)), labels, fontsize=8)
     ax.set_ylabel("rate")
     right.set_ylabel("tokens per target forward")
-    right.set_ylim(bottom=0)
+    tpr = [c["results"][n]["tokens_per_round"] for c in configs for n in ("sd", "ssd")
+           if c["results"].get(n, {}).get("tokens_per_round") is not None]
+    right.set_ylim(0, max(tpr, default=1.0) * 1.25)
     ax.set_title("speculation")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = right.get_legend_handles_labels()
