@@ -18,6 +18,7 @@ SYSTEMS = [
     "paperclub.models.cli",
     "paperclub.ssd.cli",
     "paperclub.ssd.distill_cli",
+    "paperclub.ssd.bench_cli",
     "paperclub.worldmodel.cli",
 ]
 
