@@ -9,9 +9,10 @@
 // rows x has: decode (1 row), verification (K+1) and a batch of 16 give bit-identical rows. AMX is chosen once per
 // process (never per call), so the invariance holds for every call of a run.
 //
-// A decode step is memory-bound: the tile unit does a 16x16x32 product per 1 KiB of weights, far more than the
-// bandwidth can feed, so for one row AMX runs at the same speed as AVX-512; for 4-16 rows (batched decode,
-// verification) it keeps running at memory speed where the AVX-512 dot products become compute-bound.
+// Trade-off, measured on the 2-core Xeon this project runs on (same process, paired, the default model's shapes):
+// the tile path takes 0.37-0.45x the AVX-512 time for 16 rows (batched decode, SSD's branch fan-out), about the
+// same for 5 rows (verification of K=4), and 1.12-1.2x for one row, where the AVX-512 kernel streams weights
+// faster. PAPERCLUB_AMX=0 keeps the AVX-512 path for the lowest batch-1 latency.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cpuid.h>
@@ -37,11 +38,12 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// tmm0, tmm1: C (fp32 16x16); tmm2, tmm3: A (weights, 16 rows x 32 bf16); tmm4: B (x, 16 pair-rows x 16 x 2 bf16).
+// tmm0, tmm1: C (fp32 16x16); tmm2-3 and tmm4-5: A (weights, 16 rows x 32 bf16), tmm6 and tmm7: B (x, 16 pair-rows
+// x 16 x 2 bf16); the A and B tiles come in two sets used on alternate k-steps.
 // Every tile is 16 rows of 64 bytes.
 TileConfig make_config() {
   TileConfig c;
-  for (int t = 0; t < 5; ++t) {
+  for (int t = 0; t < 8; ++t) {
     c.rows[t] = kTile;
     c.colsb[t] = 64;
   }
@@ -57,6 +59,19 @@ bool detect_amx() {
   // Linux hands out the 8 KiB tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
   return tile && bf16 && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 }
+
+// One k-step: load x's B tile and the A tiles of one or two weight blocks, accumulate into C tiles 0 and 1.
+// A macro because the tile intrinsics take register numbers as literal tokens.
+#define PAPERCLUB_TILE_STEP(A0, A1, B, b, a0, a1, k, K)               \
+  do {                                                                \
+    _tile_loadd(B, (b) + (k) * kTile, kTile * 2 * sizeof(uint16_t));  \
+    _tile_loadd(A0, (a0) + (k), (K) * sizeof(uint16_t));              \
+    _tile_dpbf16ps(0, A0, B);                                         \
+    if ((a1) != nullptr) {                                            \
+      _tile_loadd(A1, (a1) + (k), (K) * sizeof(uint16_t));            \
+      _tile_dpbf16ps(1, A1, B);                                       \
+    }                                                                 \
+  } while (0)
 
 }  // namespace
 
@@ -101,18 +116,24 @@ void amx_linear_bf16(const uint16_t* X, const uint16_t* W, const float* bias, ui
         const uint16_t* b = xp.data() + mb * pairs * kTile * 2;
         _tile_zero(0);
         _tile_zero(1);
-        for (int64_t k = 0; k < K; k += kKStep) {
-          if (mb == 0) {  // stream the next task's rows into cache while this one computes; past the end: harmless
-            const char* p = next + k / kKStep * (kBlocksPerTask * kTile * 64);
-            for (int64_t r = 0; r < kBlocksPerTask * kTile; ++r) _mm_prefetch(p + r * 64, _MM_HINT_T0);
-          }
-          _tile_loadd(4, b + k * kTile, kTile * 2 * sizeof(uint16_t));
-          _tile_loadd(2, a[0] + k, K * sizeof(uint16_t));
-          _tile_dpbf16ps(0, 2, 4);
-          if (nb > 1) {
-            _tile_loadd(3, a[1] + k, K * sizeof(uint16_t));
-            _tile_dpbf16ps(1, 3, 4);
-          }
+        // Two sets of A and B tiles, alternating by k-step: tile registers are not renamed, so with one set each
+        // load would wait for the product still reading that register, and the loads would run one at a time.
+        auto prefetch = [&](int64_t k) {  // the next task's rows, 2 KiB per k-step; past the end: harmless
+          if (mb != 0) return;
+          const char* p = next + k / kKStep * (kBlocksPerTask * kTile * 64);
+          for (int64_t r = 0; r < kBlocksPerTask * kTile; ++r) _mm_prefetch(p + r * 64, _MM_HINT_T0);
+        };
+        const uint16_t* a1 = nb > 1 ? a[1] : nullptr;
+        int64_t k = 0;
+        for (; k + 2 * kKStep <= K; k += 2 * kKStep) {
+          prefetch(k);
+          PAPERCLUB_TILE_STEP(2, 3, 6, b, a[0], a1, k, K);
+          prefetch(k + kKStep);
+          PAPERCLUB_TILE_STEP(4, 5, 7, b, a[0], a1, k + kKStep, K);
+        }
+        if (k < K) {
+          prefetch(k);
+          PAPERCLUB_TILE_STEP(2, 3, 6, b, a[0], a1, k, K);
         }
         _tile_stored(0, out[0], kTile * sizeof(float));
         if (nb > 1) _tile_stored(1, out[1], kTile * sizeof(float));
