@@ -9,9 +9,24 @@ import pytest
 from safetensors.numpy import load_file
 
 from paperclub.errors import UserError
-from paperclub.models.gguf_convert import convert_gguf, permute_for_gguf, unpermute_from_gguf
+from paperclub.models.gguf_convert import (
+    convert_gguf,
+    gguf_tensor_name,
+    hf_tensor_name,
+    permute_for_gguf,
+    unpermute_from_gguf,
+)
 from paperclub.models.safetensors_stream import read_header
 from tests.models.tiny_gguf import TinySpec, hf_state_dict, llama_cpp_permute, tokens, write_tiny_gguf
+
+
+def test_gguf_and_hf_tensor_names_are_inverse():
+    for gguf_name in ("token_embd.weight", "output.weight", "output_norm.weight", "blk.0.attn_q.weight",
+                      "blk.17.attn_k.bias", "blk.3.ffn_down.weight", "blk.29.ffn_norm.weight"):
+        hf = hf_tensor_name(gguf_name)
+        assert hf is not None and gguf_tensor_name(hf) == gguf_name
+    assert gguf_tensor_name("model.layers.0.self_attn.rotary_emb.inv_freq") is None
+    assert gguf_tensor_name("model.layers.x.mlp.up_proj.weight") is None
 
 
 def test_unpermute_inverts_llama_cpp_permute():

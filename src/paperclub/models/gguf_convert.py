@@ -72,6 +72,19 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     return None
 
 
+def gguf_tensor_name(hf_name: str) -> str | None:
+    """The GGUF name for a Hugging Face tensor name (the inverse of `hf_tensor_name`), or None."""
+    for gguf_name, name in _GLOBAL_NAMES.items():
+        if name == hf_name:
+            return gguf_name
+    parts = hf_name.split(".", 3)  # model, layers, N, rest
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit():
+        for gguf_name, name in _LAYER_NAMES.items():
+            if name == parts[3]:
+                return f"blk.{parts[2]}.{gguf_name}"
+    return None
+
+
 def permute_for_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
     """What llama.cpp's converter does to HF q/k rows (weight or bias): per head, (2, d/2) -> (d/2, 2)."""
     rows = w.shape[0]

@@ -159,33 +159,6 @@ def load_hf_target(target_dir: str | Path, dtype: torch.dtype):
 
 # -- llama.cpp ---------------------------------------------------------------------------------------------
 
-GGUF_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-GGUF_LAYER_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-
-
-def gguf_tensor_name(hf_name: str) -> str | None:
-    if hf_name in GGUF_NAMES:
-        return GGUF_NAMES[hf_name]
-    parts = hf_name.split(".", 3)  # model, layers, N, rest
-    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in GGUF_LAYER_NAMES:
-        return f"blk.{parts[2]}.{GGUF_LAYER_NAMES[parts[3]]}"
-    return None
-
-
 def bf16_bits(t: torch.Tensor) -> np.ndarray:
     """A tensor rounded to bf16 (as torch rounds), as raw uint16 bits."""
     return t.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
@@ -195,7 +168,7 @@ def gguf_tensors(target_dir: Path) -> dict[str, tuple[np.ndarray, bool]]:
     """GGUF name -> (bf16 bits in GGUF row order, is_1d) for every tensor llama.cpp needs."""
     from safetensors import safe_open
 
-    from paperclub.models.gguf_convert import permute_for_gguf
+    from paperclub.models.gguf_convert import gguf_tensor_name, permute_for_gguf
     from paperclub.models.store import weight_files
 
     cfg = json.loads((target_dir / "config.json").read_text())
