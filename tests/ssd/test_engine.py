@@ -108,3 +108,42 @@ def test_generation_stops_at_the_context_limit(pair):
     s = engine.add_request([i % 97 for i in range(240)], SamplingParams(max_tokens=100))
     run_all(engine, [s])
     assert s.finish_reason == "length" and s.length <= 256
+
+
+def test_length_groups_bound_padding_and_cover_every_row():
+    from paperclub.ssd.runner import length_groups
+
+    lengths = [321, 38, 37, 115, 51, 150, 85, 37, 44, 44, 53, 44, 42, 38, 50, 125]
+    groups = length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        padded, real = len(g) * max(lengths[i] for i in g), sum(lengths[i] for i in g)
+        assert padded <= 1.25 * real
+    assert sum(len(g) * max(lengths[i] for i in g) for g in groups) < 0.4 * len(lengths) * max(lengths)
+    assert length_groups([7, 7, 7]) == [[0, 1, 2]]  # equal rows (decode, verification): one forward
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_uneven_batched_prefill_equals_one_prompt_at_a_time(pair, dtype):
+    """Prompts of very different lengths are prefilled in length groups; the logits equal those of each prompt
+    alone (bit for bit with the batch-invariant CPU kernels)."""
+    _, model, _ = pair
+    model = model.to(dtype)
+    try:
+        lengths = [40, 3, 5, 33, 4]
+        chunks = [[(7 * i + 3 * j) % 90 + 1 for j in range(n)] for i, n in enumerate(lengths)]
+        batched = ModelRunner(model, 64)
+        batched.reserve(len(chunks), 64)
+        together = batched.append(list(range(len(chunks))), [0] * len(chunks), chunks, True)
+        alone = []
+        for c in chunks:
+            runner = ModelRunner(model, 64)
+            runner.reserve(1, 64)
+            alone.append(runner.append([0], [0], [c], True))
+        alone = torch.cat(alone)
+        if model.layers[0]._fused(torch.zeros(1, dtype=dtype), batched.cache.k[0]):
+            assert torch.equal(together, alone)
+        else:  # torch's own ops (another CPU): not batch-invariant, close only
+            torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+    finally:
+        model.float()
