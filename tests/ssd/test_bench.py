@@ -178,6 +178,12 @@ def test_bench_plot_merges_files(tmp_path):
     assert main(["bench-plot", *map(str, paths), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == PNG
     assert main(["bench-plot", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    from paperclub.ssd.bench_cli import merged_configs
+
+    newer = b | {"configs": [configs[0] | {"results": {"ar": fake_result(99.0)}}]}
+    merged = merged_configs([newer, a, b])  # overlapping (batch 1, T 0): the first file's figures win
+    assert [(c["batch_size"], c["temperature"]) for c in merged] == [(1, 0.0), (4, 0.0), (1, 0.7), (4, 0.7)]
+    assert merged[0]["results"]["ar"]["tokens_per_s"] == 99.0
 
 
 @pytest.mark.skipif(not os.environ.get(LLAMACPP_ENV), reason=f"${LLAMACPP_ENV} not set (llama-cpp-python venv)")

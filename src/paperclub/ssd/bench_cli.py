@@ -72,6 +72,16 @@ def configs_of(data: dict[str, Any]) -> list[dict[str, Any]]:
 SPEC_COLORS = ("tab:olive", "tab:cyan", "tab:gray", "tab:pink")  # apart from the systems' C0..C5
 
 
+def merged_configs(datas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every (batch size, temperature) config of the runs, by temperature then batch size; where runs overlap,
+    the earlier run's config."""
+    first: dict[tuple[int, float], dict[str, Any]] = {}
+    for d in datas:
+        for c in configs_of(d):
+            first.setdefault((c["batch_size"], c["temperature"]), c)
+    return sorted(first.values(), key=lambda c: (c["temperature"], c["batch_size"]))
+
+
 def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
     """tokens/s per system, bars grouped by batch size, one panel per temperature; then a panel with SD/SSD
     acceptance rate, SSD cache hit rate (bars, left axis) and tokens per target forward (dots, right axis)."""
@@ -80,7 +90,7 @@ def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = [c for d in datas for c in configs_of(d)]
+    configs = merged_configs(datas)
     temps = sorted({c["temperature"] for c in configs})
     systems = list(dict.fromkeys(name for c in configs for name in c["results"]))
     colors = {name: f"C{i}" for i, name in enumerate(systems)}
@@ -170,6 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-plot", help="plot one or more `paperclub bench` JSON files")
-    p.add_argument("json", nargs="+", help="JSON files written by `paperclub bench`")
+    p.add_argument("json", nargs="+", help="JSON files written by `paperclub bench`; where two hold the same "
+                   "batch size and temperature, the first one's figures are drawn")
     p.add_argument("--out", required=True, help="output PNG")
     p.set_defaults(func=cmd_bench_plot)
