@@ -91,10 +91,7 @@ class DraftLM(Llama):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits over the full target vocabulary: the subset's logits, -inf everywhere else."""
-        sub = self.subset_logits(hidden)
-        full = torch.full((*sub.shape[:-1], self.cfg.vocab_size), -math.inf, dtype=torch.float32, device=sub.device)
-        full[..., self.vocab_ids] = sub
-        return full
+        return full_vocab_logits(self.subset_logits(hidden), self.vocab_ids, self.cfg.vocab_size)
 
     def draft_state(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The draft's own tensors under Hugging Face names (the shared embedding is not among them)."""
@@ -120,6 +117,13 @@ class DraftLM(Llama):
                 own |= {p + "self_attn.q_norm.weight": layer.attn.q_norm.weight,
                         p + "self_attn.k_norm.weight": layer.attn.k_norm.weight}
         yield from own.items()
+
+
+def full_vocab_logits(sub: torch.Tensor, vocab_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """float32 logits (..., vocab_size) from logits over `vocab_ids` only: -inf (probability 0) everywhere else."""
+    full = torch.full((*sub.shape[:-1], vocab_size), -math.inf, dtype=torch.float32, device=sub.device)
+    full[..., vocab_ids] = sub.float()
+    return full
 
 
 def draft_config(target_cfg: ModelConfig, num_layers: int) -> ModelConfig:

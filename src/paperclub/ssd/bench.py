@@ -255,8 +255,9 @@ def load_systems(s: BenchSettings) -> tuple[dict[str, Any], Any, Path | None]:
 
 def run_config(systems: dict[str, Any], prompt_ids: list[list[int]], s: BenchSettings, batch_size: int,
                temperature: float, scorer) -> dict[str, Any]:
-    active = {n: x for n, x in systems.items() if not x.unsupported(batch_size)}
-    skipped = {n: x.unsupported(batch_size) for n, x in systems.items() if x.unsupported(batch_size)}
+    why_not = {n: x.unsupported(batch_size) for n, x in systems.items()}
+    active = {n: x for n, x in systems.items() if not why_not[n]}
+    skipped = {n: why for n, why in why_not.items() if why}
     n = s.max_new_tokens
     runs: dict[str, list[Run]] = {name: [] for name in active}
     total = len(active) * (s.repeats + 1)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from paperclub.errors import UserError
+from paperclub.models.draft import full_vocab_logits
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,13 @@ PEERS = ("hf", "hf-assisted", "llamacpp")
 LLAMACPP_ENV = "PAPERCLUB_LLAMACPP_PYTHON"
 
 
+@dataclass
 class Run:
-    """What one pass over the prompts produced."""
+    """What one pass over the prompts produced: token ids per prompt, wall time, speculation counters."""
 
-    def __init__(self, outputs: list[list[int]], wall_s: float, stats: dict[str, float] | None = None):
-        self.outputs, self.wall_s, self.stats = outputs, wall_s, stats or {}
+    outputs: list[list[int]]
+    wall_s: float
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:
@@ -71,10 +74,7 @@ class SubsetHead(nn.Module):
         self.vocab_size = vocab_size
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        sub = nn.functional.linear(hidden, self.weight).float()
-        full = sub.new_full((*sub.shape[:-1], self.vocab_size), -math.inf)
-        full[..., self.vocab_ids] = sub
-        return full
+        return full_vocab_logits(nn.functional.linear(hidden, self.weight), self.vocab_ids, self.vocab_size)
 
 
 def hf_draft(draft_dir: str | Path, embed_weight: torch.Tensor, dtype: torch.dtype):
