@@ -57,12 +57,13 @@ def main() -> None:
     results: dict = {}
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = torch.randint(0, 128000, (batch, 32), generator=g).tolist()
-        runner = ModelRunner(ours, 1024)
-        def ours_run(p=prompts, r=runner, b=batch):
-            wall, seqs = common.engine_run(ARDecoder(r), p, n, b)
+        runners = {graphs: ModelRunner(ours, 1024, cuda_graphs=graphs) for graphs in (True, False)}
+
+        def ours_run(cuda_graphs: bool, p=prompts, b=batch, runners=runners):
+            wall, seqs = common.engine_run(ARDecoder(runners[cuda_graphs]), p, n, b)
             return wall, [s.output_ids for s in seqs]
 
-        systems = {"paperclub": ours_run,
+        systems = {"paperclub": lambda: ours_run(True), "paperclub-eager": lambda: ours_run(False),
                    "transformers": lambda p=prompts: hf_run(hf, p, n)}
         for f in systems.values():  # warm-up: allocator, kernels' autotuning
             f()
@@ -73,12 +74,16 @@ def main() -> None:
                 wall, outs[name] = f()
                 runs[name].append(batch * n / wall)
         agree = [common.common_prefix(a, b) for a, b in zip(outs["paperclub"], outs["transformers"], strict=True)]
+        agree_eager = [common.common_prefix(a, b)
+                       for a, b in zip(outs["paperclub"], outs["paperclub-eager"], strict=True)]
         med = {k: statistics.median(v) for k, v in runs.items()}
         results[f"batch{batch}"] = {
             "tokens_per_s": med, "tokens_per_s_runs": runs, "ratio": med["paperclub"] / med["transformers"],
-            "greedy_agreeing_prefix": agree}
-        print(f"batch {batch}: paperclub {med['paperclub']:.1f} tok/s, transformers {med['transformers']:.1f} "
-              f"tok/s, ratio {med['paperclub'] / med['transformers']:.2f}x; agreeing prefix {agree[:4]}", flush=True)
+            "eager_ratio": med["paperclub-eager"] / med["transformers"], "greedy_agreeing_prefix": agree,
+            "greedy_agreeing_prefix_graphs_vs_eager": agree_eager,
+            "cuda_graph_replays": runners[True].graphs.replays if runners[True].graphs is not None else 0}
+        print(f"batch {batch}: " + ", ".join(f"{k} {v:.1f} tok/s" for k, v in med.items())
+              + f"; ratio {med['paperclub'] / med['transformers']:.2f}x; agreeing prefix {agree[:4]}", flush=True)
     step_s = 1 / results["batch1"]["tokens_per_s"]["paperclub"] if "batch1" in results else None
     floor_s = weight_bytes / bw
     summary = {"machine": common.machine(), "model": f"Llama-3-8B shape, {args.layers} layers, random bf16",

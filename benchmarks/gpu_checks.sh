@@ -30,7 +30,9 @@ step() {  # step NAME SECONDS COMMAND...
     grep -v "^ " "$OUT/$name.log" | tail -n 12
 }
 
-step pytest_gpu 150 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -o addopts="--import-mode=importlib"
-step gpu_ar_8b 150 python3 benchmarks/gpu_ar_8b.py --json "$OUT/gpu_ar_8b.json"
-step gpu_sd_ssd 200 python3 benchmarks/gpu_sd_ssd.py --json "$OUT/gpu_sd_ssd.json"
-step pytest_all "${SUITE_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "not slow"
+step pytest_gpu 90 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -n 4 -o addopts="--import-mode=importlib"
+step gpu_ar_8b 100 python3 benchmarks/gpu_ar_8b.py --json "$OUT/gpu_ar_8b.json"
+step gpu_sd_ssd 135 python3 benchmarks/gpu_sd_ssd.py --json "$OUT/gpu_sd_ssd.json"
+if [ "${FULL_SUITE:-1}" = 1 ]; then
+    step pytest_all 300 python3 -m pytest -q -p no:cacheprovider -n 8 -m "not slow"
+fi

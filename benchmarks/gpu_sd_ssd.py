@@ -20,6 +20,7 @@ and the draft's step time, which bound what SD and SSD can reach.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -87,11 +88,12 @@ def agreement(target, draft, prompts: list[list[int]], n: int) -> float:
 
 def step_times(target, draft, k: int, reps: int = 20) -> dict[str, float]:
     """Median ms of one target decode step (1 token), one verify step (k + 1 tokens), one draft step (1 token),
-    batch 1, after a 160-token context."""
+    batch 1, after a 160-token context; replayed as CUDA graphs and eager."""
     out = {}
-    for name, model, t in (("target_decode_ms", target, 1), ("target_verify_ms", target, k + 1),
-                           ("draft_step_ms", draft, 1)):
-        runner = ModelRunner(model, 1024)
+    for (name, model, t), graphs in itertools.product(
+            (("target_decode_ms", target, 1), ("target_verify_ms", target, k + 1), ("draft_step_ms", draft, 1)),
+            (True, False)):
+        runner = ModelRunner(model, 1024, cuda_graphs=graphs)
         runner.reserve(1, 200)
         runner.append([0], [0], [list(range(1, 161))], last_only=True)
         times = []
@@ -101,7 +103,7 @@ def step_times(target, draft, k: int, reps: int = 20) -> dict[str, float]:
             runner.append([0], [160], [[5] * t], last_only=True)
             sync()
             times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times[3:]) * 1e3
+        out[name if graphs else name.replace("_ms", "_eager_ms")] = statistics.median(times[3:]) * 1e3
     return out
 
 
@@ -156,8 +158,8 @@ def main() -> None:
             decoders = {"ar": ARDecoder(ModelRunner(target, 1024)),
                         "sd": SpeculativeDecoder(ModelRunner(target, 1024), ModelRunner(draft, 1024), k=k),
                         "ssd": ssd}
-            for d in decoders.values():  # warm-up
-                engine_run(d, prompts[:batch], 16, batch)
+            for d in decoders.values():  # warm-up (and CUDA graph capture) at the measured lengths
+                engine_run(d, prompts[:batch], n, batch)
             runs: dict[str, list[float]] = {m: [] for m in decoders}
             stats: dict[str, dict] = {}
             outs: dict[str, list[list[int]]] = {}

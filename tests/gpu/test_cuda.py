@@ -156,3 +156,38 @@ def test_rollback_and_branch_decoding_on_cuda(saved_pair):
     for b, branch in enumerate(branches):
         alone = runner.append([0], [n], [branch], last_only=False)[0]
         torch.testing.assert_close(tree[2 * b : 2 * b + 2], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_graphs_replay_what_eager_computes(saved_pair):
+    """Greedy AR with graph replay equals eager AR, also after the cache is reallocated (graphs dropped and
+    recaptured)."""
+    if CUDA.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    _, target_dir, _ = saved_pair
+    model = load_model(target_dir, CUDA, torch.float32)
+    graphed, eager = ModelRunner(model, 256), ModelRunner(model, 256, cuda_graphs=False)
+    assert graphed.graphs is not None and eager.graphs is None
+    params = SamplingParams(max_tokens=80)
+    want = [s.output_ids for s in run(ARDecoder(eager), PROMPTS, params, 8)]
+    assert [s.output_ids for s in run(ARDecoder(graphed), PROMPTS, params, 8)] == want
+    assert graphed.graphs.replays > 60
+    generation, captures = graphed.cache.generation, graphed.graphs.captures
+    graphed.reserve(graphed.cache.num_slots, 2 * graphed.cache.capacity)  # new cache tensors: graphs are stale
+    assert graphed.cache.generation == generation + 1
+    assert [s.output_ids for s in run(ARDecoder(graphed), PROMPTS, params, 8)] == want
+    assert graphed.graphs.captures > captures
+
+    # and verification-shaped forwards (T = 5, all logits): eager on first sight, then captured, then replayed
+    def fresh(cuda_graphs):
+        r = ModelRunner(model, 256, cuda_graphs=cuda_graphs)
+        r.reserve(2, 64)
+        r.append([0, 1], [0, 0], [[1, 2, 3], [4, 5, 6]], last_only=True)
+        return r
+
+    runner = fresh(None)
+    for i in range(3):
+        chunks = [[7 + i, 8, 9, 10, 11], [12, 13, 14, 15, 16 + i]]
+        got = runner.append([0, 1], [3, 3], chunks, last_only=False)
+        want = fresh(False).append([0, 1], [3, 3], chunks, last_only=False)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert runner.graphs.captures == 1 and runner.graphs.replays == 1

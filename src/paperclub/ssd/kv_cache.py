@@ -21,6 +21,7 @@ class KVCache:
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.max_positions = max_positions
         self.num_slots, self.capacity = 0, 0
+        self.generation = 0  # bumped whenever the tensors are reallocated (CUDA graphs hold their addresses)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self._free: list[int] = []
@@ -48,6 +49,7 @@ class KVCache:
         self.v = [grow(self.v[i] if self.v else None) for i in layers]
         self._free += list(range(self.num_slots, new_slots))
         self.num_slots, self.capacity = new_slots, new_cap
+        self.generation += 1
 
     def allocate(self) -> int:
         if not self._free:

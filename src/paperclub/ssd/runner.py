@@ -3,10 +3,15 @@ append tokens to some sequences' caches and return the logits the caller needs."
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from paperclub.models.llama import AttentionMeta, Llama
+from paperclub.ssd.cuda_graphs import CudaGraphs, graphs_enabled
 from paperclub.ssd.kv_cache import KVCache, causal_meta
+
+log = logging.getLogger(__name__)
 
 
 def length_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
@@ -28,12 +33,18 @@ def length_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
 
 
 class ModelRunner:
-    def __init__(self, model: Llama, max_positions: int):
+    def __init__(self, model: Llama, max_positions: int, cuda_graphs: bool | None = None):
+        """cuda_graphs: replay decode/verification forwards as CUDA graphs (None: on for CUDA devices unless
+        PAPERCLUB_CUDA_GRAPHS=0)."""
         self.model = model
         self.cfg = model.cfg
         self.device = model.device
         self.max_positions = max_positions
         self.cache = KVCache(self.cfg, self.device, model.dtype, max_positions)
+        # decode and verification shapes repeat every step: on a GPU they replay as CUDA graphs
+        use = graphs_enabled(self.device) if cuda_graphs is None else cuda_graphs and self.device.type == "cuda"
+        self.graphs = CudaGraphs(model, self.cache) if use else None
+        self._shapes_seen: set[tuple] = set()
 
     def reserve(self, num_slots: int, capacity: int) -> None:
         self.cache.ensure(num_slots, min(capacity, self.max_positions))
@@ -45,6 +56,15 @@ class ModelRunner:
         Returns float32 logits: (B, V) for each row's last token if `last_only`, else (B, T, V) with rows
         padded to the longest chunk (positions past a row's chunk are garbage)."""
         lengths = [len(c) for c in chunks]
+        if self.graphs is not None and self.graphs.applies(slots, lengths):
+            shape = (slots[0], len(slots), lengths[0], last_only)
+            if shape in self._shapes_seen:  # a shape seen twice will recur (a one-off prefill is not worth a graph)
+                try:
+                    return self.graphs.run(slots, starts, chunks, last_only)
+                except RuntimeError as e:  # the forward re-runs eagerly below (it rewrites the same K/V)
+                    log.warning("CUDA graphs turned off for this model: capture or replay failed (%s)", e)
+                    self.graphs = None
+            self._shapes_seen.add(shape)
         if last_only and len(chunks) > 1:
             groups = length_groups(lengths)
             if len(groups) > 1:  # e.g. a batched prefill of prompts of very different lengths
