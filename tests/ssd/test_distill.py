@@ -219,3 +219,29 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, target_dir, capsys):
     assert "--layers must be in [1, 4]" in err and err.count("\n") == 1
     assert main(["distill", "--out", str(tmp_path / "y"), "--time-budget", "soon"]) == 2
     assert "bad duration" in capsys.readouterr().err
+    assert main(["distill", "--out", str(tmp_path / "y"), "--data-temperatures", "0,hot"]) == 2
+    assert "--data-temperatures must be comma-separated" in capsys.readouterr().err
+    assert main(["distill", "--target", str(target_dir), "--out", str(tmp_path / "z"), "--prompts", str(prompts),
+                 "--data-temperatures", "0,5"]) == 2
+    assert "--data-temperatures must be one or more values in [0, 2]" in capsys.readouterr().err
+
+
+def test_teacher_data_follows_each_jobs_temperature_and_seed(tmp_path, target_dir):
+    """Several continuations per prompt (greedy, then sampled): a chunk straddling two temperatures gives each job
+    exactly what the engine gives that prompt at its temperature and seed."""
+    from paperclub.ssd.distill_data import build_chunks, load_examples
+    from paperclub.ssd.llm import LLM
+    from paperclub.ssd.sampling import SamplingParams
+
+    llm = LLM(model=str(target_dir), device="cpu", dtype="float32", max_num_seqs=8, max_model_len=128)
+    prompts = [f"word{i} word{i + 1}" for i in range(5)]
+    paths = build_chunks(llm, prompts, tmp_path / "data", chunk_size=3, max_tokens=6, topk=4,
+                         temperatures=(0.0, 0.8), seed=7)
+    examples = load_examples(paths)
+    assert len(paths) == 4 and len(examples) == 10
+    for job, ex in enumerate(examples):
+        temp, prompt = (0.0, 0.8)[job // 5], prompts[job % 5]
+        ids = llm.encode(prompt)
+        want = llm.generate([ids], SamplingParams(max_tokens=6, temperature=temp, seed=7 + job))[0].token_ids
+        assert ex.ids.tolist() == ids + want and ex.prompt_len == len(ids)
+    assert examples[0].ids.tolist() != examples[5].ids.tolist()  # the sampled copy differs from the greedy one

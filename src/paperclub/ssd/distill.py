@@ -70,6 +70,8 @@ class DistillConfig:
     bf16: bool = True  # bf16 autocast for training (fp32 master weights)
     prompts: str | None = None  # JSONL of prompts; None: the shipped instruction set + HumanEval
     eval_temperatures: list[float] = field(default_factory=lambda: [0.0, 0.7])
+    # one continuation per prompt per entry: 0 = greedy, > 0 = sampled (repeat a temperature for more samples)
+    data_temperatures: list[float] = field(default_factory=lambda: [0.0])
 
     def __post_init__(self) -> None:
         checks = [
@@ -83,6 +85,8 @@ class DistillConfig:
             (self.k >= 1, f"--k must be >= 1, got {self.k}"),
             (self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
             (0 <= self.prompt_weight <= 1, "prompt_weight must be in [0, 1]"),
+            (len(self.data_temperatures) >= 1 and all(0 <= t <= 2 for t in self.data_temperatures),
+             f"--data-temperatures must be one or more values in [0, 2], got {self.data_temperatures}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -279,7 +283,7 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
         tmp.write_text("".join(json.dumps({"messages": p} if isinstance(p, list) else {"prompt": p}) + "\n"
                                for p in eval_prompts))
     paths = build_chunks(llm, train_prompts, work / "data", cfg.chunk_size, cfg.max_new_tokens, cfg.topk,
-                         seed=cfg.seed)
+                         temperatures=tuple(cfg.data_temperatures), seed=cfg.seed)
     examples = load_examples(paths)
     eos = set(llm.model.cfg.eos_token_ids) | set(llm.tokenizer.eos_token_ids)
     eval_ids = [llm.encode(p) for p in eval_prompts]

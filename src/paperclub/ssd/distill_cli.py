@@ -25,6 +25,13 @@ def parse_layers(text: str) -> list[int]:
         raise UserError(f"--init-layers must be comma-separated layer indices, got {text!r}") from None
 
 
+def parse_temperatures(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--data-temperatures must be comma-separated numbers, e.g. 0,0.8,0.8, got {text!r}") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="train a draft model for speculative decoding by distillation",
                        description=__doc__)
@@ -40,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1.5e-3)")
     p.add_argument("--prompts", default=None, help="JSONL prompts (default: shipped set + HumanEval)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="target continuation length (default 192)")
+    p.add_argument("--data-temperatures", default=None,
+                   help="teacher continuations per prompt, by temperature: 0 = greedy, repeat a value for more "
+                        "samples (default 0)")
     p.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts to evaluate (default all)")
     p.add_argument("--k", type=int, default=None, help="draft tokens per round for the evaluation (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
@@ -63,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "lr": args.lr, "max_new_tokens": args.max_new_tokens,
         "eval_prompts": args.eval_prompts, "k": args.k, "threads": args.threads, "seed": args.seed,
         "init_layers": parse_layers(args.init_layers) if args.init_layers else None,
+        "data_temperatures": parse_temperatures(args.data_temperatures) if args.data_temperatures else None,
         "prompts": str(Path(args.prompts).resolve()) if args.prompts else None,
     }
     given = {k: v for k, v in given.items() if v is not None}

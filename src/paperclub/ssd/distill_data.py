@@ -105,13 +105,13 @@ def build_chunks(llm: Any, prompts: list[Chat | str], data_dir: Path, chunk_size
             if path.is_file():
                 bar.update(len(part))
                 continue
-            temp = part[0][1]
             ids = [llm.encode(p) for p, _ in part]
-            if any(t != temp for _, t in part):  # a chunk straddles two temperatures: generate per temperature
-                gens = [continuations(llm, [i], max_tokens, t, seed + c * chunk_size + j)[0]
-                        for j, (i, (_, t)) in enumerate(zip(ids, part, strict=True))]
-            else:
-                gens = continuations(llm, ids, max_tokens, temp, seed + c * chunk_size)
+            gens: list = [None] * len(part)
+            for temp in dict.fromkeys(t for _, t in part):  # a chunk may straddle two temperatures: batch each
+                rows = [j for j, (_, t) in enumerate(part) if t == temp]
+                out = continuations(llm, [ids[j] for j in rows], max_tokens, temp, seed + c * chunk_size + rows[0])
+                for j, g in zip(rows, out, strict=True):
+                    gens[j] = g
             seqs = [i + g for i, g in zip(ids, gens, strict=True)]
             tops = teacher_topk(runner, seqs, topk)
             examples = [Example(torch.tensor(s), len(i), ti, tl)
