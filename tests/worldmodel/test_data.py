@@ -43,3 +43,19 @@ def test_bad_inputs_raise_user_error(tmp_path, tworoom_data):
         CollectConfig(episodes=0)
     with pytest.raises(UserError):
         WindowSampler(tworoom_data, history=3, frameskip=30)
+
+
+def test_exploration_replaces_a_fraction_of_the_scripted_actions():
+    from paperclub.worldmodel.data import run_episode
+    from paperclub.worldmodel.envs import make_env
+
+    env = make_env("tworoom", 32)
+    plain = run_episode("tworoom", env, 200, seed=3)
+    assert np.array_equal(run_episode("tworoom", env, 200, seed=3, explore=0.0)["actions"], plain["actions"])
+    explored = run_episode("tworoom", env, 200, seed=3, explore=0.3)["actions"]
+    assert np.array_equal(run_episode("tworoom", env, 200, seed=3, explore=0.3)["actions"], explored)  # seeded
+    # the expert moves at full speed toward its waypoint; uniform actions are mostly slower, in any direction
+    slow = np.linalg.norm(explored, axis=1) < 0.9
+    assert 0.1 < slow.mean() < 0.5 and np.linalg.norm(plain["actions"], axis=1).mean() > 0.9
+    with pytest.raises(UserError, match="--explore must be in"):
+        CollectConfig(explore=1.5)

@@ -43,6 +43,7 @@ def cmd_collect(args) -> int:
         steps=_or(args.steps, d["steps"]),
         seed=args.seed,
         image_size=args.image_size,
+        explore=args.explore,
     )
     path = collect(cfg, args.out, progress=not args.quiet)
     print(f"wrote {cfg.episodes} episodes to {path}")
@@ -149,6 +150,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="env steps per episode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--explore", type=float, default=0.0,
+                   help="probability that a step's action is uniform random instead of the scripted policy's")
     p.add_argument("--out", required=True, help="output .h5 file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_collect)

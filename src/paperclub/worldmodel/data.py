@@ -36,10 +36,13 @@ class CollectConfig:
     steps: int = 100  # env steps per episode (observations = steps + 1)
     seed: int = 0
     image_size: int = 64
+    explore: float = 0.0  # probability that a step's action is uniform random instead of the policy's
 
     def __post_init__(self):
         if self.episodes < 1 or self.steps < 1:
             raise UserError("--episodes and --steps must be at least 1")
+        if not 0.0 <= self.explore <= 1.0:
+            raise UserError(f"--explore must be in [0, 1], got {self.explore}")
         if self.image_size < 16 or self.image_size % 8:
             raise UserError("--image-size must be a multiple of 8, at least 16")
 
@@ -68,14 +71,19 @@ class Episodes:
         }
 
 
-def run_episode(env_name: str, env, steps: int, seed: int) -> dict[str, np.ndarray]:
-    """One episode of the scripted policy; returns stacked frames/actions/proprio/state (steps + 1 rows)."""
+def run_episode(env_name: str, env, steps: int, seed: int, explore: float = 0.0) -> dict[str, np.ndarray]:
+    """One episode of the scripted policy; returns stacked frames/actions/proprio/state (steps + 1 rows).
+    `explore`: each step's action is replaced, with this probability, by a uniform random one (own random stream,
+    so explore = 0 reproduces the plain policy's episodes)."""
     rng = np.random.default_rng(seed)
+    explore_rng = np.random.default_rng([seed, 1])
     obs, info = env.reset(seed=seed)
     policy = make_policy(env_name, env, rng)
     frames, actions, proprio, state = [obs], [], [info["proprio"]], [info["state"]]
     for _ in range(steps):
         a = policy()
+        if explore > 0 and explore_rng.random() < explore:
+            a = explore_rng.uniform(-1.0, 1.0, size=a.shape).astype(a.dtype)
         obs, _, _, _, info = env.step(a)
         actions.append(a)
         frames.append(obs)
@@ -94,7 +102,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, progress: bool = True) -
     """Run `cfg.episodes` scripted episodes and write them atomically to the HDF5 file `out`."""
     env = make_env(cfg.env, cfg.image_size)
     eps = [
-        run_episode(cfg.env, env, cfg.steps, cfg.seed * 100_003 + i)
+        run_episode(cfg.env, env, cfg.steps, cfg.seed * 100_003 + i, cfg.explore)
         for i in tqdm(range(cfg.episodes), desc=f"collect {cfg.env}", disable=not progress)
     ]
     lengths = np.array([len(e["frames"]) for e in eps], dtype=np.int64)
@@ -110,6 +118,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, progress: bool = True) -
                 num_episodes=cfg.episodes,
                 steps_per_episode=cfg.steps,
                 policy=type(make_policy(cfg.env, env, np.random.default_rng(0))).__name__,
+                explore=cfg.explore,
                 created_by="paperclub lewm collect",
             )
             frames = np.concatenate([e["frames"] for e in eps])
