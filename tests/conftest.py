@@ -42,6 +42,22 @@ def make_pair(arch: str):
     return hf, ours, cfg
 
 
+def save_target_and_draft(root, arch: str):
+    """A tiny target and a perturbed copy as draft (agrees often, not always), saved as HF safetensors under
+    root/target and root/draft. Returns (transformers target, our target, target dir, draft dir)."""
+    import copy
+
+    hf, ours, _ = make_pair(arch)
+    hf.save_pretrained(root / "target")
+    draft = copy.deepcopy(hf)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.03)
+    draft.save_pretrained(root / "draft")
+    return hf, ours, root / "target", root / "draft"
+
+
 @pytest.fixture(scope="session")
 def default_model_dir():
     """The embedded default model in the user cache (fetched and converted on first use)."""

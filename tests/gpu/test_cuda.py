@@ -18,7 +18,8 @@ from paperclub.ssd.sampling import SamplingParams
 from paperclub.ssd.speculative import SpeculativeDecoder
 from paperclub.ssd.ssd import SSDDecoder
 from paperclub.ssd.ssd_config import SSDConfig
-from tests.conftest import ARCH_CONFIGS, make_pair
+from tests.conftest import ARCH_CONFIGS, make_pair, save_target_and_draft
+from tests.ssd.test_speculative import run
 
 # PAPERCLUB_TEST_DEVICE=cpu runs the same checks on the CPU (how this file is checked on machines without a GPU)
 CUDA = torch.device(os.environ.get("PAPERCLUB_TEST_DEVICE", "cuda"))
@@ -43,14 +44,6 @@ def to_cuda(model: Llama, dtype: torch.dtype) -> Llama:
     return model
 
 
-def run(decoder, prompts, params, max_num_seqs):
-    engine = Engine(decoder, config=EngineConfig(max_num_seqs=max_num_seqs))
-    seqs = [engine.add_request(p, params) for p in prompts]
-    while engine.has_unfinished():
-        engine.step()
-    return seqs
-
-
 @pytest.mark.parametrize("arch", list(ARCH_CONFIGS))
 def test_logits_match_transformers_on_cuda(arch):
     hf, ours, _ = make_pair(arch)
@@ -67,17 +60,9 @@ def test_logits_match_transformers_on_cuda(arch):
 
 @pytest.fixture(scope="module")
 def saved_pair(tmp_path_factory):
-    """A tiny target and a perturbed copy as draft (agrees often, not always), saved as HF safetensors."""
-    root = tmp_path_factory.mktemp("cuda_models")
-    hf, _, _ = make_pair("llama2")  # head_dim 16: the CPU's batch-invariant attention applies too
-    hf.save_pretrained(root / "target")
-    draft = copy.deepcopy(hf)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.03)
-    draft.save_pretrained(root / "draft")
-    return hf, root / "target", root / "draft"
+    """A tiny target (head_dim 16: the CPU's batch-invariant attention applies too) and a perturbed draft."""
+    hf, _, target_dir, draft_dir = save_target_and_draft(tmp_path_factory.mktemp("cuda_models"), "llama2")
+    return hf, target_dir, draft_dir
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

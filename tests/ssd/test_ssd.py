@@ -7,7 +7,6 @@ scaling; and end to end); a dead or hung draft fails the request quickly and lea
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import time
@@ -26,8 +25,8 @@ from paperclub.ssd.sampling import SamplingParams, filtered_probs, make_generato
 from paperclub.ssd.ssd import SSDDecoder
 from paperclub.ssd.ssd_config import SSDConfig
 from paperclub.ssd.verify import verify_sampled
-from tests.conftest import make_pair
-from tests.ssd.test_speculative import exact_marginals
+from tests.conftest import save_target_and_draft
+from tests.ssd.test_speculative import exact_marginals, run
 
 pytest.importorskip("transformers")
 
@@ -45,24 +44,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     """A tiny target and a perturbed copy as draft (agrees often, not always), saved as HF safetensors."""
-    root = tmp_path_factory.mktemp("ssd_models")
-    hf, target, _ = make_pair("smollm2-tied")
-    hf.save_pretrained(root / "target")
-    draft = copy.deepcopy(hf)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.03)
-    draft.save_pretrained(root / "draft")
-    return target, root / "target", root / "draft"
-
-
-def run(decoder, prompts, params, max_num_seqs):
-    engine = Engine(decoder, config=EngineConfig(max_num_seqs=max_num_seqs))
-    seqs = [engine.add_request(p, params) for p in prompts]
-    while engine.has_unfinished():
-        engine.step()
-    return seqs
+    _, target, target_dir, draft_dir = save_target_and_draft(tmp_path_factory.mktemp("ssd_models"), "smollm2-tied")
+    return target, target_dir, draft_dir
 
 
 # ---- the draft worker in-process: the cache holds exactly what plain drafting would produce ---------------------
