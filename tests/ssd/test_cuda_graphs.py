@@ -37,3 +37,18 @@ def test_graphs_are_for_cuda_only_and_can_be_turned_off(monkeypatch):
     assert graphs_enabled(torch.device("cuda"))
     monkeypatch.setenv("PAPERCLUB_CUDA_GRAPHS", "0")
     assert not graphs_enabled(torch.device("cuda"))
+
+
+def test_graphs_leave_one_off_and_irregular_shapes_to_the_eager_path():
+    from paperclub.ssd.cuda_graphs import CudaGraphs
+
+    _, model, _ = make_pair("smollm2-tied")
+    runner = ModelRunner(model, 256)
+    runner.reserve(4, 32)
+    graphs = CudaGraphs(model, runner.cache, max_rows=4, max_tokens=5)
+    assert graphs.try_run([0, 1], [3, 3], [[1], [2]], True) is None  # first sight of a shape: eager
+    assert graphs.try_run([0, 2], [3, 3], [[1], [2]], True) is None  # slots not consecutive
+    assert graphs.try_run([0, 1], [3, 3], [[1], [2, 3]], False) is None  # uneven rows
+    assert graphs.try_run([0, 1, 2, 3, 4], [3] * 5, [[1]] * 5, True) is None  # too many rows
+    assert graphs.try_run([0], [3], [[1] * 6], False) is None  # too many tokens
+    assert graphs.captures == graphs.replays == 0

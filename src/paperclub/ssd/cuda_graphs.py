@@ -71,27 +71,33 @@ class CudaGraphs:
         self.max_rows, self.max_tokens, self.max_graphs = max_rows, max_tokens, max_graphs
         self.graphs: dict[tuple, _Graph] = {}
         self._valid_for: tuple = ()
+        self._seen: set[tuple] = set()
         self.captures = self.replays = 0
 
-    def applies(self, slots: list[int], lengths: list[int]) -> bool:
-        B, T = len(slots), lengths[0]
-        return (B <= self.max_rows and T <= self.max_tokens and all(n == T for n in lengths)
-                and slots == list(range(slots[0], slots[0] + B)))
-
-    def run(self, slots: list[int], starts: list[int], chunks: list[list[int]], last_only: bool) -> torch.Tensor:
+    def try_run(self, slots: list[int], starts: list[int], chunks: list[list[int]],
+                last_only: bool) -> torch.Tensor | None:
+        """The logits of this append from a graph (captured now, or replayed), or None when the eager path should
+        run it: a shape a graph cannot take, or one seen for the first time (a one-off prefill is not worth a
+        capture; decode and verification shapes recur every step)."""
+        B, T = len(slots), len(chunks[0])
+        if (B > self.max_rows or T > self.max_tokens or any(len(c) != T for c in chunks)
+                or slots != list(range(slots[0], slots[0] + B))):
+            return None
+        key = (slots[0], B, T, last_only)
+        if key not in self._seen:
+            self._seen.add(key)
+            return None
         valid_for = (self.cache.generation, self.model.rope_cos.data_ptr())
         if valid_for != self._valid_for:  # the cache was reallocated or the rope table rebuilt
             self.graphs.clear()
             self._valid_for = valid_for
-        B, T = len(chunks), len(chunks[0])
-        dev = self.cache.device
         tokens = torch.tensor(chunks, dtype=torch.long)
         write = torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(T)[None, :]
-        key = (slots[0], B, T, last_only)
         g = self.graphs.get(key)
         if g is None:
             if len(self.graphs) >= self.max_graphs:
                 self.graphs.pop(next(iter(self.graphs)))
+            dev = self.cache.device
             return self._capture(key, tokens.to(dev), write.to(dev), slots[0], last_only)
         g.tokens.copy_(tokens, non_blocking=True)
         g.write.copy_(write, non_blocking=True)

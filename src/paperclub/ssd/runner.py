@@ -41,10 +41,8 @@ class ModelRunner:
         self.device = model.device
         self.max_positions = max_positions
         self.cache = KVCache(self.cfg, self.device, model.dtype, max_positions)
-        # decode and verification shapes repeat every step: on a GPU they replay as CUDA graphs
         use = graphs_enabled(self.device) if cuda_graphs is None else cuda_graphs and self.device.type == "cuda"
         self.graphs = CudaGraphs(model, self.cache) if use else None
-        self._shapes_seen: set[tuple] = set()
 
     def reserve(self, num_slots: int, capacity: int) -> None:
         self.cache.ensure(num_slots, min(capacity, self.max_positions))
@@ -56,15 +54,14 @@ class ModelRunner:
         Returns float32 logits: (B, V) for each row's last token if `last_only`, else (B, T, V) with rows
         padded to the longest chunk (positions past a row's chunk are garbage)."""
         lengths = [len(c) for c in chunks]
-        if self.graphs is not None and self.graphs.applies(slots, lengths):
-            shape = (slots[0], len(slots), lengths[0], last_only)
-            if shape in self._shapes_seen:  # a shape seen twice will recur (a one-off prefill is not worth a graph)
-                try:
-                    return self.graphs.run(slots, starts, chunks, last_only)
-                except RuntimeError as e:  # the forward re-runs eagerly below (it rewrites the same K/V)
-                    log.warning("CUDA graphs turned off for this model: capture or replay failed (%s)", e)
-                    self.graphs = None
-            self._shapes_seen.add(shape)
+        if self.graphs is not None:  # decode and verification replay as CUDA graphs
+            try:
+                logits = self.graphs.try_run(slots, starts, chunks, last_only)
+                if logits is not None:
+                    return logits
+            except RuntimeError as e:  # the forward re-runs eagerly below (it rewrites the same K/V)
+                log.warning("CUDA graphs turned off for this model: capture or replay failed (%s)", e)
+                self.graphs = None
         if last_only and len(chunks) > 1:
             groups = length_groups(lengths)
             if len(groups) > 1:  # e.g. a batched prefill of prompts of very different lengths
