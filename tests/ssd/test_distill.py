@@ -13,7 +13,7 @@ from tokenizers import models, pre_tokenizers
 
 from paperclub.cli import main
 from paperclub.errors import UserError
-from paperclub.models.draft import check_draft_compatible, init_draft, load_draft, save_draft
+from paperclub.models.draft import check_draft_compatible, grow_draft, init_draft, load_draft, save_draft
 from paperclub.models.loader import load_model
 from paperclub.ssd.acceptance import evaluate_acceptance
 from paperclub.ssd.runner import ModelRunner
@@ -135,6 +135,51 @@ def test_resume_continues_an_interrupted_run(tmp_path, target_dir, capsys):
         torch.testing.assert_close(ck2["params"][name], t)
     assert distill(target_dir, out, prompts, "--steps", "35", "--resume", "--layers", "2") == 2
     assert "cannot change layers" in capsys.readouterr().err
+
+
+def test_grow_draft_keeps_the_function_and_trains_the_new_block(target_dir):
+    target = load_model(target_dir)
+    draft = init_draft(target, 2, torch.arange(0, 48), init_layers=[0, 3])
+    grown = grow_draft(draft, target, 3)
+    assert len(grown.layers) == 3 and grown.embed is target.embed
+    # the new block (a copy of the target's middle layer) sits before the last one and adds nothing yet
+    new = grown.layers[1]
+    torch.testing.assert_close(new.attn.qkv.weight, target.layers[2].attn.qkv.weight)
+    assert not new.attn.o.weight.any() and not new.mlp.down.weight.any()
+    prompt = [3, 9, 4, 27, 11, 6]
+    torch.testing.assert_close(forced(grown, prompt), forced(draft, prompt), rtol=0, atol=0)
+    # its zeroed projections still get gradients, so training can bring it in
+    ids = torch.tensor([prompt])
+    from paperclub.ssd.distill import train_forward
+
+    train_forward(grown, ids, [len(prompt)], torch.float32).logsumexp(-1).sum().backward()
+    assert new.attn.o.weight.grad.abs().sum() > 0 and new.mlp.down.weight.grad.abs().sum() > 0
+    assert grow_draft(draft, target, 2) is draft
+    with pytest.raises(UserError, match="shallower than the --init draft"):
+        grow_draft(grown, target, 2)
+    with pytest.raises(UserError, match="needs 1 target layers"):
+        grow_draft(draft, target, 3, [1, 2])
+
+
+def test_reuse_data_links_another_runs_teacher_data_and_checks_its_settings(tmp_path, target_dir, capsys):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", n=16)
+    first = tmp_path / "first"
+    assert distill(target_dir, first, prompts, "--steps", "5") == 0
+    assert main(["distill", "--target", str(target_dir), "--out", str(tmp_path / "bad"), "--prompts", str(prompts),
+                 *DISTILL, "--steps", "5", "--max-new-tokens", "12", "--reuse-data", str(first)]) == 2
+    assert "other data settings: max_new_tokens 24 (here 12)" in capsys.readouterr().err
+    assert distill(target_dir, tmp_path / "none", prompts, "--reuse-data", str(tmp_path)) == 2
+    assert "not a distillation output" in capsys.readouterr().err
+    # a deeper draft continued from the first one, on its data: nothing is regenerated
+    second = tmp_path / "second"
+    assert distill(target_dir, second, prompts, "--steps", "5", "--layers", "2", "--init", str(first),
+                   "--reuse-data", str(first)) == 0
+    capsys.readouterr()
+    chunks = sorted((first / "work" / "data").glob("chunk-*.pt"))
+    for c in chunks:
+        assert (second / "work" / "data" / c.name).stat().st_ino == c.stat().st_ino
+    assert torch.equal(torch.load(second / "work" / "vocab_ids.pt"), torch.load(first / "work" / "vocab_ids.pt"))
+    assert json.loads((second / "config.json").read_text())["num_hidden_layers"] == 2
 
 
 def forced(model, prompt: list[int]) -> torch.Tensor:

@@ -163,6 +163,46 @@ def init_draft(target: Llama, num_layers: int, vocab_ids: torch.Tensor, init_lay
     return draft
 
 
+def grow_draft(draft: DraftLM, target: Llama, num_layers: int, new_layers: list[int] | None = None) -> DraftLM:
+    """`draft` deepened to `num_layers` blocks without changing what it computes.
+
+    Each new block is a copy of a target layer (`new_layers`, default: evenly spaced inside the target, first and
+    last excluded) inserted before the draft's last block, with its attention output and MLP down projections
+    zeroed: the block adds nothing to the residual stream until training moves those two matrices (their
+    gradients are not zero, since the block's inputs are), so a trained draft keeps its acceptance while it
+    learns to use the extra depth."""
+    old, tcfg = len(draft.layers), target.cfg
+    extra = num_layers - old
+    if extra < 0:
+        raise UserError(f"--layers {num_layers} is shallower than the --init draft ({old} layers)")
+    if new_layers is None:
+        new_layers = [round((i + 1) * (tcfg.num_layers - 1) / (extra + 1)) for i in range(extra)]
+    if len(new_layers) != extra or not all(0 <= i < tcfg.num_layers for i in new_layers):
+        raise UserError(f"growing a {old}-layer draft to {num_layers} needs {extra} target layers in "
+                        f"[0, {tcfg.num_layers}) for --init-layers, got {new_layers}")
+    if extra == 0:
+        return draft
+    grown = DraftLM(draft_config(tcfg, num_layers), draft.embed, draft.vocab_ids, draft.rope_cos.shape[0])
+    grown.to(device=draft.device, dtype=draft.dtype)
+    grown.embed = draft.embed
+    with torch.no_grad():
+        blocks = list(draft.layers[:-1])
+        for src in new_layers:
+            block = Block(tcfg).to(device=draft.device, dtype=draft.dtype)
+            block.load_state_dict(target.layers[src].state_dict())
+            block.attn.o.weight.zero_()
+            block.mlp.down.weight.zero_()
+            if block.attn.o.bias is not None:
+                block.attn.o.bias.zero_()
+            blocks.append(block)
+        blocks.append(draft.layers[-1])
+        for mine, src in zip(grown.layers, blocks, strict=True):
+            mine.load_state_dict(src.state_dict())
+        grown.norm.load_state_dict(draft.norm.state_dict())
+        grown.lm_head.load_state_dict(draft.lm_head.state_dict())
+    return grown
+
+
 # -- the shipped default draft -------------------------------------------------------------------------
 
 DEFAULT_DRAFT = "smollm2-135m-draft"

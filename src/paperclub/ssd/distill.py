@@ -35,7 +35,7 @@ from tqdm import tqdm
 from paperclub.atomic import atomic_path, write_json
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
-from paperclub.models.draft import DraftLM, init_draft, load_draft, save_draft
+from paperclub.models.draft import DraftLM, grow_draft, init_draft, load_draft, save_draft
 from paperclub.models.llama import Llama
 from paperclub.models.loader import load_model
 from paperclub.ssd.distill_data import Example, build_chunks, load_examples, token_counts
@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 class DistillConfig:
     layers: int = 2
     init: str = "target"  # "target" (copy target layers), "random", or a draft directory to continue from
-    init_layers: list[int] | None = None  # target layers to copy (default: evenly spaced, first and last)
+    # target layers to copy (default: evenly spaced, first and last); with a draft --init, the added layers
+    init_layers: list[int] | None = None
     draft_vocab: int = 8192
     steps: int = 2000
     time_budget_s: float | None = None
@@ -72,6 +73,7 @@ class DistillConfig:
     eval_temperatures: list[float] = field(default_factory=lambda: [0.0, 0.7])
     # one continuation per prompt per entry: 0 = greedy, > 0 = sampled (repeat a temperature for more samples)
     data_temperatures: list[float] = field(default_factory=lambda: [0.0])
+    reuse_data: str | None = None  # another run's --out whose teacher data (same data settings) this run links
 
     def __post_init__(self) -> None:
         checks = [
@@ -282,6 +284,8 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     with atomic_path(work / "eval_prompts.jsonl") as tmp:
         tmp.write_text("".join(json.dumps({"messages": p} if isinstance(p, list) else {"prompt": p}) + "\n"
                                for p in eval_prompts))
+    if cfg.reuse_data:
+        link_teacher_data(Path(cfg.reuse_data), work, cfg)
     paths = build_chunks(llm, train_prompts, work / "data", cfg.chunk_size, cfg.max_new_tokens, cfg.topk,
                          temperatures=tuple(cfg.data_temperatures), seed=cfg.seed)
     examples = load_examples(paths)
@@ -305,7 +309,7 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
         start = load_draft(cfg.init, target32, dtype=torch.float32)
         if not torch.equal(start.vocab_ids.cpu(), vocab_ids):
             raise UserError(f"--init draft {cfg.init} has another draft vocabulary: start from the target instead")
-        draft = start
+        draft = grow_draft(start, target32, cfg.layers, cfg.init_layers)
     state = train(draft, examples, cfg, work / "checkpoint.pt")
 
     # 4. export (bf16) and evaluate what was exported, against the bf16 target
@@ -340,6 +344,35 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     write_json(out / "acceptance.json", summary)
     write_json(work / "losses.json", state.losses)
     return summary
+
+
+DATA_SETTINGS = ("prompts", "max_new_tokens", "topk", "chunk_size", "data_temperatures", "seed", "draft_vocab")
+
+
+def link_teacher_data(other: Path, work: Path, cfg: DistillConfig) -> None:
+    """Hard-link (or copy) the finished teacher-data chunks and draft vocabulary of another run made with the
+    same data settings, so a new draft (deeper, other learning rate...) trains on it without regenerating it."""
+    try:
+        theirs = json.loads((other / "work" / "distill_config.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"--reuse-data {other}: not a distillation output (no readable work/distill_config.json)") \
+            from None
+    mine = dataclasses.asdict(cfg)
+    diff = [k for k in DATA_SETTINGS if theirs.get(k) != mine[k]]
+    if diff:
+        raise UserError(f"--reuse-data {other} was made with other data settings: "
+                        + ", ".join(f"{k} {theirs.get(k)!r} (here {mine[k]!r})" for k in diff))
+    files = sorted((other / "work" / "data").glob("chunk-*.pt")) + [other / "work" / "vocab_ids.pt"]
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    for src in files:
+        dst = work / ("data" if src.name.startswith("chunk-") else "") / src.name
+        if src.is_file() and not dst.exists():
+            try:
+                dst.hardlink_to(src)
+            except OSError:
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+    log.info("reusing %d teacher-data chunks from %s", len(files) - 1, other)
 
 
 def prepare_out(out: Path, resume: bool, force: bool) -> None:

@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=None, help="target model dir, .gguf or cached name (default: embedded)")
     p.add_argument("--out", required=True, help="output draft directory")
     p.add_argument("--init", default=None, help="target (copy target layers, default), random, or a draft dir")
-    p.add_argument("--init-layers", default=None, help="target layers to copy, e.g. 0,29 (default: evenly spaced)")
+    p.add_argument("--init-layers", default=None,
+                   help="target layers to copy, e.g. 0,29 (default: evenly spaced); with a draft --init and a "
+                        "larger --layers, the target layers of the added blocks")
     p.add_argument("--layers", type=int, default=None, help="draft depth (default 2)")
     p.add_argument("--draft-vocab", type=int, default=None, help="draft output vocabulary size (default 8192)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 2000)")
@@ -54,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=None, help="draft tokens per round for the evaluation (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--reuse-data", default=None,
+                   help="another distill --out made with the same data settings: link its teacher data")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="delete an existing --out first")
     p.set_defaults(func=run)
@@ -75,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         "init_layers": parse_layers(args.init_layers) if args.init_layers else None,
         "data_temperatures": parse_temperatures(args.data_temperatures) if args.data_temperatures else None,
         "prompts": str(Path(args.prompts).resolve()) if args.prompts else None,
+        "reuse_data": str(Path(args.reuse_data).resolve()) if args.reuse_data else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     base = saved_config(out) if args.resume else {}
