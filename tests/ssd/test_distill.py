@@ -170,11 +170,14 @@ def test_reuse_data_links_another_runs_teacher_data_and_checks_its_settings(tmp_
     assert "other data settings: max_new_tokens 24 (here 12)" in capsys.readouterr().err
     assert distill(target_dir, tmp_path / "none", prompts, "--reuse-data", str(tmp_path)) == 2
     assert "not a distillation output" in capsys.readouterr().err
-    # a deeper draft continued from the first one, on its data: nothing is regenerated
+    # a deeper draft continued from the first one, on its data (nothing regenerated) plus training-only prompts
+    extra = write_prompts(tmp_path / "extra.jsonl", n=5, seed=7)
     second = tmp_path / "second"
     assert distill(target_dir, second, prompts, "--steps", "5", "--layers", "2", "--init", str(first),
-                   "--reuse-data", str(first)) == 0
-    capsys.readouterr()
+                   "--reuse-data", str(first), "--extra-prompts", str(extra)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train"]["examples"] == 14 + 5  # 16 prompts minus 2 held out, plus the 5 extra
+    assert len(list((second / "work" / "extra").glob("chunk-*.pt"))) == 1
     chunks = sorted((first / "work" / "data").glob("chunk-*.pt"))
     for c in chunks:
         assert (second / "work" / "data" / c.name).stat().st_ino == c.stat().st_ino

@@ -3,7 +3,9 @@
 Pipeline (each phase resumable; everything lives under `<out>/work/`):
 
 1. data: the target's greedy continuations of the training prompts (its own generations, as speculative
-   decoding sees them) and, at every position of prompt + continuation, its top-k next-token distribution;
+   decoding sees them; `data_temperatures` adds sampled ones) and of each `extra_prompts` line (training only),
+   and, at every position of prompt + continuation, its top-k next-token distribution; `reuse_data` links
+   another run's finished data instead of regenerating it;
 2. vocabulary: the `draft_vocab` target ids that carry the most next-token mass in that data;
 3. training: the draft (a few target layers on the target's frozen embedding, a head over the draft
    vocabulary) minimises the cross-entropy to the target's renormalised top-k distribution (= forward KL up to
@@ -74,6 +76,7 @@ class DistillConfig:
     # one continuation per prompt per entry: 0 = greedy, > 0 = sampled (repeat a temperature for more samples)
     data_temperatures: list[float] = field(default_factory=lambda: [0.0])
     reuse_data: str | None = None  # another run's --out whose teacher data (same data settings) this run links
+    extra_prompts: str | None = None  # JSONL of training-only prompts, one greedy continuation each, never evaluated
 
     def __post_init__(self) -> None:
         checks = [
@@ -288,6 +291,9 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
         link_teacher_data(Path(cfg.reuse_data), work, cfg)
     paths = build_chunks(llm, train_prompts, work / "data", cfg.chunk_size, cfg.max_new_tokens, cfg.topk,
                          temperatures=tuple(cfg.data_temperatures), seed=cfg.seed)
+    if cfg.extra_prompts:  # their own chunk directory, so --reuse-data never mixes them with the main set
+        paths += build_chunks(llm, read_prompts(cfg.extra_prompts), work / "extra", cfg.chunk_size,
+                              cfg.max_new_tokens, cfg.topk, temperatures=(0.0,), seed=cfg.seed)
     examples = load_examples(paths)
     eos = set(llm.model.cfg.eos_token_ids) | set(llm.tokenizer.eos_token_ids)
     eval_ids = [llm.encode(p) for p in eval_prompts]
@@ -313,7 +319,9 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     state = train(draft, examples, cfg, work / "checkpoint.pt")
 
     # 4. export (bf16) and evaluate what was exported, against the bf16 target
-    extra = {"distill": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "prompts"},
+    local = ("prompts", "reuse_data", "extra_prompts")  # machine-local paths: keep only the file names
+    settings = {k: Path(v).name if k in local and v else v for k, v in dataclasses.asdict(cfg).items()}
+    extra = {"distill": settings,
              "train_steps": state.step, "train_seconds": round(state.elapsed_s, 1)}
     export = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:  # each file replaces its predecessor atomically

@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=None, help="draft tokens per round for the evaluation (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--extra-prompts", default=None,
+                   help="JSONL of training-only prompts (one greedy continuation each, never held out)")
     p.add_argument("--reuse-data", default=None,
                    help="another distill --out made with the same data settings: link its teacher data")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "data_temperatures": parse_temperatures(args.data_temperatures) if args.data_temperatures else None,
         "prompts": str(Path(args.prompts).resolve()) if args.prompts else None,
         "reuse_data": str(Path(args.reuse_data).resolve()) if args.reuse_data else None,
+        "extra_prompts": str(Path(args.extra_prompts).resolve()) if args.extra_prompts else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     base = saved_config(out) if args.resume else {}
