@@ -115,6 +115,7 @@ def test_collect_writes_dataset(tmp_path):
         ["lewm", "collect", "--env", "tworoom", "--episodes", "0", "--out", "x.h5"],
         ["lewm", "train", "--env", "tworoom", "--data", "/nonexistent.h5", "--out", "o"],
         ["lewm", "plan", "--env", "tworoom", "--episodes", "0"],
+        ["lewm", "plan", "--env", "tworoom", "--episodes", "1", "--device", "tpu"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, capsys, tmp_path, monkeypatch):
@@ -159,3 +160,17 @@ def test_plan_runs_from_the_shipped_checkpoint(env, tmp_path):
     assert main(argv) == 0
     r = json.loads(out.read_text())
     assert r["env"] == env and r["speedup_vs_patch_baseline"] > 1
+
+
+def test_vit_config_trains_and_plans(tworoom_data_path, tmp_path):
+    out = tmp_path / "vit"
+    argv = ["lewm", "train", "--env", "tworoom", "--config", "vit-small", "--steps", "3", "--batch-size", "8",
+            "--sigreg-directions", "32", "--data", str(tworoom_data_path), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["encoder"] == "vit" and cfg["config_name"] == "vit-small"
+    plan = tmp_path / "plan.json"
+    assert main(["lewm", "plan", "--ckpt", str(out), "--episodes", "1", "--max-steps", "5", "--baseline-plans",
+                 "1", "--json", str(plan), "--quiet"]) == 0
+    r = json.loads(plan.read_text())
+    assert r["episodes"] == 1 and r["speedup_vs_patch_baseline"] > 0

@@ -72,3 +72,19 @@ def test_bad_config_raises_user_error():
         preset("huge")
     with pytest.raises(UserError):
         preset("tiny", image_size=60)
+
+
+def test_vit_encoder_presets_shapes_and_size():
+    torch.manual_seed(0)
+    m = LeWM(preset("vit-small"))
+    pred, z = m(torch.randn(2, 4, 3, 64, 64), torch.randn(2, 4, 10))
+    assert z.shape == (2, 4, 64) and pred.shape == (2, 3, 64)
+    assert isinstance(m.encoder.layers, torch.nn.TransformerEncoder) and m.encoder.pos.shape == (1, 65, 192)
+    # the paper-size model: ViT-tiny on 224 px frames in 256 patches, about 15M parameters in all
+    big = LeWM(preset("vit-tiny", action_dim=2)).eval()
+    n = sum(p.numel() for p in big.parameters())
+    assert 12e6 < n < 20e6, n
+    with torch.no_grad():
+        assert big.encode(torch.randn(2, 3, 224, 224)).shape == (2, 192)
+    with pytest.raises(UserError, match="not a multiple of the ViT patch size 14"):
+        preset("vit-tiny", image_size=64)

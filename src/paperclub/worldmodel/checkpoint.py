@@ -27,7 +27,7 @@ def save_checkpoint(model: LeWM, out: str | os.PathLike, meta: dict) -> None:
     """Write weights and config into directory `out` (each file atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     write_json(out / CONFIG, {"model": model.cfg.to_dict(), **meta})

@@ -102,6 +102,7 @@ def cmd_train(args) -> int:
         out,
         meta={"config_name": args.config, "dataset": str(data_path), "command": command},
         progress=not args.quiet,
+        device=args.device,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -158,7 +159,10 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("train", help="train a LeWM checkpoint")
     _env_arg(p)
-    p.add_argument("--config", default="small", help="model size preset: tiny or small")
+    p.add_argument("--config", default="small",
+                   help="model preset: tiny, small (CNN, 64 px), vit-small (ViT, 64 px) or vit-tiny (the paper's "
+                        "ViT-tiny at 224 px: collect with --image-size 224, train on a GPU)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto")
     p.add_argument("--data", default=None, help="dataset .h5 (default: collect one into OUT/dataset.h5)")
     p.add_argument("--episodes", type=int, default=None, help="episodes to collect when --data is not given")
     p.add_argument("--steps", type=int, default=2000)

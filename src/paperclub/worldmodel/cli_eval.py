@@ -14,9 +14,11 @@ def _load(args):
     import torch
 
     from paperclub.worldmodel.checkpoint import load_checkpoint, resolve_checkpoint
+    from paperclub.worldmodel.train import resolve_device
 
     torch.set_num_threads(max(1, args.threads))
     model, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.env))
+    model.to(resolve_device(getattr(args, "device", "cpu")))
     if args.env and meta.get("env") != args.env:
         raise UserError(
             f"checkpoint {args.ckpt} was trained on {meta.get('env')}, not {args.env}: "
@@ -53,7 +55,7 @@ def cmd_plan(args) -> int:
     baseline = None
     if args.baseline_plans > 0:
         torch.manual_seed(args.seed)
-        baseline = PatchWM(matched_config(model.cfg)).eval()
+        baseline = PatchWM(matched_config(model.cfg)).eval().to(next(model.parameters()).device)
     result = evaluate_planning(model, env, cfg, baseline=baseline, progress=not args.quiet)
     result["ckpt"] = str(args.ckpt or "shipped")
     if args.json:
@@ -126,6 +128,7 @@ def register(sub) -> None:
     p = sub.add_parser("plan", help="CEM/MPC planning success and speed vs the patch-token baseline")
     _common(p)
     p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--elites", type=int, default=16)
     p.add_argument("--iterations", type=int, default=6)

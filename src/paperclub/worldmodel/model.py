@@ -1,6 +1,7 @@
 """The LeWorldModel (LeWM) network: pixels -> one latent vector per frame -> next latent given actions.
 
-    encoder    small CNN for 64x64 frames -> feature vector
+    encoder    small CNN for 64x64 frames, or a ViT (CLS token; `vit-tiny` is the paper's 224 px size)
+               -> feature vector
     projector  Linear -> BatchNorm -> GELU -> Linear: the latent z (shaped by SIGReg, compared by planning)
     action enc MLP over a block of `frameskip` consecutive actions (flattened)
     predictor  causal transformer over the last `history` latents; each token is conditioned on its action
@@ -35,13 +36,25 @@ class LeWMConfig:
     pred_depth: int = 3
     pred_heads: int = 4
     history: int = 3
+    encoder: str = "cnn"  # "cnn" or "vit"
+    patch_size: int = 8  # vit: square patches; width = feature_dim
+    vit_depth: int = 4
+    vit_heads: int = 4
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
-        if self.image_size % 8 or self.image_size < 16:
-            raise UserError("image_size must be a multiple of 8 and at least 16")
-        if self.image_size // (4 * 2 ** (len(self.channels) - 1)) < 1:
-            raise UserError("too many encoder stages for this image size")
+        if self.encoder not in ("cnn", "vit"):
+            raise UserError(f"encoder must be cnn or vit, got {self.encoder!r}")
+        if self.encoder == "cnn":
+            if self.image_size % 8 or self.image_size < 16:
+                raise UserError("image_size must be a multiple of 8 and at least 16")
+            if self.image_size // (4 * 2 ** (len(self.channels) - 1)) < 1:
+                raise UserError("too many encoder stages for this image size")
+        elif self.image_size % self.patch_size:
+            raise UserError(f"image_size {self.image_size} is not a multiple of the ViT patch size "
+                            f"{self.patch_size}: collect the data with a matching --image-size")
+        elif self.feature_dim % self.vit_heads or min(self.vit_depth, self.patch_size) < 1:
+            raise UserError("ViT: feature_dim must be divisible by vit_heads; depth and patch size >= 1")
         if min(self.latent_dim, self.pred_dim, self.feature_dim, self.frameskip, self.history) < 1:
             raise UserError("all model sizes must be positive")
         if self.pred_dim % self.pred_heads:
@@ -68,6 +81,12 @@ PRESETS = {
         pred_heads=2,
     ),
     "small": {},
+    # a ViT for 64x64 frames: 64 patches of 8x8, width 192, 4 layers
+    "vit-small": dict(encoder="vit", patch_size=8, feature_dim=192, vit_depth=4, vit_heads=3),
+    # the paper's size: ViT-tiny (width 192, 12 layers, 3 heads) on 224 px frames in 14x14 patches, a 6-layer
+    # predictor of width 384; about 15M parameters. Meant for a GPU (`--device cuda`).
+    "vit-tiny": dict(encoder="vit", image_size=224, patch_size=14, feature_dim=192, vit_depth=12, vit_heads=3,
+                     latent_dim=192, action_embed_dim=192, pred_dim=384, pred_depth=6, pred_heads=16),
 }
 
 
@@ -97,6 +116,27 @@ class CNNEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.convs(x).flatten(1))
+
+
+class ViTEncoder(nn.Module):
+    """Patch embedding + CLS token + learned positions, pre-norm transformer layers; the CLS output is the
+    frame's feature vector (width `feature_dim`)."""
+
+    def __init__(self, cfg: LeWMConfig):
+        super().__init__()
+        d, n = cfg.feature_dim, (cfg.image_size // cfg.patch_size) ** 2
+        self.patch = nn.Conv2d(3, d, cfg.patch_size, stride=cfg.patch_size)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, cfg.vit_heads, 4 * d, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, cfg.vit_depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)  # (B, patches, d)
+        tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1) + self.pos
+        return self.norm(self.layers(tokens)[:, 0])
 
 
 class Projector(nn.Module):
@@ -151,7 +191,7 @@ class LeWM(nn.Module):
     def __init__(self, cfg: LeWMConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = CNNEncoder(cfg)
+        self.encoder = CNNEncoder(cfg) if cfg.encoder == "cnn" else ViTEncoder(cfg)
         self.projector = Projector(cfg.feature_dim, cfg.feature_dim, cfg.latent_dim)
         self.action_encoder = ActionEncoder(cfg)
         self.predictor = Predictor(cfg)

@@ -50,6 +50,8 @@ def matched_config(lewm_cfg) -> PatchWMConfig:
     """A patch-token model with the same predictor width/depth/heads and action interface as a LeWM."""
     return PatchWMConfig(
         image_size=lewm_cfg.image_size,
+        # 8x8 patches (64 tokens) on 64 px frames; a ViT LeWM's own patches (256 at 224 px, as DINO-WM)
+        patch_size=lewm_cfg.patch_size if lewm_cfg.encoder == "vit" and lewm_cfg.image_size > 64 else 8,
         dim=lewm_cfg.pred_dim,
         depth=lewm_cfg.pred_depth,
         heads=lewm_cfg.pred_heads,

@@ -73,24 +73,27 @@ def cem_plan(
 ) -> tuple[torch.Tensor, float]:
     """Cross-entropy method over (horizon, block_dim) action plans in [-1, 1]. Returns (best mean plan, its
     cost). z0 and z_goal are single latents (no batch dim)."""
-    mean = torch.zeros(cfg.horizon, block_dim) if init_mean is None else init_mean.clone()
-    std = torch.full((cfg.horizon, block_dim), cfg.init_std)
+    dev = z0.device
+    mean = torch.zeros(cfg.horizon, block_dim, device=dev) if init_mean is None else init_mean.to(dev).clone()
+    std = torch.full((cfg.horizon, block_dim), cfg.init_std, device=dev)
     z0s = z0.unsqueeze(0).expand(cfg.samples, *z0.shape)
     best_cost = float("inf")
-    for _ in range(cfg.iterations):
-        plans = (mean + std * torch.randn(cfg.samples, *mean.shape, generator=generator)).clamp(-1, 1)
+    for _ in range(cfg.iterations):  # noise from the CPU generator: the same plans on every device
+        noise = torch.randn(cfg.samples, *mean.shape, generator=generator).to(dev)
+        plans = (mean + std * noise).clamp(-1, 1)
         plans[0] = mean.clamp(-1, 1)  # keep the current mean among the candidates
         costs = cost(model.rollout(z0s, plans), z_goal)
         elite_idx = torch.topk(costs, cfg.elites, largest=False).indices
         elites = plans[elite_idx]
         mean, std = elites.mean(dim=0), elites.std(dim=0).clamp_min(cfg.min_std) if cfg.elites > 1 else std
         best_cost = min(best_cost, float(costs[elite_idx[0]]))
-    return mean.clamp(-1, 1), best_cost
+    return mean.clamp(-1, 1).cpu(), best_cost
 
 
 @torch.no_grad()
 def encode_one(model, frame: np.ndarray) -> torch.Tensor:
-    return model.encode(frames_to_tensor(frame[None]))[0]
+    device = next(model.parameters()).device
+    return model.encode(frames_to_tensor(torch.from_numpy(frame[None]).to(device)))[0]
 
 
 def make_goal(env_name: str, env, seed: int, goal_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

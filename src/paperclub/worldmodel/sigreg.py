@@ -52,7 +52,8 @@ def random_directions(
     dim: int, num_directions: int, generator: torch.Generator | None = None, device=None
 ) -> torch.Tensor:
     """M random unit vectors in R^dim, as the columns of a dim x M matrix."""
-    a = torch.randn(dim, num_directions, generator=generator, device=device)
+    gen_device = generator.device if generator is not None else device
+    a = torch.randn(dim, num_directions, generator=generator, device=gen_device).to(device)
     return a / a.norm(dim=0, keepdim=True)
 
 

@@ -66,15 +66,37 @@ def split_episodes(data: Episodes, val_fraction: float, seed: int) -> tuple[np.n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" = CUDA when there is one, else the CPU; a named device that is missing is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda given but PyTorch sees no CUDA device: use --device cpu")
+    return device
+
+
+def forward_batch(model: LeWM, frames: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model on a sampled batch, on the model's device; bf16 autocast on CUDA, float32 outputs."""
+    device = next(model.parameters()).device
+    x = frames_to_tensor(torch.from_numpy(frames).to(device, non_blocking=True))  # uint8 over the bus, not float
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        pred, z = model(x, torch.from_numpy(actions).to(device))
+    return pred.float(), z.float()
+
+
 @torch.no_grad()
 def evaluate(model: LeWM, sampler: WindowSampler, n: int = 256, seed: int = 1234) -> dict:
     model.eval()
     frames, actions = sampler.sample(n, np.random.default_rng(seed))
-    pred, z = model(frames_to_tensor(frames), torch.from_numpy(actions))
+    pred, z = forward_batch(model, frames, actions)
     model.train()
     return {
         "val_pred_loss": float(prediction_loss(pred, z)),
-        "val_effective_rank": effective_rank(z.reshape(-1, z.shape[-1])),
+        "val_effective_rank": effective_rank(z.reshape(-1, z.shape[-1]).cpu()),
     }
 
 
@@ -85,8 +107,10 @@ def train(
     out: str | os.PathLike,
     meta: dict | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """Train a LeWM on `data`, write the checkpoint, log and training-curve plot into `out`."""
+    """Train a LeWM on `data` on `device` (auto, cpu, cuda), write the checkpoint, log and training-curve plot
+    into `out`."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out = Path(out)
@@ -95,7 +119,7 @@ def train(
     val_sampler = WindowSampler(
         data, model_cfg.history, model_cfg.frameskip, val_eps if len(val_eps) else None
     )
-    model = LeWM(model_cfg)
+    model = LeWM(model_cfg).to(resolve_device(device))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -109,7 +133,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, time.perf_counter() - start)
         frames, actions = sampler.sample(cfg.batch_size, rng)
-        pred, z = model(frames_to_tensor(frames), torch.from_numpy(actions))
+        pred, z = forward_batch(model, frames, actions)
         pred_loss = prediction_loss(pred, z)
         reg = sigreg(z, cfg.sigreg_directions, generator=gen)
         loss = pred_loss + cfg.sigreg_weight * reg
