@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from paperclub.device import resolve_device
 from paperclub.errors import UserError
 from paperclub.models.draft import default_draft_for, load_draft_model
 from paperclub.models.loader import load_model
@@ -47,18 +48,6 @@ class RequestOutput:
     prompt_token_ids: list[int]
     finish_reason: str | None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for but no CUDA GPU is visible: use --device cpu")
-    return dev
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,

@@ -13,8 +13,8 @@ from paperclub.errors import UserError
 def _load(args):
     import torch
 
+    from paperclub.device import resolve_device
     from paperclub.worldmodel.checkpoint import load_checkpoint, resolve_checkpoint
-    from paperclub.worldmodel.train import resolve_device
 
     torch.set_num_threads(max(1, args.threads))
     model, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.env))

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from paperclub.atomic import write_json
+from paperclub.device import resolve_device
 from paperclub.errors import UserError
 from paperclub.worldmodel.checkpoint import save_checkpoint
 from paperclub.worldmodel.data import Episodes, WindowSampler
@@ -64,19 +65,6 @@ def split_episodes(data: Episodes, val_fraction: float, seed: int) -> tuple[np.n
     order = np.random.default_rng(seed).permutation(data.num_episodes)
     n_val = int(round(val_fraction * data.num_episodes)) if data.num_episodes > 1 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" = CUDA when there is one, else the CPU; a named device that is missing is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device: use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda given but PyTorch sees no CUDA device: use --device cpu")
-    return device
 
 
 def forward_batch(model: LeWM, frames: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
