@@ -1,5 +1,6 @@
 import json
 
+import h5py
 import pytest
 
 from paperclub.cli import main
@@ -82,6 +83,7 @@ def test_plan_contract(cli_ckpt, tmp_path):
     for key in ("success_rate", "episodes", "mean_plan_time_s", "speedup_vs_patch_baseline"):
         assert key in r
     assert r["episodes"] == 1 and r["speedup_vs_patch_baseline"] > 1
+    assert r["config"]["cem"]["execute"] == "best"  # the TwoRoom default (cli_ckpt is a TwoRoom checkpoint)
     assert (tmp_path / "plan_plan_time.png").is_file() and (tmp_path / "plan_plan_time.json").is_file()
 
 
@@ -97,6 +99,10 @@ def test_collect_writes_dataset(tmp_path):
                 "2",
                 "--steps",
                 "5",
+                "--explore",
+                "0.3",
+                "--explore-hold",
+                "4",
                 "--out",
                 str(tmp_path / "d.h5"),
                 "--quiet",
@@ -104,7 +110,8 @@ def test_collect_writes_dataset(tmp_path):
         )
         == 0
     )
-    assert (tmp_path / "d.h5").is_file()
+    with h5py.File(tmp_path / "d.h5") as f:
+        assert f.attrs["explore"] == 0.3 and f.attrs["explore_hold"] == 4 and len(f["actions"]) == 12
 
 
 @pytest.mark.parametrize(

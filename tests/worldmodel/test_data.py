@@ -59,3 +59,30 @@ def test_exploration_replaces_a_fraction_of_the_scripted_actions():
     assert 0.1 < slow.mean() < 0.5 and np.linalg.norm(plain["actions"], axis=1).mean() > 0.9
     with pytest.raises(UserError, match="--explore must be in"):
         CollectConfig(explore=1.5)
+
+
+def test_held_exploration_repeats_random_actions_and_reaches_the_wall():
+    from paperclub.worldmodel.data import run_episode
+    from paperclub.worldmodel.envs import make_env
+    from paperclub.worldmodel.envs.tworoom import STEP
+
+    env = make_env("tworoom", 32)
+    # hold 1 is the plain per-step exploration, draw for draw
+    one = run_episode("tworoom", env, 200, seed=4, explore=0.3)["actions"]
+    assert np.array_equal(run_episode("tworoom", env, 200, seed=4, explore=0.3, explore_hold=1)["actions"], one)
+
+    def repeats(a):  # fraction of steps whose action is exactly the previous one
+        return float(np.all(a[1:-1] == a[:-2], axis=1).mean())
+
+    held = [run_episode("tworoom", env, 100, seed=s, explore=0.1, explore_hold=10) for s in range(20)]
+    assert repeats(one) < 0.02 and 0.15 < np.mean([repeats(e["actions"]) for e in held]) < 0.5
+    # long pushes run the agent into the wall and the arena's edge: steps where it could not move as commanded
+    # (about 10% of steps against the expert's 2.5% and per-step exploration's 1.6%)
+    def blocked(e):
+        commanded = STEP * np.clip(e["actions"][:-1], -1, 1)
+        return float((np.linalg.norm(np.diff(e["state"], axis=0) - commanded, axis=1) > 1e-6).mean())
+
+    plain = [run_episode("tworoom", env, 100, seed=s, explore=0.3) for s in range(20)]
+    assert np.mean([blocked(e) for e in held]) > 3 * np.mean([blocked(e) for e in plain])
+    with pytest.raises(UserError, match="--explore-hold"):
+        CollectConfig(explore_hold=0)

@@ -48,6 +48,39 @@ def test_more_iterations_do_not_hurt():
     assert costs[1] <= costs[0]
 
 
+class MirrorModel:
+    """1-D latent = |sum of actions|: every goal has two mirror-image optima, the landscape LeWM's local latent
+    distance gives CEM in miniature (separate wells with nothing between them)."""
+
+    def rollout(self, z0, plans):
+        return z0 + plans.sum(dim=(1, 2)).abs().unsqueeze(-1)
+
+
+def test_execute_best_returns_the_plan_it_scored():
+    goal = torch.tensor([0.7, -0.3])
+    model = IntegratorModel()
+    for execute in ("best", "mean"):
+        cfg = CEMConfig(samples=32, elites=8, iterations=3, horizon=3, execute=execute)
+        plan, c = cem_plan(model, torch.zeros(2), goal, cfg, 2, torch.Generator().manual_seed(3))
+        # the cost returned is the imagined cost of the plan returned, in both modes
+        assert c == pytest.approx(float((model.rollout(torch.zeros(1, 2), plan[None])[0] - goal).pow(2).sum()))
+
+
+def test_best_beats_the_elite_mean_between_two_wells():
+    costs = {
+        ex: cem_plan(
+            MirrorModel(),
+            torch.zeros(1),
+            torch.tensor([1.5]),
+            CEMConfig(samples=64, elites=16, iterations=2, horizon=2, execute=ex),
+            1,
+            torch.Generator().manual_seed(0),
+        )[1]
+        for ex in ("best", "mean")
+    }
+    assert costs["best"] < 0.01 and costs["mean"] > 10 * costs["best"]
+
+
 def test_evaluate_planning_contract(tiny_ckpt):
     model, _ = load_checkpoint(tiny_ckpt)
     cfg = PlanConfig(
@@ -66,3 +99,5 @@ def test_evaluate_planning_contract(tiny_ckpt):
 def test_bad_cem_config():
     with pytest.raises(UserError):
         CEMConfig(samples=4, elites=8)
+    with pytest.raises(UserError, match="best"):
+        CEMConfig(execute="median")

@@ -14,8 +14,8 @@ from paperclub.errors import UserError
 log = logging.getLogger(__name__)
 
 ENV_DEFAULTS = {  # per-environment defaults shared by collect/train/plan
-    "tworoom": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 25, "max_steps": 50},
-    "pusht": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 10, "max_steps": 30},
+    "tworoom": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 25, "max_steps": 50, "execute": "best"},
+    "pusht": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 10, "max_steps": 30, "execute": "mean"},
 }
 
 
@@ -44,6 +44,7 @@ def cmd_collect(args) -> int:
         seed=args.seed,
         image_size=args.image_size,
         explore=args.explore,
+        explore_hold=args.explore_hold,
     )
     path = collect(cfg, args.out, progress=not args.quiet)
     print(f"wrote {cfg.episodes} episodes to {path}")
@@ -82,6 +83,7 @@ def cmd_train(args) -> int:
         frameskip=_or(args.frameskip, d["frameskip"]),
         action_dim=int(data.actions.shape[1]),
         image_size=int(data.frames.shape[1]),
+        **({"latent_dim": args.latent_dim} if args.latent_dim is not None else {}),
     )
     cfg = TrainConfig(
         steps=args.steps,
@@ -153,6 +155,8 @@ def register(subparsers) -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--explore", type=float, default=0.0,
                    help="probability that a step's action is uniform random instead of the scripted policy's")
+    p.add_argument("--explore-hold", type=int, default=1,
+                   help="hold each random action for a uniform 1..N steps (pushes into walls and along lines)")
     p.add_argument("--out", required=True, help="output .h5 file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_collect)
@@ -171,6 +175,9 @@ def register(subparsers) -> None:
     p.add_argument("--sigreg-weight", type=float, default=0.1, help="lambda, the SIGReg weight")
     p.add_argument("--sigreg-directions", type=int, default=1024)
     p.add_argument("--frameskip", type=int, default=None)
+    p.add_argument("--latent-dim", type=int, default=None,
+                   help="override the preset's latent size (a low-dimensional scene such as TwoRoom plans better "
+                        "with a small latent: see BENCHMARKS.md)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this wall time")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)

@@ -49,7 +49,11 @@ def cmd_plan(args) -> int:
         max_steps=_or(args.max_steps, d["max_steps"]),
         baseline_plans=args.baseline_plans,
         cem=CEMConfig(
-            samples=args.samples, elites=args.elites, iterations=args.iterations, horizon=args.horizon
+            samples=args.samples,
+            elites=args.elites,
+            iterations=args.iterations,
+            horizon=args.horizon,
+            execute=_or(args.execute, d["execute"]),
         ),
     )
     baseline = None
@@ -133,6 +137,9 @@ def register(sub) -> None:
     p.add_argument("--elites", type=int, default=16)
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--horizon", type=int, default=5, help="action blocks planned ahead")
+    p.add_argument("--execute", choices=("best", "mean"), default=None,
+                   help="execute CEM's lowest-cost sample or its final elite mean (default: best on tworoom, "
+                        "mean on pusht, as measured)")
     p.add_argument("--goal-offset", type=int, default=None, help="env steps from start to goal")
     p.add_argument("--max-steps", type=int, default=None, help="env steps the MPC loop may use")
     p.add_argument(

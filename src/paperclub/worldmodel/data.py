@@ -37,8 +37,13 @@ class CollectConfig:
     seed: int = 0
     image_size: int = 64
     explore: float = 0.0  # probability that a step's action is uniform random instead of the policy's
+    # a random action, once drawn, is held for 1..explore_hold steps (uniform): long holds push the agent into
+    # walls and the block along a line, the contacts CEM's candidate plans reach and the policy never does
+    explore_hold: int = 1
 
     def __post_init__(self):
+        if self.explore_hold < 1:
+            raise UserError(f"--explore-hold must be at least 1, got {self.explore_hold}")
         if self.episodes < 1 or self.steps < 1:
             raise UserError("--episodes and --steps must be at least 1")
         if not 0.0 <= self.explore <= 1.0:
@@ -71,19 +76,26 @@ class Episodes:
         }
 
 
-def run_episode(env_name: str, env, steps: int, seed: int, explore: float = 0.0) -> dict[str, np.ndarray]:
+def run_episode(
+    env_name: str, env, steps: int, seed: int, explore: float = 0.0, explore_hold: int = 1
+) -> dict[str, np.ndarray]:
     """One episode of the scripted policy; returns stacked frames/actions/proprio/state (steps + 1 rows).
     `explore`: each step's action is replaced, with this probability, by a uniform random one (own random stream,
-    so explore = 0 reproduces the plain policy's episodes)."""
+    so explore = 0 reproduces the plain policy's episodes), which is then kept for a uniform 1..`explore_hold`
+    steps (the policy still runs underneath, so it resumes from wherever the agent ended up)."""
     rng = np.random.default_rng(seed)
     explore_rng = np.random.default_rng([seed, 1])
     obs, info = env.reset(seed=seed)
     policy = make_policy(env_name, env, rng)
     frames, actions, proprio, state = [obs], [], [info["proprio"]], [info["state"]]
+    held, hold_left = None, 0
     for _ in range(steps):
         a = policy()
-        if explore > 0 and explore_rng.random() < explore:
-            a = explore_rng.uniform(-1.0, 1.0, size=a.shape).astype(a.dtype)
+        if hold_left > 0:
+            a, hold_left = held, hold_left - 1
+        elif explore > 0 and explore_rng.random() < explore:
+            a = held = explore_rng.uniform(-1.0, 1.0, size=a.shape).astype(a.dtype)
+            hold_left = int(explore_rng.integers(1, explore_hold + 1)) - 1 if explore_hold > 1 else 0
         obs, _, _, _, info = env.step(a)
         actions.append(a)
         frames.append(obs)
@@ -102,7 +114,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, progress: bool = True) -
     """Run `cfg.episodes` scripted episodes and write them atomically to the HDF5 file `out`."""
     env = make_env(cfg.env, cfg.image_size)
     eps = [
-        run_episode(cfg.env, env, cfg.steps, cfg.seed * 100_003 + i, cfg.explore)
+        run_episode(cfg.env, env, cfg.steps, cfg.seed * 100_003 + i, cfg.explore, cfg.explore_hold)
         for i in tqdm(range(cfg.episodes), desc=f"collect {cfg.env}", disable=not progress)
     ]
     lengths = np.array([len(e["frames"]) for e in eps], dtype=np.int64)
@@ -119,6 +131,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, progress: bool = True) -
                 steps_per_episode=cfg.steps,
                 policy=type(make_policy(cfg.env, env, np.random.default_rng(0))).__name__,
                 explore=cfg.explore,
+                explore_hold=cfg.explore_hold,
                 created_by="paperclub lewm collect",
             )
             frames = np.concatenate([e["frames"] for e in eps])
