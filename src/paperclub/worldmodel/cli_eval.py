@@ -52,8 +52,8 @@ def cmd_plan(args) -> int:
             samples=args.samples,
             elites=args.elites,
             iterations=args.iterations,
-            horizon=args.horizon,
-            execute=_or(args.execute, d["execute"]),
+            horizon=_or(args.horizon, d["horizon"]),
+            execute=args.execute,
         ),
     )
     baseline = None
@@ -136,10 +136,10 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--elites", type=int, default=16)
     p.add_argument("--iterations", type=int, default=6)
-    p.add_argument("--horizon", type=int, default=5, help="action blocks planned ahead")
-    p.add_argument("--execute", choices=("best", "mean"), default=None,
-                   help="execute CEM's lowest-cost sample or its final elite mean (default: best on tworoom, "
-                        "mean on pusht, as measured)")
+    p.add_argument("--horizon", type=int, default=None,
+                   help="action blocks planned ahead (default: 5 on tworoom, 3 on pusht)")
+    p.add_argument("--execute", choices=("best", "mean"), default="best",
+                   help="execute CEM's lowest-cost sample (default) or its final elite mean (textbook CEM)")
     p.add_argument("--goal-offset", type=int, default=None, help="env steps from start to goal")
     p.add_argument("--max-steps", type=int, default=None, help="env steps the MPC loop may use")
     p.add_argument(
