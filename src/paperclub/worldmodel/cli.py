@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 ENV_DEFAULTS = {  # per-environment defaults shared by collect/train/plan
     # horizon: CEM's action blocks; Push-T's goals are 2 blocks ahead, and a 5-block horizon lets CEM find plans
-    # that fool the model (28% against 58% with 3 blocks: BENCHMARKS.md)
+    # that fool the model (30% against 59% with 3 blocks over 150 episodes: BENCHMARKS.md)
     "tworoom": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 25, "max_steps": 50, "horizon": 5},
     "pusht": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 10, "max_steps": 30, "horizon": 3},
 }
@@ -178,8 +178,8 @@ def register(subparsers) -> None:
     p.add_argument("--sigreg-directions", type=int, default=1024)
     p.add_argument("--frameskip", type=int, default=None)
     p.add_argument("--latent-dim", type=int, default=None,
-                   help="override the preset's latent size (a low-dimensional scene such as TwoRoom plans better "
-                        "with a small latent: see BENCHMARKS.md)")
+                   help="override the preset's latent size (on TwoRoom, 8 and 16 planned worse than the default "
+                        "64: BENCHMARKS.md)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this wall time")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)

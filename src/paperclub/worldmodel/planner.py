@@ -33,7 +33,7 @@ class CEMConfig:
     init_std: float = 1.0
     min_std: float = 0.05
     # which plan to execute: "best", the lowest-cost sample seen in any iteration, or "mean", the last elite mean
-    # (textbook CEM). LeWM's latent distance is local (in TwoRoom it saturates ~0.15 away), so the cost surface
+    # (textbook CEM). LeWM's latent distance is local (in TwoRoom it saturates 0.1-0.15 away), so the cost surface
     # has separate wells and the mean of elites from two of them lies in neither. Measured over 100 episodes:
     # TwoRoom 72% against 51%, Push-T (horizon 3) 58% against 46%.
     execute: str = "best"
@@ -85,7 +85,7 @@ def cem_plan(
     mean = torch.zeros(cfg.horizon, block_dim, device=dev) if init_mean is None else init_mean.to(dev).clone()
     std = torch.full((cfg.horizon, block_dim), cfg.init_std, device=dev)
     z0s = z0.unsqueeze(0).expand(cfg.samples, *z0.shape)
-    best_cost, best_plan = float("inf"), mean.clamp(-1, 1)
+    best_cost, best_plan = float("inf"), None  # set by the first iteration (iterations >= 1)
     for _ in range(cfg.iterations):  # noise from the CPU generator: the same plans on every device
         noise = torch.randn(cfg.samples, *mean.shape, generator=generator).to(dev)
         plans = (mean + std * noise).clamp(-1, 1)
