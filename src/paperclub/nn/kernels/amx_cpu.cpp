@@ -38,15 +38,18 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// tmm0, tmm1: C (fp32 16x16); tmm2-3 and tmm4-5: A (weights, 16 rows x 32 bf16), tmm6 and tmm7: B (x, 16 pair-rows
-// x 16 x 2 bf16); the A and B tiles come in two sets used on alternate k-steps.
-// Every tile is 16 rows of 64 bytes.
-TileConfig make_config() {
+// tmm0, tmm1: C (fp32, 16 rows x `cols`); tmm2-3 and tmm4-5: A (weights, 16 rows x 32 bf16), tmm6 and tmm7: B (x, 16
+// pair-rows x `cols` x 2 bf16); the A and B tiles come in two sets used on alternate k-steps. `cols` is the number of
+// x rows per block (16, or M when M < 16): a decode step then packs and loads one column of x instead of 16 (at one
+// row the B tiles of a 1536-wide input no longer fill L1). The tile unit computes each C element on its own, so the
+// width changes nothing in the sums; tests/models/test_cpu_kernels.py checks rows bit-identical at every batch size.
+TileConfig make_config(int64_t cols) {
   TileConfig c;
   for (int t = 0; t < 8; ++t) {
     c.rows[t] = kTile;
     c.colsb[t] = 64;
   }
+  c.colsb[0] = c.colsb[1] = c.colsb[6] = c.colsb[7] = static_cast<uint16_t>(cols * sizeof(float));
   return c;
 }
 
@@ -64,7 +67,7 @@ bool detect_amx() {
 // A macro because the tile intrinsics take register numbers as literal tokens.
 #define PAPERCLUB_TILE_STEP(A0, A1, B, b, a0, a1, k, K)               \
   do {                                                                \
-    _tile_loadd(B, (b) + (k) * kTile, kTile * 2 * sizeof(uint16_t));  \
+    _tile_loadd(B, (b) + (k) * cols, cols * 2 * sizeof(uint16_t));    \
     _tile_loadd(A0, (a0) + (k), (K) * sizeof(uint16_t));              \
     _tile_dpbf16ps(0, A0, B);                                         \
     if ((a1) != nullptr) {                                            \
@@ -83,18 +86,18 @@ bool amx_available() {
 void amx_linear_bf16(const uint16_t* X, const uint16_t* W, const float* bias, uint16_t* Y, int64_t M, int64_t K,
                      int64_t N) {
   TORCH_CHECK(K % kKStep == 0, "linear: bf16 needs K % 32 == 0");
-  const int64_t m_blocks = (M + kTile - 1) / kTile, pairs = K / 2;
-  // x^T in B-tile layout, per block of 16 x rows: xp[b][kk][j][p] = x[16b + j][2kk + p], zero rows past M.
-  std::vector<uint16_t> xp(m_blocks * pairs * kTile * 2, 0);
+  const int64_t m_blocks = (M + kTile - 1) / kTile, pairs = K / 2, cols = std::min(M, kTile);
+  // x^T in B-tile layout, per block of `cols` x rows: xp[b][kk][j][p] = x[cols b + j][2kk + p], zero rows past M.
+  std::vector<uint16_t> xp(m_blocks * pairs * cols * 2, 0);
   for (int64_t m = 0; m < M; ++m) {
-    uint16_t* dst = xp.data() + (m / kTile) * pairs * kTile * 2 + (m % kTile) * 2;
+    uint16_t* dst = xp.data() + (m / kTile) * pairs * cols * 2 + (m % kTile) * 2;
     const uint16_t* src = X + m * K;
-    for (int64_t kk = 0; kk < pairs; ++kk) std::memcpy(dst + kk * kTile * 2, src + 2 * kk, 2 * sizeof(uint16_t));
+    for (int64_t kk = 0; kk < pairs; ++kk) std::memcpy(dst + kk * cols * 2, src + 2 * kk, 2 * sizeof(uint16_t));
   }
   const int64_t n_blocks = (N + kTile - 1) / kTile;
   const int64_t tasks = (n_blocks + kBlocksPerTask - 1) / kBlocksPerTask;
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    const TileConfig cfg = make_config();
+    const TileConfig cfg = make_config(cols);
     _tile_loadconfig(&cfg);
     alignas(64) float out[kBlocksPerTask][kTile * kTile];
     std::vector<uint16_t> tail;  // a last block of fewer than 16 weight rows, zero-padded
@@ -113,15 +116,17 @@ void amx_linear_bf16(const uint16_t* X, const uint16_t* W, const float* bias, ui
       }
       const char* next = reinterpret_cast<const char*>(W + (nb0 + nb) * kTile * K);  // the next task's weights
       for (int64_t mb = 0; mb < m_blocks; ++mb) {
-        const uint16_t* b = xp.data() + mb * pairs * kTile * 2;
+        const uint16_t* b = xp.data() + mb * pairs * cols * 2;
         _tile_zero(0);
         _tile_zero(1);
         // Two sets of A and B tiles, alternating by k-step: tile registers are not renamed, so with one set each
         // load would wait for the product still reading that register, and the loads would run one at a time.
-        auto prefetch = [&](int64_t k) {  // the next task's rows, 2 KiB per k-step; past the end: harmless
+        // The next task's rows, 2 KiB per k-step, into L2: a task's weights (36-96 KiB) would evict the current
+        // task's from L1. Past the end: harmless.
+        auto prefetch = [&](int64_t k) {
           if (mb != 0) return;
           const char* p = next + k / kKStep * (kBlocksPerTask * kTile * 64);
-          for (int64_t r = 0; r < kBlocksPerTask * kTile; ++r) _mm_prefetch(p + r * 64, _MM_HINT_T0);
+          for (int64_t r = 0; r < kBlocksPerTask * kTile; ++r) _mm_prefetch(p + r * 64, _MM_HINT_T1);
         };
         const uint16_t* a1 = nb > 1 ? a[1] : nullptr;
         int64_t k = 0;
@@ -135,15 +140,15 @@ void amx_linear_bf16(const uint16_t* X, const uint16_t* W, const float* bias, ui
           prefetch(k);
           PAPERCLUB_TILE_STEP(2, 3, 6, b, a[0], a1, k, K);
         }
-        _tile_stored(0, out[0], kTile * sizeof(float));
-        if (nb > 1) _tile_stored(1, out[1], kTile * sizeof(float));
+        _tile_stored(0, out[0], cols * sizeof(float));
+        if (nb > 1) _tile_stored(1, out[1], cols * sizeof(float));
         const int64_t m_end = std::min(kTile, M - mb * kTile);
         for (int64_t i = 0; i < nb; ++i) {
           const int64_t n0 = (nb0 + i) * kTile, rows = std::min(kTile, N - n0);
           for (int64_t j = 0; j < m_end; ++j) {
             uint16_t* y = Y + (mb * kTile + j) * N + n0;
             for (int64_t r = 0; r < rows; ++r)
-              y[r] = c10::BFloat16(out[i][r * kTile + j] + (bias ? bias[n0 + r] : 0.f)).x;  // nearest even
+              y[r] = c10::BFloat16(out[i][r * cols + j] + (bias ? bias[n0 + r] : 0.f)).x;  // nearest even
           }
         }
       }
