@@ -12,7 +12,8 @@
 // Trade-off, measured on the 2-core Xeon this project runs on (same process, paired, the default model's shapes):
 // the tile path takes 0.37-0.45x the AVX-512 time for 16 rows (batched decode, SSD's branch fan-out), about the
 // same for 5 rows (verification of K=4), and 1.12-1.2x for one row, where the AVX-512 kernel streams weights
-// faster. PAPERCLUB_AMX=0 keeps the AVX-512 path for the lowest batch-1 latency.
+// faster (measured before the x tiles were sized to the batch, which took 5% off a batch-1 step: BENCHMARKS.md).
+// PAPERCLUB_AMX=0 keeps the AVX-512 path for the lowest batch-1 latency.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cpuid.h>
