@@ -123,6 +123,7 @@ def test_collect_writes_dataset(tmp_path):
         ["lewm", "train", "--env", "tworoom", "--data", "/nonexistent.h5", "--out", "o"],
         ["lewm", "plan", "--env", "tworoom", "--episodes", "0"],
         ["lewm", "plan", "--env", "tworoom", "--episodes", "1", "--device", "tpu"],
+        ["lewm", "train", "--env", "tworoom", "--out", "nothing-here", "--resume"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, capsys, tmp_path, monkeypatch):
@@ -130,6 +131,23 @@ def test_bad_input_is_one_line_exit_2(argv, capsys, tmp_path, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "error" in err and "Traceback" not in err
+
+
+def test_train_resume_extends_a_finished_run_and_refuses_changed_settings(cli_ckpt, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cli_ckpt, run)
+    base = ["lewm", "train", "--env", "tworoom", "--out", str(run), "--resume", "--quiet"]
+    assert main(base + ["--sigreg-weight", "0", "--config", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "drop --config, --sigreg-weight" in err and "Traceback" not in err
+    assert main(base + ["--steps", "14"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps_done"] == 14
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["steps_done"] == 14 and meta["train"]["steps"] == 14 and meta["train"]["sigreg_weight"] == 0.1
+    assert main(["lewm", "train", "--env", "pusht", "--out", str(run), "--resume"]) == 2
+    assert "is a tworoom run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("env", ["tworoom", "pusht"])

@@ -61,3 +61,44 @@ def test_lr_schedule_and_config_validation():
     assert lr_at(999, cfg) < 1e-5
     with pytest.raises(UserError):
         TrainConfig(sigreg_weight=-1)
+
+
+def test_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tworoom_data, tmp_path, monkeypatch):
+    """Ctrl-C stops after the current step and saves model, optimizer and random streams; --resume continues
+    with the same batches and SIGReg directions: the final weights are bit-identical to a run that went through."""
+    import os
+    import signal
+
+    import torch
+
+    from paperclub.worldmodel.data import WindowSampler
+
+    cfg = TrainConfig(steps=12, batch_size=8, sigreg_directions=32, eval_every=5, warmup=3)
+    train(preset("tiny"), cfg, tworoom_data, tmp_path / "through", progress=False)
+
+    real_sample, calls = WindowSampler.sample, []
+
+    def sample(self, n, rng):
+        if n == cfg.batch_size:
+            calls.append(1)
+            if len(calls) == 7:  # Ctrl-C while step 6 draws its batch
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_sample(self, n, rng)
+
+    monkeypatch.setattr(WindowSampler, "sample", sample)
+    first = train(preset("tiny"), cfg, tworoom_data, tmp_path / "resumed", progress=False)
+    assert first["interrupted"] and first["steps_done"] == 7
+    monkeypatch.setattr(WindowSampler, "sample", real_sample)
+    _, meta = load_checkpoint(tmp_path / "resumed")
+    assert meta["steps_done"] == 7
+    second = train(preset("tiny"), cfg, tworoom_data, tmp_path / "resumed", progress=False, resume=True)
+    assert second["steps_done"] == 12 and "interrupted" not in second
+    a, _ = load_checkpoint(tmp_path / "through")
+    b, _ = load_checkpoint(tmp_path / "resumed")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    with pytest.raises(UserError, match="already ran 12 steps"):
+        train(preset("tiny"), cfg, tworoom_data, tmp_path / "resumed", progress=False, resume=True)
+    with pytest.raises(UserError, match="another model configuration"):
+        train(preset("tiny", latent_dim=8), TrainConfig(steps=20), tworoom_data, tmp_path / "resumed",
+              progress=False, resume=True)

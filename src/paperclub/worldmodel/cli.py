@@ -53,13 +53,76 @@ def cmd_collect(args) -> int:
     return 0
 
 
+# `lewm train` settings and their defaults; on --resume they come from the run being resumed instead
+TRAIN_DEFAULTS = {"config": "small", "steps": 2000, "batch_size": 64, "lr": 1e-3, "sigreg_weight": 0.1,
+                  "sigreg_directions": 1024, "eval_every": 250, "seed": 0}
+FIXED_ON_RESUME = ("config", "batch_size", "lr", "sigreg_weight", "sigreg_directions", "eval_every", "seed",
+                   "frameskip", "latent_dim", "episodes")
+
+
 def cmd_train(args) -> int:
-    from paperclub.worldmodel.data import CollectConfig, collect, load
-    from paperclub.worldmodel.model import preset
+    from paperclub.worldmodel.data import load
+    from paperclub.worldmodel.model import LeWMConfig
     from paperclub.worldmodel.train import TrainConfig, train
 
     _torch_threads(args.threads)
     out = Path(args.out)
+    if args.resume:
+        saved = _saved_run(out, args)
+        data_path = Path(args.data or saved["dataset"])
+        model_cfg = LeWMConfig(**saved["model"])
+        cfg = TrainConfig(**{**saved["train"], "steps": _or(args.steps, saved["train"]["steps"]),
+                             "max_minutes": _or(args.max_minutes, saved["train"]["max_minutes"])})
+        config_name = saved.get("config_name")
+    else:
+        for key, value in TRAIN_DEFAULTS.items():
+            setattr(args, key, _or(getattr(args, key), value))
+        data_path, model_cfg, cfg = _new_run(args, out)
+        config_name = args.config
+    data = load(data_path)
+    if data.env != args.env:
+        raise UserError(f"dataset {data_path} is for {data.env}, not {args.env}: pass a matching --data")
+    argv = sys.argv[1:]
+    command = "paperclub " + " ".join(argv[argv.index("lewm"):]) if "lewm" in argv else None
+    result = train(
+        model_cfg,
+        cfg,
+        data,
+        out,
+        meta={"config_name": config_name, "dataset": str(data_path), "command": command},
+        progress=not args.quiet,
+        device=args.device,
+        resume=args.resume,
+    )
+    print(json.dumps(result, indent=2))
+    if result.get("interrupted"):
+        print(f"interrupted after {result['steps_done']} steps; saved {out}: continue with "
+              f"`paperclub lewm train --env {args.env} --out {out} --resume`", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _saved_run(out: Path, args) -> dict:
+    """The config.json of the run in `out`, after checking that --resume can continue it as asked."""
+    path = out / "config.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: --resume continues a run saved in --out (leave it out to start one)")
+    saved = json.loads(path.read_text())
+    if saved.get("env") != args.env:
+        raise UserError(f"{out} is a {saved.get('env')} run, not {args.env}: pass --env {saved.get('env')}")
+    given = [k for k in FIXED_ON_RESUME if getattr(args, k) is not None]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UserError(f"--resume continues with the run's own settings: drop {flags} (only --steps, "
+                        "--max-minutes, --data, --device and --threads may change)")
+    return saved
+
+
+def _new_run(args, out: Path):
+    from paperclub.worldmodel.data import CollectConfig, collect, load
+    from paperclub.worldmodel.model import preset
+    from paperclub.worldmodel.train import TrainConfig
+
     d = ENV_DEFAULTS[args.env]
     if args.data:
         data_path = Path(args.data)
@@ -78,8 +141,6 @@ def cmd_train(args) -> int:
                 progress=not args.quiet,
             )
     data = load(data_path)
-    if data.env != args.env:
-        raise UserError(f"dataset {data_path} is for {data.env}, not {args.env}: pass a matching --data")
     model_cfg = preset(
         args.config,
         frameskip=_or(args.frameskip, d["frameskip"]),
@@ -97,19 +158,7 @@ def cmd_train(args) -> int:
         seed=args.seed,
         eval_every=min(args.eval_every, args.steps),
     )
-    argv = sys.argv[1:]
-    command = "paperclub " + " ".join(argv[argv.index("lewm"):]) if "lewm" in argv else None
-    result = train(
-        model_cfg,
-        cfg,
-        data,
-        out,
-        meta={"config_name": args.config, "dataset": str(data_path), "command": command},
-        progress=not args.quiet,
-        device=args.device,
-    )
-    print(json.dumps(result, indent=2))
-    return 0
+    return data_path, model_cfg, cfg
 
 
 def cmd_probe(args) -> int:
@@ -165,26 +214,28 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("train", help="train a LeWM checkpoint")
     _env_arg(p)
-    p.add_argument("--config", default="small",
-                   help="model preset: tiny, small (CNN, 64 px), vit-small (ViT, 64 px) or vit-tiny (the paper's "
-                        "ViT-tiny at 224 px: collect with --image-size 224, train on a GPU)")
+    p.add_argument("--config", default=None,
+                   help="model preset: tiny, small (CNN, 64 px; the default), vit-small (ViT, 64 px) or vit-tiny "
+                        "(the paper's ViT-tiny at 224 px: collect with --image-size 224, train on a GPU)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto")
     p.add_argument("--data", default=None, help="dataset .h5 (default: collect one into OUT/dataset.h5)")
     p.add_argument("--episodes", type=int, default=None, help="episodes to collect when --data is not given")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--sigreg-weight", type=float, default=0.1, help="lambda, the SIGReg weight")
-    p.add_argument("--sigreg-directions", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    p.add_argument("--sigreg-weight", type=float, default=None, help="lambda, the SIGReg weight (default 0.1)")
+    p.add_argument("--sigreg-directions", type=int, default=None, help="default 1024")
     p.add_argument("--frameskip", type=int, default=None)
     p.add_argument("--latent-dim", type=int, default=None,
                    help="override the preset's latent size (on TwoRoom, 8 and 16 planned worse than the default "
                         "64: BENCHMARKS.md)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this wall time")
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=None, help="default 250")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (after Ctrl-C, or with a larger --steps/--max-minutes)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
