@@ -85,6 +85,9 @@ def test_cli_malformed_jsonl_is_one_line_exit_2(tmp_path, capsys, content, messa
     (["--top-p", "0"], "top_p must be in (0, 1]"),
     (["--max-new-tokens", "0"], "max_tokens must be >= 1"),
     (["--model", "/nonexistent/model"], "not found"),
+    (["--mode", "ssd", "--saguaro-c", "1.5"], "saguaro_c must be in (0, 1)"),
+    (["--mode", "ssd", "--target-threads", "0"], "target_threads must be an integer >= 1"),
+    (["--fanout-size", "0"], "fanout_size must be an integer >= 1"),
 ])
 def test_cli_bad_arguments_are_one_line_exit_2(capsys, args, message):
     assert main(["generate", "hello", *args]) == 2
@@ -96,3 +99,16 @@ def test_cli_prompt_longer_than_context(default_model_dir, capsys):
     long = "word " * 9000
     assert main(["generate", long, "--model", str(default_model_dir), "--dtype", "float32"]) == 2
     assert "context window" in capsys.readouterr().err
+
+
+def test_cli_ssd_options_reach_the_config():
+    from paperclub.cli import build_parser
+    from paperclub.ssd.cli import ssd_config
+
+    args = build_parser().parse_args(
+        ["generate", "hi", "--mode", "ssd", "--k", "3", "--fanout", "geometric", "--fanout-size", "2",
+         "--miss-fanout", "5", "--fallback", "fast", "--saguaro-c", "0.5", "--draft-threads", "2",
+         "--target-threads", "1", "--dtype", "float32"])
+    c = ssd_config(args)
+    assert (c.k, c.fanout, c.fanout_size, c.miss_fanout, c.fallback, c.saguaro_c) == (3, "geometric", 2, 5, "fast", 0.5)
+    assert (c.draft_threads, c.target_threads, c.draft_dtype) == (2, 1, torch.float32)

@@ -22,7 +22,7 @@ from paperclub.ssd.engine import ARDecoder, Engine, EngineConfig
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.saguaro import cache_aware
 from paperclub.ssd.sampling import SamplingParams, filtered_probs, make_generator, sample_with_uniforms
-from paperclub.ssd.ssd import SSDDecoder
+from paperclub.ssd.ssd import SSDDecoder, torch_threads
 from paperclub.ssd.ssd_config import SSDConfig
 from paperclub.ssd.verify import verify_sampled
 from tests.conftest import save_target_and_draft
@@ -135,6 +135,7 @@ def test_greedy_ssd_is_token_identical_to_ar(dirs, batch, config):
     target, _, draft_dir = dirs
     params = SamplingParams(max_tokens=24)
     ar = run(ARDecoder(ModelRunner(target, 256)), PROMPTS, params, max_num_seqs=batch)
+    threads = torch.get_num_threads()
     with SSDDecoder(ModelRunner(target, 256), draft_dir, config=config) as decoder:
         ssd = run(decoder, PROMPTS, params, max_num_seqs=batch)
         process = decoder.process
@@ -152,6 +153,7 @@ def test_greedy_ssd_is_token_identical_to_ar(dirs, batch, config):
     assert stats["wait_s"] > 0 and stats["hidden_s"] >= 0
     # clean shutdown: the draft exited on its own (exit code 0), no child left
     assert process.exitcode == 0 and not process.is_alive()
+    assert torch.get_num_threads() == threads  # the target's SSD thread count stayed inside its steps
 
 
 # ---- sampled SSD: the rule with cached drafts is exact ----------------------------------------------------------
@@ -307,6 +309,24 @@ def test_config_is_validated_and_fanouts_are_sane():
     assert geo.fanout_sizes(0, after_miss=True) == [geo.miss_fanout]
     assert SSDConfig(fallback="auto", auto_jit_max_batch=2).fallback_for(2) == "jit"
     assert SSDConfig(fallback="auto", auto_jit_max_batch=2).fallback_for(3) == "fast"
+    with pytest.raises(UserError, match="target_threads"):
+        SSDConfig(target_threads=0)
+    # the target keeps off the draft's cores: on 2 cores with a 1-thread draft it steps with 1 thread
+    assert SSDConfig().target_threads_for(available=2, current=2) == 1
+    assert SSDConfig(draft_threads=2).target_threads_for(available=8, current=8) == 6
+    assert SSDConfig().target_threads_for(available=8, current=2) == 2  # never more than it had
+    assert SSDConfig(draft_threads=4).target_threads_for(available=2, current=2) == 1
+    assert SSDConfig(target_threads=3).target_threads_for(available=2, current=2) == 3  # as asked
+    assert SSDConfig(draft_device="cuda").target_threads_for(available=2, current=2) is None
+
+
+def test_target_threads_apply_inside_the_block_only():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
 
 
 def test_draft_seed_differs_from_the_target_seed():

@@ -15,9 +15,12 @@ target's uniforms are its own. Metrics go to `seq.stats` (per request) and `SSDD
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 import weakref
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,11 +58,23 @@ class SSDDecoder:
         self._outcome: dict[int, tuple[int, int]] = {}  # request id -> (k accepted, bonus) of its last round
         self._finished: list[int] = []
         self._error: str | None = None
+        self.target_threads = self.config.target_threads_for(available_cores(), torch.get_num_threads())
+        if self.target_threads is not None:
+            log.info("SSD: the target steps with %d torch threads, the draft process with %d",
+                     self.target_threads, self.config.draft_threads)
         self._start_draft(Path(draft_dir), target_dir)
 
     # ---- the Decoder protocol ---------------------------------------------------------------------------------
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
+        with torch_threads(self.target_threads):
+            return self._prefill(seqs)
+
+    def step(self, seqs: list[Sequence]) -> list[list[int]]:
+        with torch_threads(self.target_threads):
+            return self._step(seqs)
+
+    def _prefill(self, seqs: list[Sequence]) -> list[list[int]]:
         self._check_alive()
         for s in seqs:
             s.slot = self.runner.cache.allocate()
@@ -76,7 +91,7 @@ class SSDDecoder:
             self._outcome[s.request_id] = (0, t)
         return [[t] for t in first]
 
-    def step(self, seqs: list[Sequence]) -> list[list[int]]:
+    def _step(self, seqs: list[Sequence]) -> list[list[int]]:
         self._check_alive()
         # 1-2. outcomes out, drafts in
         fallback = self.config.fallback_for(len(seqs))
@@ -237,6 +252,26 @@ class SSDDecoder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` torch threads (None: as they are), then restore the count: the target's steps run
+    beside the draft process without sharing its cores, and anything else in this process keeps its threads."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _shutdown(process, channel: Channel | None, polite: bool = True) -> None:
