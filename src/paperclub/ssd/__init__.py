@@ -2,7 +2,7 @@
 
 from paperclub.ssd.sampling import SamplingParams
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput"]
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "SSDConfig"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from paperclub.ssd import llm
 
         return getattr(llm, name)
+    if name == "SSDConfig":
+        from paperclub.ssd.ssd_config import SSDConfig
+
+        return SSDConfig
     raise AttributeError(name)
