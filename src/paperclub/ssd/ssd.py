@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -194,7 +195,11 @@ class SSDDecoder:
         deadline = time.monotonic() + cfg.startup_timeout_s
         while not self._store.check(["draft_up"]):
             if not self.process.is_alive():
-                self._fail(f"the draft process exited during start-up (exit code {self.process.exitcode})")
+                hint = ""
+                if getattr(sys.modules.get("__main__"), "__file__", None):  # run from a script: the usual cause
+                    hint = (" (the draft process is spawned and imports the main script: start SSD under "
+                            "`if __name__ == \"__main__\":`)")
+                self._fail(f"the draft process exited during start-up (exit code {self.process.exitcode}){hint}")
             if time.monotonic() > deadline:
                 self._fail(f"the draft process did not start within {cfg.startup_timeout_s:.0f} s")
             time.sleep(0.02)
