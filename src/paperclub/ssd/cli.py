@@ -28,17 +28,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="weights/activations")
     g = p.add_argument_group("SSD (with --mode ssd)")
-    g.add_argument("--fanout", default="uniform", choices=["uniform", "geometric"],
+    # defaults (None) are SSDConfig's: it stays the one place they are written
+    g.add_argument("--fanout", default=None, choices=["uniform", "geometric"],
                    help="how many bonus tokens to pre-draft per accepted length: uniform F, or spread like the "
                         "outcome probabilities (default uniform)")
-    g.add_argument("--fanout-size", type=int, default=3, help="F: candidates per accepted length (the cap for "
-                                                              "geometric; default 3)")
-    g.add_argument("--miss-fanout", type=int, default=4, help="candidates per length right after a miss (default 4)")
-    g.add_argument("--fallback", default="auto", choices=["auto", "jit", "fast"],
-                   help="on a cache miss: jit drafts now, fast emits the bonus token only, auto picks by batch size")
+    g.add_argument("--fanout-size", type=int, default=None,
+                   help="F: candidates per accepted length (the cap for geometric)")
+    g.add_argument("--miss-fanout", type=int, default=None, help="candidates per length right after a miss")
+    g.add_argument("--fallback", default=None, choices=["auto", "jit", "fast"],
+                   help="on a cache miss: jit drafts now, fast emits the bonus token only, auto (default) picks by "
+                        "batch size")
     g.add_argument("--saguaro-c", type=float, default=None,
                    help="cache-aware sampling: scale the draft's top-F probabilities by C in (0, 1) (default off)")
-    g.add_argument("--draft-threads", type=int, default=1, help="torch threads of the draft process (default 1)")
+    g.add_argument("--draft-threads", type=int, default=None, help="torch threads of the draft process")
     g.add_argument("--target-threads", type=int, default=None,
                    help="torch threads of the target while SSD runs (default: the cores left to it by the draft)")
 
@@ -59,13 +61,15 @@ def sampling_params(args: argparse.Namespace):
                           top_p=args.top_p, seed=args.seed, stop=list(args.stop))
 
 
+SSD_FLAGS = ("fanout", "fanout_size", "miss_fanout", "fallback", "saguaro_c", "draft_threads", "target_threads")
+
+
 def ssd_config(args: argparse.Namespace):
     from paperclub.ssd.llm import resolve_dtype
     from paperclub.ssd.ssd_config import SSDConfig
 
-    return SSDConfig(k=args.k, fanout=args.fanout, fanout_size=args.fanout_size, miss_fanout=args.miss_fanout,
-                     fallback=args.fallback, saguaro_c=args.saguaro_c, draft_threads=args.draft_threads,
-                     target_threads=args.target_threads, draft_dtype=resolve_dtype(args.dtype))
+    given = {name: getattr(args, name) for name in SSD_FLAGS if getattr(args, name) is not None}
+    return SSDConfig(k=args.k, draft_dtype=resolve_dtype(args.dtype), **given)
 
 
 def make_llm(args: argparse.Namespace, **kwargs: Any):

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from paperclub.atomic import write_json
@@ -53,9 +54,9 @@ def cmd_collect(args) -> int:
     return 0
 
 
-# `lewm train` settings and their defaults; on --resume they come from the run being resumed instead
-TRAIN_DEFAULTS = {"config": "small", "steps": 2000, "batch_size": 64, "lr": 1e-3, "sigreg_weight": 0.1,
-                  "sigreg_directions": 1024, "eval_every": 250, "seed": 0}
+# `lewm train` defaults that are not TrainConfig's own (the rest come from TrainConfig); on --resume every
+# setting comes from the run being resumed instead
+CLI_TRAIN_DEFAULTS = {"config": "small", "eval_every": 250}
 FIXED_ON_RESUME = ("config", "batch_size", "lr", "sigreg_weight", "sigreg_directions", "eval_every", "seed",
                    "frameskip", "latent_dim", "episodes")
 
@@ -75,8 +76,9 @@ def cmd_train(args) -> int:
                              "max_minutes": _or(args.max_minutes, saved["train"]["max_minutes"])})
         config_name = saved.get("config_name")
     else:
-        for key, value in TRAIN_DEFAULTS.items():
-            setattr(args, key, _or(getattr(args, key), value))
+        defaults = {f.name: f.default for f in fields(TrainConfig)} | CLI_TRAIN_DEFAULTS
+        for key in ("config", "steps", "batch_size", "lr", "sigreg_weight", "sigreg_directions", "eval_every", "seed"):
+            setattr(args, key, _or(getattr(args, key), defaults[key]))
         data_path, model_cfg, cfg = _new_run(args, out)
         config_name = args.config
     data = load(data_path)
