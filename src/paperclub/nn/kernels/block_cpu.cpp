@@ -1,11 +1,11 @@
-// One Llama decoder block in a single call, for x86 CPUs with AVX-512 (BF16).
+// One Llama decoder block in a single call, for x86 CPUs (built for AVX-512 BF16 or for AVX2, see cpu_kernels.py).
 //
 //   x = x + o_proj(attention(rope(q, k), cache))      q, k, v = qkv_proj(rmsnorm(x)), k/v written to the cache
 //   x = x + down(silu(gate) * up)                     gate, up = gate_up_proj(rmsnorm(x))
 //
 // A decode step of a small model is ~20 tiny elementwise ops per layer around 4 matmuls; run one by one from
 // Python each costs more in dispatch than in arithmetic. Here they are plain loops between the batch-invariant
-// matmuls of linear_cpu.cpp and the attention of attention_cpu.cpp, so a block costs its weight reads and little
+// matmuls of linear_*.cpp and the attention of attention_*.cpp, so a block costs its weight reads and little
 // else. The rounding follows the eager PyTorch reference step by step (every op computes in float32 and rounds
 // to the activation dtype once), and every token row is computed on its own: results do not depend on how many
 // rows share the call, which keeps greedy AR, SD and SSD token-identical.
@@ -13,9 +13,9 @@
 #include <ATen/Parallel.h>
 #include <cmath>
 
-torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt);  // linear_cpu.cpp
+torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt);  // linear_*.cpp
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
+                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_*.cpp
 
 namespace {
 

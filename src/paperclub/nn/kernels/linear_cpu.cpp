@@ -179,25 +179,3 @@ torch::Tensor linear_on(torch::Tensor x, torch::Tensor w, c10::optional<torch::T
 torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt) {
   return linear_on(x, w, bias_opt, amx_available());  // one choice per process: every call reduces in one order
 }
-
-torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
-torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qkv, c10::optional<torch::Tensor> b_qkv,
-                    c10::optional<torch::Tensor> q_norm, c10::optional<torch::Tensor> k_norm, torch::Tensor w_o,
-                    c10::optional<torch::Tensor> b_o, torch::Tensor mlp_norm, torch::Tensor w_gate_up,
-                    torch::Tensor w_down, torch::Tensor cos, torch::Tensor sin, torch::Tensor k_cache,
-                    torch::Tensor v_cache, torch::Tensor slots, torch::Tensor write_index, int64_t S,
-                    c10::optional<torch::Tensor> mask, int64_t num_heads, double eps);  // block_cpu.cpp
-torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> params,
-                     std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches, torch::Tensor cos,
-                     torch::Tensor sin, torch::Tensor slots, torch::Tensor write_index, int64_t S,
-                     c10::optional<torch::Tensor> mask, int64_t num_heads, double eps);  // block_cpu.cpp
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("linear", &linear, "batch-invariant linear (AVX-512, AMX tiles for bf16 where the CPU has them)");
-  m.def("linear_on", &linear_on, "linear on a chosen path (amx=True: AMX tiles, False: AVX-512 dot products)");
-  m.def("amx", &amx_available, "whether bf16 linears run on AMX tiles in this process");
-  m.def("attention", &attention, "batch-invariant attention over a slot KV cache (AVX-512)");
-  m.def("layers", &layers, "all decoder blocks of a model, one after the other");
-  m.def("block", &block, "one Llama decoder block: norms, projections, rope, cache write, attention, MLP");
-}
