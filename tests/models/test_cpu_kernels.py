@@ -8,24 +8,42 @@ import torch.nn.functional as F
 
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import AttentionMeta, Block
-from paperclub.nn.cpu_kernels import cpu_kernel
+from paperclub.nn.cpu_kernels import AVX2, AVX512, cpu_kernel, kernel_build, load_build
 from paperclub.nn.rope import rope_table
 
-pytestmark = pytest.mark.skipif(cpu_kernel() is None, reason="CPU kernels need AVX512-BF16 and a compiler")
+pytestmark = pytest.mark.skipif(cpu_kernel() is None, reason="CPU kernels need AVX512-BF16 or AVX2+FMA, and a compiler")
+
+
+@pytest.fixture(params=["native", "avx2"])
+def kernels(request):
+    """This CPU's build, and the AVX2 build where that is not already the native one (an AVX-512 machine runs
+    AVX2 too), so a machine of either kind checks both builds' invariance."""
+    if request.param == "native":
+        return cpu_kernel()
+    if load_build(AVX2) is cpu_kernel():
+        pytest.skip("the AVX2 build is this CPU's native build")
+    return load_build(AVX2)
+
+
+def test_the_build_follows_the_cpu_flags():
+    assert kernel_build({"avx512f", "avx512_bf16", "avx2", "fma"}) is AVX512
+    assert kernel_build({"avx512f", "avx2", "fma"}) is AVX2  # AVX-512 without BF16 (Skylake-SP): the AVX2 build
+    assert kernel_build({"avx2", "fma", "f16c"}) is AVX2
+    assert kernel_build({"sse4_2", "avx"}) is None
 
 DTYPES = [torch.float32, torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", [64, 96])
-def test_linear_rows_do_not_depend_on_the_batch(dtype, K):
+def test_linear_rows_do_not_depend_on_the_batch(kernels, dtype, K):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(37, K, generator=g).to(dtype)  # 37 rows: 4-row tiles and 1-row tails
     b = torch.randn(37, generator=g).to(dtype)
     x = torch.randn(17, K, generator=g).to(dtype)  # 17 rows: 4x4 tiles and 1-wide tails
-    alone = torch.cat([cpu_kernel().linear(x[i : i + 1].contiguous(), w, b) for i in range(17)])
+    alone = torch.cat([kernels.linear(x[i : i + 1].contiguous(), w, b) for i in range(17)])
     for m in (2, 4, 5, 16, 17):
-        assert torch.equal(cpu_kernel().linear(x[:m].contiguous(), w, b), alone[:m]), f"rows differ at batch {m}"
+        assert torch.equal(kernels.linear(x[:m].contiguous(), w, b), alone[:m]), f"rows differ at batch {m}"
     ref = F.linear(x.double(), w.double(), b.double())
     tol = 1e-4 if dtype == torch.float32 else 0.1
     torch.testing.assert_close(alone.double(), ref, atol=tol, rtol=tol * 0.1)
@@ -65,7 +83,7 @@ def test_amx_rows_identical_at_every_width_on_model_shapes():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_rows_do_not_depend_on_the_batch(dtype):
+def test_attention_rows_do_not_depend_on_the_batch(kernels, dtype):
     g = torch.Generator().manual_seed(1)
     kc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
     vc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
@@ -73,8 +91,8 @@ def test_attention_rows_do_not_depend_on_the_batch(dtype):
     slots, S = torch.tensor([2, 0, 1]), 20
     mask = torch.rand(3, 5, S, generator=g) > 0.3
     mask[..., 0] = True
-    both = cpu_kernel().attention(q, kc, vc, slots, S, mask, 0.25)
-    one = cpu_kernel().attention(q[1:2, 3:4].contiguous(), kc, vc, slots[1:2], S, mask[1:2, 3:4].contiguous(), 0.25)
+    both = kernels.attention(q, kc, vc, slots, S, mask, 0.25)
+    one = kernels.attention(q[1:2, 3:4].contiguous(), kc, vc, slots[1:2], S, mask[1:2, 3:4].contiguous(), 0.25)
     assert torch.equal(both[1:2, 3:4], one)
     keys = kc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()  # (B, H, S, D)
     values = vc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()
