@@ -8,26 +8,29 @@ import torch.nn.functional as F
 
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import AttentionMeta, Block
-from paperclub.nn.cpu_kernels import AVX2, AVX512, cpu_kernel, kernel_build, load_build
+from paperclub.nn.cpu_kernels import AVX2, AVX512, AVX512_BF16, cpu_flags, cpu_kernel, kernel_build, load_build
 from paperclub.nn.rope import rope_table
 
-pytestmark = pytest.mark.skipif(cpu_kernel() is None, reason="CPU kernels need AVX512-BF16 or AVX2+FMA, and a compiler")
+pytestmark = pytest.mark.skipif(cpu_kernel() is None, reason="CPU kernels need AVX-512 or AVX2+FMA, and a compiler")
 
 
-@pytest.fixture(params=["native", "avx2"])
+@pytest.fixture(params=[AVX512_BF16, AVX512, AVX2], ids=lambda b: b.name)
 def kernels(request):
-    """This CPU's build, and the AVX2 build where that is not already the native one (an AVX-512 machine runs
-    AVX2 too), so a machine of either kind checks both builds' invariance."""
-    if request.param == "native":
-        return cpu_kernel()
-    if load_build(AVX2) is cpu_kernel():
-        pytest.skip("the AVX2 build is this CPU's native build")
-    return load_build(AVX2)
+    """Every build this CPU can run (an AVX-512 BF16 machine runs all three), so that one machine checks the
+    invariance of more than the build it uses."""
+    if not request.param.requires <= cpu_flags():
+        pytest.skip(f"this CPU cannot run {request.param.name}")
+    build = load_build(request.param)
+    if build is None:
+        pytest.skip(f"{request.param.name} could not be built")
+    return build
 
 
 def test_the_build_follows_the_cpu_flags():
-    assert kernel_build({"avx512f", "avx512_bf16", "avx2", "fma"}) is AVX512
-    assert kernel_build({"avx512f", "avx2", "fma"}) is AVX2  # AVX-512 without BF16 (Skylake-SP): the AVX2 build
+    assert kernel_build({"avx512f", "avx512_bf16", "avx2", "fma"}) is AVX512_BF16
+    skylake_sp = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"}
+    assert kernel_build(skylake_sp) is AVX512
+    assert kernel_build({"avx512f", "avx2", "fma", "f16c"}) is AVX2  # Knights Landing: AVX-512F without BW
     assert kernel_build({"avx2", "fma", "f16c"}) is AVX2
     assert kernel_build({"sse4_2", "avx"}) is None
 

@@ -1,9 +1,12 @@
 """The engine's compiled CPU kernels (`kernels/*.cpp`): batch-invariant linear and attention for x86 CPUs,
 built once per machine into torch's extension cache on first use.
 
-Two builds, chosen by what the CPU offers: AVX-512 with BF16 dot products (and AMX tiles where present), or
-AVX2 with FMA (AMD Zen 1-3, older Intel). Each is compiled with only its own instruction set, so the compiler
-cannot slip an instruction the CPU lacks into the shared elementwise code.
+Three builds, chosen by what the CPU offers: AVX-512 with BF16 dot products (Cooper Lake, Sapphire Rapids and
+later with their AMX tiles, AMD Zen 4 and later); AVX-512 without BF16 (Skylake-SP to Ice Lake), where bf16
+weights are widened to float32 for 16-lane multiply-adds; or AVX2 with FMA (AMD Zen 1-3, older Intel), the same
+on 8 lanes. Each is compiled with only its own instruction set, so the compiler cannot slip an instruction the
+CPU lacks into the shared elementwise code. Results are batch-invariant within a build; two builds may differ
+in the last bits.
 
 Batch invariance means a row's output does not depend on which other rows share the call. Without it a
 token's logits differ in the last bits between a one-token decode and a K+1-token verification, and greedy
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,43 +29,67 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class KernelBuild:
-    name: str  # the extension's name in torch's cache: one per build, so the two never overwrite each other
+    name: str  # the extension's name in torch's cache: one per build, so builds never overwrite each other
+    requires: frozenset[str]  # the /proc/cpuinfo flags the CPU must have
     sources: tuple[str, ...]
     cflags: tuple[str, ...]
 
 
-AVX512 = KernelBuild(
+AVX512_BF16 = KernelBuild(
     "paperclub_cpu_kernels",
+    frozenset({"avx512f", "avx512_bf16"}),
     ("linear_cpu.cpp", "amx_cpu.cpp", "attention_cpu.cpp", "block_cpu.cpp", "module_cpu.cpp"),
     ("-mavx512f", "-mavx512bf16", "-mavx512vl", "-mavx512bw", "-mfma", "-mamx-tile", "-mamx-bf16"),
 )
+AVX512 = KernelBuild(
+    "paperclub_cpu_kernels_avx512",
+    frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}),
+    ("linear_fma.cpp", "attention_avx2.cpp", "block_cpu.cpp", "module_cpu.cpp"),
+    ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),
+)
 AVX2 = KernelBuild(
     "paperclub_cpu_kernels_avx2",
-    ("linear_avx2.cpp", "attention_avx2.cpp", "block_cpu.cpp", "module_cpu.cpp"),
+    frozenset({"avx2", "fma", "f16c"}),
+    ("linear_fma.cpp", "attention_avx2.cpp", "block_cpu.cpp", "module_cpu.cpp"),
     ("-mavx2", "-mfma", "-mf16c"),
 )
+BUILDS = (AVX512_BF16, AVX512, AVX2)  # fastest first
 
 
 def kernel_build(cpu_flags: set[str]) -> KernelBuild | None:
-    """The build for a CPU with these /proc/cpuinfo flags, or None where neither instruction set is there."""
-    if {"avx512f", "avx512_bf16"} <= cpu_flags:
-        return AVX512
-    if {"avx2", "fma"} <= cpu_flags:
-        return AVX2
-    return None
+    """The build for a CPU with these /proc/cpuinfo flags, or None where it has neither AVX-512 nor AVX2+FMA."""
+    return next((b for b in BUILDS if b.requires <= cpu_flags), None)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    lines = [line for line in cpuinfo.splitlines() if line.startswith("flags")]
+    return frozenset(f for line in lines for f in line.split(":", 1)[1].split())
 
 
 @functools.cache
 def cpu_kernel():
-    """The compiled extension for this CPU, or None where it cannot be built or used."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
-    build = kernel_build(flags)
+    """The compiled extension for this CPU, or None where it cannot be built or used. `PAPERCLUB_CPU_KERNELS`
+    picks a build by name (avx512_bf16, avx512, avx2; none: torch's ops), e.g. to compare two on one machine."""
+    build = kernel_build(cpu_flags())
+    choice = os.environ.get("PAPERCLUB_CPU_KERNELS", "").lower()
+    if choice:
+        named = {"avx512_bf16": AVX512_BF16, "avx512": AVX512, "avx2": AVX2, "none": None}
+        if choice not in named:
+            raise ValueError(f"PAPERCLUB_CPU_KERNELS={choice!r}: expected one of {', '.join(named)}")
+        build = named[choice]
+        if build is not None and not build.requires <= cpu_flags():
+            missing = " ".join(sorted(build.requires - cpu_flags()))
+            raise ValueError(f"PAPERCLUB_CPU_KERNELS={choice}: this CPU lacks {missing}")
+        if build is None:
+            return None
     if build is None:
-        log.info("CPU has neither AVX512-BF16 nor AVX2+FMA: using torch's ops (not batch-invariant)")
+        log.info("CPU has neither AVX-512 nor AVX2+FMA: using torch's ops (not batch-invariant)")
         return None
     return load_build(build)
 
@@ -69,7 +97,7 @@ def cpu_kernel():
 @functools.cache
 def load_build(build: KernelBuild):
     """Compile (once per machine, cached by torch) and import one build; None where it cannot be built. The
-    engine takes `cpu_kernel()`; tests also load the AVX2 build on AVX-512 machines so that both are checked."""
+    engine takes `cpu_kernel()`; tests also load the other builds this CPU can run, so that they are checked too."""
     from torch.utils import cpp_extension
 
     kernels = Path(__file__).parent / "kernels"
