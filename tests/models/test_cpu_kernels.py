@@ -43,9 +43,9 @@ def test_linear_rows_do_not_depend_on_the_batch(kernels, dtype, K):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(37, K, generator=g).to(dtype)  # 37 rows: 4-row tiles and 1-row tails
     b = torch.randn(37, generator=g).to(dtype)
-    x = torch.randn(17, K, generator=g).to(dtype)  # 17 rows: 4x4 tiles and 1-wide tails
-    alone = torch.cat([kernels.linear(x[i : i + 1].contiguous(), w, b) for i in range(17)])
-    for m in (2, 4, 5, 16, 17):
+    x = torch.randn(53, K, generator=g).to(dtype)  # up to 53 rows: x tiles of 4, 2 and 1, prefill-sized x blocks
+    alone = torch.cat([kernels.linear(x[i : i + 1].contiguous(), w, b) for i in range(53)])
+    for m in (2, 4, 5, 16, 17, 53):
         assert torch.equal(kernels.linear(x[:m].contiguous(), w, b), alone[:m]), f"rows differ at batch {m}"
     ref = F.linear(x.double(), w.double(), b.double())
     tol = 1e-4 if dtype == torch.float32 else 0.1

@@ -30,6 +30,7 @@ namespace {
 constexpr int64_t kRowsPerTask = 16;  // weight rows per parallel work item
 constexpr int64_t kPrefetchRows = 8;  // software prefetch of the weight rows this many rows ahead
 constexpr int kWRows = 4;             // weight rows per tile
+constexpr int64_t kXBlock = 48;       // x rows per sweep of a task's weight rows (48 x 1536 float32: 295 KB, in L2)
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 using Vec = __m512;
@@ -146,13 +147,19 @@ inline void tile_column(const float* xf, const T* w, const float* bias, T* y, in
   if (m < M) tile<NB, 1>(xf, w, bias, y, K, N, n, m);
 }
 
-// Cover weight rows [n_begin, n_end) x all M rows of x.
+// Cover weight rows [n_begin, n_end) x all M rows of x, x in blocks of kXBlock rows: a prefill's x (hundreds of
+// rows) does not fit in L2, and sweeping all of it for every 4 weight rows read it from L3 each time.
 template <typename T>
 void run_block(const float* xf, const T* w, const float* bias, T* y, int64_t K, int64_t N, int64_t M,
                int64_t n_begin, int64_t n_end) {
-  int64_t n = n_begin;
-  for (; n + kWRows <= n_end; n += kWRows) tile_column<kWRows>(xf, w, bias, y, K, N, M, n);
-  for (; n < n_end; ++n) tile_column<1>(xf, w, bias, y, K, N, M, n);
+  for (int64_t m0 = 0; m0 < M; m0 += kXBlock) {
+    const int64_t mb = std::min(kXBlock, M - m0);
+    const float* xb = xf + m0 * K;
+    T* yb = y + m0 * N;
+    int64_t n = n_begin;
+    for (; n + kWRows <= n_end; n += kWRows) tile_column<kWRows>(xb, w, bias, yb, K, N, mb, n);
+    for (; n < n_end; ++n) tile_column<1>(xb, w, bias, yb, K, N, mb, n);
+  }
 }
 
 template <typename T>
