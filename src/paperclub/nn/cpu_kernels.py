@@ -44,13 +44,13 @@ AVX512_BF16 = KernelBuild(
 AVX512 = KernelBuild(
     "paperclub_cpu_kernels_avx512",
     frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}),
-    ("linear_fma.cpp", "attention_avx2.cpp", "block_cpu.cpp", "module_cpu.cpp"),
+    ("linear_fma.cpp", "attention_cpu.cpp", "block_cpu.cpp", "module_cpu.cpp"),
     ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),
 )
 AVX2 = KernelBuild(
     "paperclub_cpu_kernels_avx2",
     frozenset({"avx2", "fma", "f16c"}),
-    ("linear_fma.cpp", "attention_avx2.cpp", "block_cpu.cpp", "module_cpu.cpp"),
+    ("linear_fma.cpp", "attention_cpu.cpp", "block_cpu.cpp", "module_cpu.cpp"),
     ("-mavx2", "-mfma", "-mf16c"),
 )
 BUILDS = (AVX512_BF16, AVX512, AVX2)  # fastest first

@@ -5,7 +5,7 @@
 //
 // A decode step of a small model is ~20 tiny elementwise ops per layer around 4 matmuls; run one by one from
 // Python each costs more in dispatch than in arithmetic. Here they are loops between the batch-invariant
-// matmuls of linear_*.cpp and the attention of attention_*.cpp, so a block costs its weight reads and little
+// matmuls of linear_*.cpp and the attention of attention_cpu.cpp, so a block costs its weight reads and little
 // else (the activation, whose e^x dominates the elementwise work, runs on 8-lane vectors). The rounding follows
 // the eager PyTorch reference step by step (every op computes in float32 and rounds to the activation dtype
 // once), and every token row is computed on its own: results do not depend on how many rows share the call,
@@ -19,7 +19,7 @@
 
 torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt);  // linear_*.cpp
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_*.cpp
+                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
 
 namespace {
 

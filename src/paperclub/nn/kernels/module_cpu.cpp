@@ -1,13 +1,13 @@
 // The Python module of the CPU kernels. One source list per instruction set (see `cpu_kernels.py`): the AVX-512
-// build links `linear_cpu.cpp`, `amx_cpu.cpp` and `attention_cpu.cpp`, the AVX2 build `linear_avx2.cpp` and
-// `attention_avx2.cpp`; both link `block_cpu.cpp` and this file, which see only the declarations below.
+// BF16 build links `linear_cpu.cpp` and `amx_cpu.cpp`, the AVX-512 and AVX2 builds `linear_fma.cpp`; all link
+// `attention_cpu.cpp`, `block_cpu.cpp` and this file, which see only the declarations below.
 #include <torch/extension.h>
 
 bool amx_available();
 torch::Tensor linear_on(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt, bool amx);
 torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt);
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_*.cpp
+                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
 torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qkv, c10::optional<torch::Tensor> b_qkv,
                     c10::optional<torch::Tensor> q_norm, c10::optional<torch::Tensor> k_norm, torch::Tensor w_o,
                     c10::optional<torch::Tensor> b_o, torch::Tensor mlp_norm, torch::Tensor w_gate_up,
