@@ -12,6 +12,9 @@
 #include <immintrin.h>
 #include <type_traits>
 
+
+#include "linear_args.h"
+
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;  // weight rows per parallel work item
@@ -132,16 +135,10 @@ void amx_linear_bf16(const uint16_t* X, const uint16_t* W, const float* bias, ui
 
 // `amx`: run bf16 on AMX tiles (callers pass amx_available(), fixed per process; tests and benchmarks compare both).
 torch::Tensor linear_on(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt, bool amx) {
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear: shapes do not fit");
-  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.scalar_type() == w.scalar_type(), "linear: layout");
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  auto y = torch::empty({M, N}, x.options());
-  torch::Tensor bias_f;
-  const float* bias = nullptr;
-  if (bias_opt.has_value() && bias_opt->defined()) {
-    bias_f = bias_opt->to(torch::kFloat32).contiguous();
-    bias = bias_f.data_ptr<float>();
-  }
+  const LinearArgs args = linear_args(x, w, bias_opt);
+  const int64_t M = args.M, K = args.K, N = args.N;
+  const torch::Tensor& y = args.y;
+  const float* bias = args.bias;
   const int64_t tasks = (N + kRowsPerTask - 1) / kRowsPerTask;
   if (x.scalar_type() == torch::kBFloat16) {
     TORCH_CHECK(K % 32 == 0, "linear: bf16 needs K % 32 == 0");

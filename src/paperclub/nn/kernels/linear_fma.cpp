@@ -25,6 +25,9 @@
 #include <immintrin.h>
 #include <type_traits>
 
+
+#include "linear_args.h"
+
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;  // weight rows per parallel work item
@@ -187,16 +190,10 @@ bool amx_available() { return false; }  // these builds have no tile path
 // The same signature as the AVX-512 BF16 build; `amx` must be false here.
 torch::Tensor linear_on(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt, bool amx) {
   TORCH_CHECK(!amx, "linear: this CPU cannot use AMX tiles");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear: shapes do not fit");
-  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.scalar_type() == w.scalar_type(), "linear: layout");
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  auto y = torch::empty({M, N}, x.options());
-  torch::Tensor bias_f;
-  const float* bias = nullptr;
-  if (bias_opt.has_value() && bias_opt->defined()) {
-    bias_f = bias_opt->to(torch::kFloat32).contiguous();
-    bias = bias_f.data_ptr<float>();
-  }
+  const LinearArgs args = linear_args(x, w, bias_opt);
+  const int64_t M = args.M, K = args.K, N = args.N;
+  const torch::Tensor& y = args.y;
+  const float* bias = args.bias;
   if (x.scalar_type() == torch::kBFloat16) {
     TORCH_CHECK(K % 32 == 0, "linear: bf16 needs K % 32 == 0");
     auto xf = torch::empty({M, K}, x.options().dtype(torch::kFloat32));
