@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import AttentionMeta, Block
 from paperclub.nn.cpu_kernels import AVX2, AVX512, AVX512_BF16, cpu_flags, cpu_kernel, kernel_build, load_build
@@ -33,6 +34,19 @@ def test_the_build_follows_the_cpu_flags():
     assert kernel_build({"avx512f", "avx2", "fma", "f16c"}) is AVX2  # Knights Landing: AVX-512F without BW
     assert kernel_build({"avx2", "fma", "f16c"}) is AVX2
     assert kernel_build({"sse4_2", "avx"}) is None
+
+def test_a_forced_build_is_checked(monkeypatch):
+    monkeypatch.setenv("PAPERCLUB_CPU_KERNELS", "sse4")
+    with pytest.raises(UserError, match="expected one of avx512_bf16, avx512, avx2, none"):
+        cpu_kernel.__wrapped__()
+    monkeypatch.setenv("PAPERCLUB_CPU_KERNELS", "none")
+    assert cpu_kernel.__wrapped__() is None
+    lacking = next((b for b in (AVX512_BF16, AVX512) if not b.requires <= cpu_flags()), None)
+    if lacking is not None:
+        monkeypatch.setenv("PAPERCLUB_CPU_KERNELS", {AVX512_BF16: "avx512_bf16", AVX512: "avx512"}[lacking])
+        with pytest.raises(UserError, match="this CPU lacks"):
+            cpu_kernel.__wrapped__()
+
 
 DTYPES = [torch.float32, torch.bfloat16]
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from paperclub.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -81,11 +83,11 @@ def cpu_kernel():
     if choice:
         named = {"avx512_bf16": AVX512_BF16, "avx512": AVX512, "avx2": AVX2, "none": None}
         if choice not in named:
-            raise ValueError(f"PAPERCLUB_CPU_KERNELS={choice!r}: expected one of {', '.join(named)}")
+            raise UserError(f"PAPERCLUB_CPU_KERNELS={choice!r}: expected one of {', '.join(named)}")
         build = named[choice]
         if build is not None and not build.requires <= cpu_flags():
             missing = " ".join(sorted(build.requires - cpu_flags()))
-            raise ValueError(f"PAPERCLUB_CPU_KERNELS={choice}: this CPU lacks {missing}")
+            raise UserError(f"PAPERCLUB_CPU_KERNELS={choice}: this CPU lacks {missing}; unset it for this CPU's build")
         if build is None:
             return None
     if build is None:
