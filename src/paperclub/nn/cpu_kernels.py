@@ -78,21 +78,22 @@ def cpu_flags() -> frozenset[str]:
 def cpu_kernel():
     """The compiled extension for this CPU, or None where it cannot be built or used. `PAPERCLUB_CPU_KERNELS`
     picks a build by name (avx512_bf16, avx512, avx2; none: torch's ops), e.g. to compare two on one machine."""
-    build = kernel_build(cpu_flags())
     choice = os.environ.get("PAPERCLUB_CPU_KERNELS", "").lower()
-    if choice:
-        named = {"avx512_bf16": AVX512_BF16, "avx512": AVX512, "avx2": AVX2, "none": None}
-        if choice not in named:
-            raise UserError(f"PAPERCLUB_CPU_KERNELS={choice!r}: expected one of {', '.join(named)}")
-        build = named[choice]
-        if build is not None and not build.requires <= cpu_flags():
-            missing = " ".join(sorted(build.requires - cpu_flags()))
-            raise UserError(f"PAPERCLUB_CPU_KERNELS={choice}: this CPU lacks {missing}; unset it for this CPU's build")
+    if not choice:
+        build = kernel_build(cpu_flags())
         if build is None:
+            log.info("CPU has neither AVX-512 nor AVX2+FMA: using torch's ops (not batch-invariant)")
             return None
+        return load_build(build)
+    named = {"avx512_bf16": AVX512_BF16, "avx512": AVX512, "avx2": AVX2, "none": None}
+    if choice not in named:
+        raise UserError(f"PAPERCLUB_CPU_KERNELS={choice!r}: expected one of {', '.join(named)}")
+    build = named[choice]
     if build is None:
-        log.info("CPU has neither AVX-512 nor AVX2+FMA: using torch's ops (not batch-invariant)")
         return None
+    if not build.requires <= cpu_flags():
+        missing = " ".join(sorted(build.requires - cpu_flags()))
+        raise UserError(f"PAPERCLUB_CPU_KERNELS={choice}: this CPU lacks {missing}; unset it for this CPU's build")
     return load_build(build)
 
 

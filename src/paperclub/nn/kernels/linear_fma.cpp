@@ -25,8 +25,8 @@
 #include <immintrin.h>
 #include <type_traits>
 
-
 #include "linear_args.h"
+#include "vec_avx2.h"
 
 namespace {
 
@@ -47,6 +47,8 @@ inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline IVec load_raw(const uint16_t* p) { return _mm512_loadu_si512((const void*)p); }
 inline Vec widen_lo(IVec raw) { return _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), raw)); }
 inline Vec widen_hi(IVec raw) { return _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), raw)); }
+// The sum of 16 lanes: fold the upper 8 onto the lower 8, then the fixed 8-lane tree of vec_avx2.h.
+inline float reduce(Vec v) { return reduce8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1))); }
 #else
 using Vec = __m256;
 using IVec = __m256i;
@@ -59,21 +61,7 @@ inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline IVec load_raw(const uint16_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
 inline Vec widen_lo(IVec raw) { return _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), raw)); }
 inline Vec widen_hi(IVec raw) { return _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), raw)); }
-#endif
-
-// The sum of 8 lanes in one fixed tree: t[i] = v[i] + v[i+4], then (t0 + t2) + (t1 + t3).
-inline float reduce8(__m256 v) {
-  const __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
-  return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
-}
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-// 16 lanes: fold the upper 8 onto the lower 8, then the 8-lane tree.
-inline float reduce(__m512 v) {
-  return reduce8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
-}
-#else
-inline float reduce(__m256 v) { return reduce8(v); }
+inline float reduce(Vec v) { return reduce8(v); }
 #endif
 
 // One k-chunk of weights as float32 vectors, in the order x is widened to (see the top of the file).
