@@ -10,6 +10,7 @@ from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import AttentionMeta, Block
 from paperclub.nn.cpu_kernels import AVX2, AVX512, AVX512_BF16, cpu_flags, cpu_kernel, kernel_build, load_build
+from paperclub.nn.linear import linear
 from paperclub.nn.rope import rope_table
 
 pytestmark = pytest.mark.skipif(cpu_kernel() is None, reason="CPU kernels need AVX-512 or AVX2+FMA, and a compiler")
@@ -52,18 +53,39 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("K", [64, 96])
-def test_linear_rows_do_not_depend_on_the_batch(kernels, dtype, K):
+@pytest.mark.parametrize(("N", "K"), [(37, 64), (37, 96), (200, 96)])
+def test_linear_rows_do_not_depend_on_the_batch(kernels, dtype, N, K):
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(37, K, generator=g).to(dtype)  # 37 rows: 4-row tiles and 1-row tails
-    b = torch.randn(37, generator=g).to(dtype)
-    x = torch.randn(53, K, generator=g).to(dtype)  # up to 53 rows: x tiles of 4, 2 and 1, prefill-sized x blocks
+    # 37 or 200 output columns: full tiles of weight rows or panels, leftovers, a padded last panel
+    w = torch.randn(N, K, generator=g).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype)
+    x = torch.randn(53, K, generator=g).to(dtype)  # up to 53 rows: every x tile height, prefill-sized x blocks
+    wp = kernels.pack(w)
     alone = torch.cat([kernels.linear(x[i : i + 1].contiguous(), w, b) for i in range(53)])
-    for m in (2, 4, 5, 16, 17, 53):
+    for m in (2, 4, 5, 7, 16, 17, 53):
         assert torch.equal(kernels.linear(x[:m].contiguous(), w, b), alone[:m]), f"rows differ at batch {m}"
+        # the packed weight (what the engine passes) gives the same bits; it may round N up to whole panels
+        assert torch.equal(kernels.linear(x[:m].contiguous(), wp, b)[:, :N], alone[:m]), f"packed, batch {m}"
     ref = F.linear(x.double(), w.double(), b.double())
     tol = 1e-4 if dtype == torch.float32 else 0.1
     torch.testing.assert_close(alone.double(), ref, atol=tol, rtol=tol * 0.1)
+
+
+def test_a_weight_changed_in_place_is_packed_again():
+    """`linear` keeps the packed copy on the weight; an in-place change (loading, an optimizer step) must not leave
+    it stale."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(48, 64, generator=g).bfloat16()
+    x = torch.randn(3, 64, generator=g).bfloat16()
+    before = linear(x, w)
+    assert torch.equal(linear(x, w), before)
+    w.mul_(2)  # exact in bf16
+    assert torch.equal(linear(x, w), cpu_kernel().linear(x, w, None))
+    torch.testing.assert_close(linear(x, w).float(), 2 * before.float(), rtol=1e-2, atol=1e-2)
+    p = torch.nn.Parameter(w.float(), requires_grad=False)
+    assert torch.equal(linear(x.float(), p), cpu_kernel().linear(x.float(), p.data, None))
+    p.data = w.clone()  # what Module.to(dtype) does: new values under the same Parameter
+    assert torch.equal(linear(x, p), cpu_kernel().linear(x, w, None))
 
 
 @pytest.mark.skipif(cpu_kernel() is None or not cpu_kernel().amx(), reason="CPU has no AMX tiles")

@@ -17,7 +17,7 @@ from torch import nn
 
 from paperclub.models.config import ModelConfig
 from paperclub.nn.cpu_kernels import cpu_kernel, usable
-from paperclub.nn.linear import linear
+from paperclub.nn.linear import linear, packed
 from paperclub.nn.rmsnorm import RMSNorm
 from paperclub.nn.rope import apply_rope, rope_table
 
@@ -102,11 +102,12 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
     def tensors(self) -> list[torch.Tensor | None]:
-        """The block's tensors in the order the fused kernel takes them."""
+        """The block's tensors in the order the fused kernel takes them, matrices packed for it (`packed`)."""
         a = self.attn
-        return [self.attn_norm.weight, a.qkv.weight, a.qkv.bias, None if a.q_norm is None else a.q_norm.weight,
-                None if a.k_norm is None else a.k_norm.weight, a.o.weight, a.o.bias, self.mlp_norm.weight,
-                self.mlp.gate_up.weight, self.mlp.down.weight]
+        return [self.attn_norm.weight, packed(a.qkv.weight), a.qkv.bias,
+                None if a.q_norm is None else a.q_norm.weight, None if a.k_norm is None else a.k_norm.weight,
+                packed(a.o.weight), a.o.bias, self.mlp_norm.weight, packed(self.mlp.gate_up.weight),
+                packed(self.mlp.down.weight)]
 
     def _fused(self, x: torch.Tensor, k_cache: torch.Tensor) -> bool:
         w = self.attn.qkv.weight
@@ -167,13 +168,9 @@ class Llama(nn.Module):
         return self.norm(x)
 
     def _block_params(self) -> list[torch.Tensor | None]:
-        """Every block's tensors in the order `layers` (`nn/kernels/block_cpu.cpp`) takes them. Cached per
-        dtype/device: the Parameter objects stay the same when weights are loaded (`copy_`) or converted (`.to`)."""
-        key = self.layers[0]._fused_key
-        if getattr(self, "_block_params_key", None) != key:
-            self._block_params_list = [t for layer in self.layers for t in layer.tensors()]
-            self._block_params_key = key
-        return self._block_params_list
+        """Every block's tensors in the order `layers` (`nn/kernels/block_cpu.cpp`) takes them. Gathered per call
+        (about 0.1 ms for 30 layers): each packed matrix is cached on its weight and checked against its version."""
+        return [t for layer in self.layers for t in layer.tensors()]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits for the given hidden states (..., D)."""

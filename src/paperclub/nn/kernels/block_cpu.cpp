@@ -18,6 +18,8 @@
 #include "vec_avx2.h"
 
 torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt);  // linear_*.cpp
+int64_t weight_out_features(const torch::Tensor& w);  // N and K of a weight, packed (`pack`) or not
+int64_t weight_in_features(const torch::Tensor& w);
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                         int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
 
@@ -139,9 +141,12 @@ torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qk
               "block: layout");
   const int64_t B = x.size(0), Tq = x.size(1), D = x.size(2), rows = B * Tq;
   const int64_t Hkv = k_cache.size(1), cap = k_cache.size(2), hd = k_cache.size(3), H = num_heads;
-  const int64_t I = w_down.size(1);
+  const int64_t I = weight_in_features(w_down);
   TORCH_CHECK(I % 8 == 0, "block: the MLP width must be a multiple of 8");
-  TORCH_CHECK(w_qkv.size(0) == (H + 2 * Hkv) * hd && hd % 2 == 0 && cos.numel() == rows * hd, "block: shapes");
+  TORCH_CHECK(weight_out_features(w_qkv) == (H + 2 * Hkv) * hd && weight_out_features(w_o) == D &&
+                  weight_out_features(w_gate_up) == 2 * I && weight_out_features(w_down) == D && hd % 2 == 0 &&
+                  cos.numel() == rows * hd,
+              "block: shapes");
   TORCH_CHECK(slots.scalar_type() == torch::kInt64 && write_index.scalar_type() == torch::kInt64, "block: int64 ids");
   auto slots_c = slots.contiguous();
   auto write_c = write_index.contiguous();

@@ -12,10 +12,28 @@
 #include <immintrin.h>
 #include <type_traits>
 
-
-#include "linear_args.h"
-
 namespace {
+
+// What `linear_on` checks and sets up before the kernel: x (M, K) and w (N, K) contiguous and of one dtype, the
+// output y (M, N) allocated, the bias as float32 (or none).
+struct LinearArgs {
+  int64_t M, K, N;
+  torch::Tensor y;
+  torch::Tensor bias_f;  // keeps `bias` alive
+  const float* bias = nullptr;
+};
+
+inline LinearArgs linear_args(const torch::Tensor& x, const torch::Tensor& w,
+                              const c10::optional<torch::Tensor>& bias_opt) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear: shapes do not fit");
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.scalar_type() == w.scalar_type(), "linear: layout");
+  LinearArgs a{x.size(0), x.size(1), w.size(0), torch::empty({x.size(0), w.size(0)}, x.options()), {}};
+  if (bias_opt.has_value() && bias_opt->defined()) {
+    a.bias_f = bias_opt->to(torch::kFloat32).contiguous();
+    a.bias = a.bias_f.data_ptr<float>();
+  }
+  return a;
+}
 
 constexpr int64_t kRowsPerTask = 16;  // weight rows per parallel work item
 // Software prefetch of the weight rows this many rows ahead: the hardware prefetcher stops at 4 KiB pages,
@@ -172,6 +190,11 @@ torch::Tensor linear_on(torch::Tensor x, torch::Tensor w, c10::optional<torch::T
   }
   return y;
 }
+
+// This build reads plain (N, K) weights: nothing to pack.
+torch::Tensor pack(torch::Tensor w) { return w; }
+int64_t weight_out_features(const torch::Tensor& w) { return w.size(0); }
+int64_t weight_in_features(const torch::Tensor& w) { return w.size(1); }
 
 torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt) {
   return linear_on(x, w, bias_opt, amx_available());  // one choice per process: every call reduces in one order

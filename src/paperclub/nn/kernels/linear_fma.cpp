@@ -1,196 +1,227 @@
-// Batch-invariant, bandwidth-bound linear layers for x86 CPUs without BF16 dot products: float32 fused
-// multiply-adds on 8 lanes (AVX2: AMD Zen 1-3, Intel before Skylake-SP) or 16 lanes (AVX-512F+BW without BF16:
-// Intel Skylake-SP to Ice Lake). The same source is compiled once per instruction set (see cpu_kernels.py); the
-// contract is that of `linear_cpu.cpp`:
+// Batch-invariant linear layers for x86 CPUs without BF16 dot products: float32 fused multiply-adds on 8 lanes
+// (AVX2: AMD Zen 1-3, Intel before Skylake-SP) or 16 lanes (AVX-512F+BW without BF16: Intel Skylake-SP to Ice
+// Lake). The same source is compiled once per instruction set (see cpu_kernels.py):
 //
 //   y[m, n] = sum_k x[m, k] * w[n, k] + b[n]
 //
-// Each output element is reduced in one fixed order that depends only on K and the build: L float32 lanes
-// accumulate k-chunks left to right (bf16: chunks of 2L values, two multiply-adds each; fp32: chunks of L, one),
-// then one horizontal sum in a fixed tree. bf16 values are widened exactly to float32 by interleaving them with
-// zeros (`vpunpck[lh]wd`: one instruction per L values, no shifts); within each 128-bit lane that puts values
-// 0-3 in the first vector and 4-7 in the second, and x is widened once per call into the same order, so each
-// product pairs the right x and w. A row's result is bit-identical whether it is computed alone (decode), with
-// K other rows (verification) or in a batch of 16, which keeps greedy AR, SD and SSD token-identical. The
-// weight matrix is streamed once per call for all rows.
+// Weights are packed once (`pack`, when the model is loaded) into panels of L = 8 or 16 output columns, k-major
+// within a panel, so that one vector load gives L columns' weights at one k (fp32) or at two consecutive k
+// (bf16). The kernel is then the outer-product form of a GEMM: each vector accumulator holds L output columns of
+// one x row, and every k step broadcasts x[m, k] and adds its products to P panels x R rows of accumulators.
+// No horizontal sums, no reloads of x into vectors: R x values and P weight vectors feed P*R multiply-adds.
 //
-// Tiles: 4 weight rows x R x rows, with the R x rows' chunks held in registers so that each widened weight
-// chunk feeds 2R multiply-adds. R is 2 under AVX2 (16 registers: 8 accumulators, 4 x vectors, the zero and two
-// widened weight vectors) and 4 under AVX-512 (32 registers: 16 + 8 + 3); leftover x rows take R = 2, then 1,
-// and leftover weight rows run one at a time, all in the same per-element order. Measured on a 2-core AMD EPYC
-// (Zen 3), weights in cache, one thread, 16 x rows: 25-30 GMAC/s against 20-23 for 3x4, 4x3 and 2x4 tiles with
-// x read from memory; the unpack widening 13-27% faster than a shift-and-mask one.
+// The reduction order of every output element is the same whatever the tile, the batch or the thread split:
+// k = 0, 1, ..., K-1, one fused multiply-add each, into an accumulator that starts at 0, then the bias, then one
+// rounding to the output dtype. A row's result is bit-identical whether it is computed alone (decode), with K
+// other rows (verification) or in a batch of 16, which keeps greedy AR, SD and SSD token-identical.
+//
+// bf16 weights are widened exactly to float32 in registers by interleaving them with zeros (`vpunpck[lh]wd`):
+// within each 128-bit lane, the low four 16-bit words become four float32 lanes and the high four another vector.
+// The packing puts k and k+1 of four consecutive columns in one 128-bit lane (words 0-3: k, words 4-7: k+1), so
+// the low half is the panel at k and the high half the panel at k+1.
+//
+// Measured on a 2-core Ice Lake Xeon (AVX-512, bf16, all linears of one SmolLM2-135M step, 2 threads), against
+// the previous kernel (row-major weights, 4 weight rows x 4 x rows, lane-parallel dot products and a horizontal
+// sum per element): 1 row 14.0 -> 13.6 ms, 5 rows 20.6 -> 14.4 ms, 16 rows 46.3 -> 31-32 ms, 64 rows 162 -> 100.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <type_traits>
 
-#include "linear_args.h"
 #include "vec_avx2.h"
 
 namespace {
 
-constexpr int64_t kRowsPerTask = 16;  // weight rows per parallel work item
-constexpr int64_t kPrefetchRows = 8;  // software prefetch of the weight rows this many rows ahead
-constexpr int kWRows = 4;             // weight rows per tile
-constexpr int64_t kXBlock = 48;       // x rows per sweep of a task's weight rows (48 x 1536 float32: 295 KB, in L2)
+constexpr int64_t kXBlock = 48;  // x rows per sweep of a task's panels: a prefill's x stays in L2
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 using Vec = __m512;
 using IVec = __m512i;
 constexpr int kLanes = 16;
-constexpr int kXRows = 4;  // x rows per tile
+constexpr int kP = 4, kR = 6;  // panels x rows per tile: 24 accumulators, 4 widened weights, 1 broadcast, 1 zero
 inline Vec zero() { return _mm512_setzero_ps(); }
 inline Vec loadu(const float* p) { return _mm512_loadu_ps(p); }
-inline void storeu(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
 inline IVec load_raw(const uint16_t* p) { return _mm512_loadu_si512((const void*)p); }
 inline Vec widen_lo(IVec raw) { return _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), raw)); }
 inline Vec widen_hi(IVec raw) { return _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), raw)); }
-// The sum of 16 lanes: fold the upper 8 onto the lower 8, then the fixed 8-lane tree of vec_avx2.h.
-inline float reduce(Vec v) { return reduce8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1))); }
+inline void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline void store(uint16_t* p, Vec v) {  // round to bf16 as c10::BFloat16 does, 8 lanes at a time
+  store8(p, _mm512_castps512_ps256(v));
+  store8(p + 8, _mm512_extractf32x8_ps(v, 1));
+}
 #else
 using Vec = __m256;
 using IVec = __m256i;
 constexpr int kLanes = 8;
-constexpr int kXRows = 2;
+constexpr int kP = 2, kR = 4;  // 16 registers: 8 accumulators, 2 raw and 2 widened weights, 1 broadcast, 1 zero
 inline Vec zero() { return _mm256_setzero_ps(); }
 inline Vec loadu(const float* p) { return _mm256_loadu_ps(p); }
-inline void storeu(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec broadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
 inline IVec load_raw(const uint16_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
 inline Vec widen_lo(IVec raw) { return _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), raw)); }
 inline Vec widen_hi(IVec raw) { return _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), raw)); }
-inline float reduce(Vec v) { return reduce8(v); }
+inline void store(float* p, Vec v) { store8(p, v); }
+inline void store(uint16_t* p, Vec v) { store8(p, v); }
 #endif
 
-// One k-chunk of weights as float32 vectors, in the order x is widened to (see the top of the file).
+constexpr int64_t kTaskPanels = 2 * kP;  // panels per parallel work item
+
+// Where a linear's operands are: x float32 (M, K) row-major; w packed (panels of kLanes columns, see `pack`);
+// bias float32 padded to the panels' width, or null; y (M, ldy).
 template <typename T>
-struct Chunk;
-template <>
-struct Chunk<uint16_t> {
-  static constexpr int kVecs = 2, kWidth = 2 * kLanes;
-  static void load(const uint16_t* p, Vec* v) {
-    const IVec raw = load_raw(p);
-    v[0] = widen_lo(raw);
-    v[1] = widen_hi(raw);
-  }
-};
-template <>
-struct Chunk<float> {
-  static constexpr int kVecs = 1, kWidth = kLanes;
-  static void load(const float* p, Vec* v) { v[0] = loadu(p); }
+struct Operands {
+  const float* x;
+  const T* w;
+  const float* bias;
+  T* y;
+  int64_t K, ldy;
 };
 
-template <typename T>
-inline void put(T* y, float v) {
+// y[m0 + r, 16 (p0 + p) + lane] for r < R, p < P, k in order (see the top of the file).
+template <int P, int R, typename T>
+inline void tile(const Operands<T>& a, int64_t p0, int64_t m0) {
+  const int64_t K = a.K;
+  Vec acc[R][P];
+  for (int r = 0; r < R; ++r)
+    for (int p = 0; p < P; ++p) acc[r][p] = zero();
+  const float* x = a.x + m0 * K;
+  const T* w = a.w + p0 * K * kLanes;  // panel p starts K * kLanes values after panel p - 1
   if constexpr (std::is_same_v<T, uint16_t>) {
-    *y = c10::BFloat16(v).x;  // round to nearest even
+    for (int64_t k = 0; k < K; k += 2) {
+      IVec raw[P];
+      for (int p = 0; p < P; ++p) raw[p] = load_raw(w + p * K * kLanes + k * kLanes);
+      Vec wv[P];
+      for (int p = 0; p < P; ++p) wv[p] = widen_lo(raw[p]);
+      for (int r = 0; r < R; ++r) {
+        const Vec xb = broadcast(x + r * K + k);
+        for (int p = 0; p < P; ++p) acc[r][p] = fmadd(wv[p], xb, acc[r][p]);
+      }
+      for (int p = 0; p < P; ++p) wv[p] = widen_hi(raw[p]);
+      for (int r = 0; r < R; ++r) {
+        const Vec xb = broadcast(x + r * K + k + 1);
+        for (int p = 0; p < P; ++p) acc[r][p] = fmadd(wv[p], xb, acc[r][p]);
+      }
+    }
   } else {
-    *y = v;
-  }
-}
-
-// The weight row kPrefetchRows below `wr` (which points at column k), once per cache line; may pass the end of w.
-template <typename T>
-inline void prefetch(const T* wr, int64_t K, int64_t k) {
-  if (k % (64 / sizeof(T)) == 0) _mm_prefetch((const char*)(wr + kPrefetchRows * K), _MM_HINT_T0);
-}
-
-// y[m0 + j, n0 + i] for i < NB, j < R (xf: float32 x in chunk order). Per element: chunks left to right, within
-// a chunk its vectors in order, into one accumulator; the same in every tile shape.
-template <int NB, int R, typename T>
-inline void tile(const float* xf, const T* w, const float* bias, T* y, int64_t K, int64_t N, int64_t n0,
-                 int64_t m0) {
-  using C = Chunk<T>;
-  Vec acc[R][NB];
-  for (int j = 0; j < R; ++j)
-    for (int i = 0; i < NB; ++i) acc[j][i] = zero();
-  const float* x = xf + m0 * K;
-  for (int64_t k = 0; k < K; k += C::kWidth) {
-    Vec xv[R][C::kVecs];
-    for (int j = 0; j < R; ++j)
-      for (int v = 0; v < C::kVecs; ++v) xv[j][v] = loadu(x + j * K + k + v * kLanes);
-    for (int i = 0; i < NB; ++i) {
-      const T* wr = w + (n0 + i) * K + k;
-      prefetch(wr, K, k);
-      Vec wv[C::kVecs];
-      C::load(wr, wv);
-      for (int v = 0; v < C::kVecs; ++v)
-        for (int j = 0; j < R; ++j) acc[j][i] = fmadd(wv[v], xv[j][v], acc[j][i]);
+    for (int64_t k = 0; k < K; ++k) {
+      Vec wv[P];
+      for (int p = 0; p < P; ++p) wv[p] = loadu(w + p * K * kLanes + k * kLanes);
+      for (int r = 0; r < R; ++r) {
+        const Vec xb = broadcast(x + r * K + k);
+        for (int p = 0; p < P; ++p) acc[r][p] = fmadd(wv[p], xb, acc[r][p]);
+      }
     }
   }
-  for (int i = 0; i < NB; ++i) {
-    const float b = bias ? bias[n0 + i] : 0.f;
-    for (int j = 0; j < R; ++j) put(y + (m0 + j) * N + n0 + i, reduce(acc[j][i]) + b);
+  for (int p = 0; p < P; ++p) {
+    const int64_t n0 = (p0 + p) * kLanes;
+    for (int r = 0; r < R; ++r) {
+      const Vec v = a.bias ? add(acc[r][p], loadu(a.bias + n0)) : acc[r][p];
+      store(a.y + (m0 + r) * a.ldy + n0, v);
+    }
   }
 }
 
-// All M rows of x against NB weight rows from n: kXRows at a time, then 2, then 1.
-template <int NB, typename T>
-inline void tile_column(const float* xf, const T* w, const float* bias, T* y, int64_t K, int64_t N, int64_t M,
-                        int64_t n) {
+// Rows [0, M) of x against P panels from p0: kR rows at a time, then the remainder in one tile.
+template <int P, typename T>
+inline void tile_column(const Operands<T>& a, int64_t M, int64_t p0) {
   int64_t m = 0;
-  for (; m + kXRows <= M; m += kXRows) tile<NB, kXRows>(xf, w, bias, y, K, N, n, m);
-  if constexpr (kXRows > 2) {
-    for (; m + 2 <= M; m += 2) tile<NB, 2>(xf, w, bias, y, K, N, n, m);
+  for (; m + kR <= M; m += kR) tile<P, kR>(a, p0, m);
+  switch (M - m) {
+    case 1: tile<P, 1>(a, p0, m); break;
+    case 2: tile<P, 2>(a, p0, m); break;
+    case 3: tile<P, 3>(a, p0, m); break;
+    case 4: if constexpr (kR > 4) tile<P, 4>(a, p0, m); break;
+    case 5: if constexpr (kR > 5) tile<P, 5>(a, p0, m); break;
+    default: break;
   }
-  if (m < M) tile<NB, 1>(xf, w, bias, y, K, N, n, m);
 }
 
-// Cover weight rows [n_begin, n_end) x all M rows of x, x in blocks of kXBlock rows: a prefill's x (hundreds of
-// rows) does not fit in L2, and sweeping all of it for every 4 weight rows read it from L3 each time.
+// Panels [pb, pe) x all M rows of x, x in blocks of kXBlock rows.
 template <typename T>
-void run_block(const float* xf, const T* w, const float* bias, T* y, int64_t K, int64_t N, int64_t M,
-               int64_t n_begin, int64_t n_end) {
+void run_panels(const Operands<T>& a, int64_t M, int64_t pb, int64_t pe) {
   for (int64_t m0 = 0; m0 < M; m0 += kXBlock) {
+    Operands<T> b = a;
+    b.x = a.x + m0 * a.K;
+    b.y = a.y + m0 * a.ldy;
     const int64_t mb = std::min(kXBlock, M - m0);
-    const float* xb = xf + m0 * K;
-    T* yb = y + m0 * N;
-    int64_t n = n_begin;
-    for (; n + kWRows <= n_end; n += kWRows) tile_column<kWRows>(xb, w, bias, yb, K, N, mb, n);
-    for (; n < n_end; ++n) tile_column<1>(xb, w, bias, yb, K, N, mb, n);
+    int64_t p = pb;
+    for (; p + kP <= pe; p += kP) tile_column<kP>(b, mb, p);
+    for (; p < pe; ++p) tile_column<1>(b, mb, p);
   }
 }
 
 template <typename T>
-void linear_rows(const float* xf, const T* W, const float* bias, T* Y, int64_t M, int64_t K, int64_t N) {
-  const int64_t tasks = (N + kRowsPerTask - 1) / kRowsPerTask;
+void linear_panels(const Operands<T>& a, int64_t M, int64_t panels) {
+  const int64_t tasks = (panels + kTaskPanels - 1) / kTaskPanels;
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    run_block<T>(xf, W, bias, Y, K, N, M, t0 * kRowsPerTask, std::min(N, t1 * kRowsPerTask));
+    run_panels<T>(a, M, t0 * kTaskPanels, std::min(panels, t1 * kTaskPanels));
   });
 }
 
-// bf16 x (M, K) widened to float32 in chunk order.
-void widen_chunks(const uint16_t* x, float* out, int64_t n) {
-  for (int64_t k = 0; k < n; k += Chunk<uint16_t>::kWidth) {
-    Vec v[2];
-    Chunk<uint16_t>::load(x + k, v);
-    storeu(out + k, v[0]);
-    storeu(out + k + kLanes, v[1]);
-  }
-}
+bool is_packed(const torch::Tensor& w) { return w.dim() == 3; }
 
 }  // namespace
 
 bool amx_available() { return false; }  // these builds have no tile path
 
-// The same signature as the AVX-512 BF16 build; `amx` must be false here.
+// w (N, K) -> panels of kLanes output columns, zero rows added up to a multiple of kLanes. fp32: (N / L, K, L),
+// value [p, k, i] = w[L p + i, k]. bf16: (N / L, K / 2, 2 L), each 128-bit lane holding four columns at k then the
+// same four at k + 1 (the order `widen_lo`/`widen_hi` undo).
+torch::Tensor pack(torch::Tensor w) {
+  TORCH_CHECK(w.dim() == 2, "pack: expected a (N, K) weight matrix");
+  TORCH_CHECK(w.scalar_type() == torch::kBFloat16 || w.scalar_type() == torch::kFloat32, "pack: bf16 or fp32");
+  const int64_t N = w.size(0), K = w.size(1), L = kLanes, NP = (N + L - 1) / L;
+  auto wp = w.contiguous();
+  if (NP * L != N) wp = torch::cat({wp, torch::zeros({NP * L - N, K}, w.options())});
+  if (w.scalar_type() == torch::kFloat32) return wp.view({NP, L, K}).permute({0, 2, 1}).contiguous();
+  TORCH_CHECK(K % 2 == 0, "pack: bf16 weights need an even number of columns");
+  return wp.view({NP, L / 4, 4, K / 2, 2}).permute({0, 3, 1, 4, 2}).contiguous().view({NP, K / 2, 2 * L});
+}
+
+int64_t weight_out_features(const torch::Tensor& w) { return is_packed(w) ? w.size(0) * kLanes : w.size(0); }
+int64_t weight_in_features(const torch::Tensor& w) {
+  return is_packed(w) && w.scalar_type() == torch::kBFloat16 ? 2 * w.size(1) : w.size(1);
+}
+
+// x (M, K) and w packed by `pack` (or a plain (N, K) matrix, packed here first: same result, slower). A packed w
+// gives y (M, N rounded up to kLanes); a plain one y (M, N). `amx` must be false (the signature is the AVX-512
+// BF16 build's).
 torch::Tensor linear_on(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt, bool amx) {
   TORCH_CHECK(!amx, "linear: this CPU cannot use AMX tiles");
-  const LinearArgs args = linear_args(x, w, bias_opt);
-  const int64_t M = args.M, K = args.K, N = args.N;
-  const torch::Tensor& y = args.y;
-  const float* bias = args.bias;
+  if (!is_packed(w)) {
+    TORCH_CHECK(w.dim() == 2 && x.dim() == 2 && x.size(1) == w.size(1), "linear: shapes do not fit");
+    const int64_t N = w.size(0);
+    auto y = linear_on(x, pack(w), bias_opt, false);
+    return y.size(1) == N ? y : y.narrow(1, 0, N).contiguous();
+  }
+  const int64_t M = x.size(0), K = weight_in_features(w), NP = w.size(0), Np = NP * kLanes;
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "linear: shapes do not fit");
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.scalar_type() == w.scalar_type(), "linear: layout");
+  auto y = torch::empty({M, Np}, x.options());
+  torch::Tensor bias;
+  if (bias_opt.has_value() && bias_opt->defined()) {
+    TORCH_CHECK(bias_opt->numel() <= Np, "linear: bias longer than the output");
+    bias = torch::zeros({Np}, x.options().dtype(torch::kFloat32));
+    bias.narrow(0, 0, bias_opt->numel()).copy_(*bias_opt);
+  }
+  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
   if (x.scalar_type() == torch::kBFloat16) {
-    TORCH_CHECK(K % 32 == 0, "linear: bf16 needs K % 32 == 0");
     auto xf = torch::empty({M, K}, x.options().dtype(torch::kFloat32));
-    widen_chunks(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), xf.data_ptr<float>(), M * K);
-    linear_rows(xf.data_ptr<float>(), reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), bias,
-                reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), M, K, N);
+    const uint16_t* xs = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+    uint32_t* xd = reinterpret_cast<uint32_t*>(xf.data_ptr<float>());
+    for (int64_t i = 0; i < M * K; ++i) xd[i] = uint32_t(xs[i]) << 16;  // exact
+    const Operands<uint16_t> a{xf.data_ptr<float>(), reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), b,
+                               reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), K, Np};
+    linear_panels(a, M, NP);
   } else {
-    TORCH_CHECK(x.scalar_type() == torch::kFloat32 && K % 16 == 0, "linear: fp32 needs K % 16 == 0");
-    linear_rows(x.data_ptr<float>(), w.data_ptr<float>(), bias, y.data_ptr<float>(), M, K, N);
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "linear: bf16 or fp32");
+    const Operands<float> a{x.data_ptr<float>(), w.data_ptr<float>(), b, y.data_ptr<float>(), K, Np};
+    linear_panels(a, M, NP);
   }
   return y;
 }

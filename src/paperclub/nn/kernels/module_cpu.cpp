@@ -6,6 +6,7 @@
 bool amx_available();
 torch::Tensor linear_on(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt, bool amx);
 torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias_opt);
+torch::Tensor pack(torch::Tensor w);  // linear_*.cpp: the weight layout `linear` reads fastest
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                         int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
 torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qkv, c10::optional<torch::Tensor> b_qkv,
@@ -22,6 +23,7 @@ torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "batch-invariant linear (AMX tiles for bf16 where the CPU has them)");
   m.def("linear_on", &linear_on, "linear on a chosen path (amx=True: AMX tiles, False: vector dot products)");
+  m.def("pack", &pack, "a weight matrix in the layout this build's linear reads (the same tensor where it has none)");
   m.def("amx", &amx_available, "whether bf16 linears run on AMX tiles in this process");
   m.def("attention", &attention, "batch-invariant attention over a slot KV cache");
   m.def("layers", &layers, "all decoder blocks of a model, one after the other");
