@@ -101,13 +101,18 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), cos, sin, k_cache, v_cache, meta)
         return x + self.mlp(self.mlp_norm(x))
 
-    def tensors(self) -> list[torch.Tensor | None]:
-        """The block's tensors in the order the fused kernel takes them, matrices packed for it (`packed`)."""
+    MATRICES = (1, 5, 8, 9)  # where `raw_tensors` has weight matrices
+
+    def raw_tensors(self) -> list[torch.Tensor | None]:
+        """The block's tensors in the order the fused kernel takes them."""
         a = self.attn
-        return [self.attn_norm.weight, packed(a.qkv.weight), a.qkv.bias,
-                None if a.q_norm is None else a.q_norm.weight, None if a.k_norm is None else a.k_norm.weight,
-                packed(a.o.weight), a.o.bias, self.mlp_norm.weight, packed(self.mlp.gate_up.weight),
-                packed(self.mlp.down.weight)]
+        return [self.attn_norm.weight, a.qkv.weight, a.qkv.bias, None if a.q_norm is None else a.q_norm.weight,
+                None if a.k_norm is None else a.k_norm.weight, a.o.weight, a.o.bias, self.mlp_norm.weight,
+                self.mlp.gate_up.weight, self.mlp.down.weight]
+
+    def tensors(self) -> list[torch.Tensor | None]:
+        """`raw_tensors` with the matrices in the layout the kernel reads (`packed`)."""
+        return [packed(t) if i in self.MATRICES else t for i, t in enumerate(self.raw_tensors())]
 
     def _fused(self, x: torch.Tensor, k_cache: torch.Tensor) -> bool:
         w = self.attn.qkv.weight
@@ -168,9 +173,15 @@ class Llama(nn.Module):
         return self.norm(x)
 
     def _block_params(self) -> list[torch.Tensor | None]:
-        """Every block's tensors in the order `layers` (`nn/kernels/block_cpu.cpp`) takes them. Gathered per call
-        (about 0.1 ms for 30 layers): each packed matrix is cached on its weight and checked against its version."""
-        return [t for layer in self.layers for t in layer.tensors()]
+        """Every block's tensors in the order `layers` (`nn/kernels/block_cpu.cpp`) takes them. The Parameter
+        objects are gathered once per dtype/device (they stay the same when weights are loaded with `copy_` or
+        converted with `.to`); their packed copies are looked up per call, so a changed weight is packed again."""
+        key = self.layers[0]._fused_key
+        if getattr(self, "_block_params_key", None) != key:
+            self._block_raw = [t for layer in self.layers for t in layer.raw_tensors()]
+            self._block_params_key = key
+        per_layer = len(self._block_raw) // len(self.layers)
+        return [packed(t) if i % per_layer in Block.MATRICES else t for i, t in enumerate(self._block_raw)]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits for the given hidden states (..., D)."""

@@ -13,18 +13,20 @@ def packed(w: torch.Tensor) -> torch.Tensor:
     """`w` in the layout the CPU kernel reads fastest (panels of output columns on the AVX-512 and AVX2 builds; `w`
     itself on the AVX-512 BF16 build). Packed once and kept on the tensor; packed again after `w` is changed in
     place (its version counter moves: loading, an optimizer step), so the copy is never stale."""
-    # What identifies w's values: its storage (`.to()` and `.data =` swap it under the same Parameter), its dtype
-    # and shape, and its version (in-place writes). An inference tensor has no version counter; it cannot be
-    # changed outside inference mode.
-    key = (w.data_ptr(), w.dtype, w.shape, "inference" if w.is_inference() else w._version)
-    cached = getattr(w, "_paperclub_packed", None)
+    # What identifies w's values: its storage (`.to()` and `.data =` swap it under the same Parameter; a new dtype or
+    # shape means new storage) and its version (in-place writes). An inference tensor has no version counter; it
+    # cannot be changed outside inference mode.
+    try:
+        key = (w.data_ptr(), w._version)
+    except RuntimeError:
+        key = (w.data_ptr(), "inference")
+    cached = w.__dict__.get("_paperclub_packed")
     if cached is not None and cached[0] == key:
-        return cached[1]
+        return w if cached[1] is None else cached[1]
     p = cpu_kernel().pack(w.detach().contiguous())
-    if p.data_ptr() == w.data_ptr():  # this build reads w as it is
-        return w
-    w._paperclub_packed = (key, p)
-    return p
+    same = p.data_ptr() == w.data_ptr()  # this build reads w as it is
+    w._paperclub_packed = (key, None if same else p)
+    return w if same else p
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
