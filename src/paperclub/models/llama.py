@@ -56,7 +56,7 @@ class Attention(nn.Module):
         rows = meta.slots[:, None].expand(B, T)
         k_cache[rows, :, meta.write_index] = k
         v_cache[rows, :, meta.write_index] = v
-        if q.shape[-1] % 16 == 0 and usable(q, k_cache):  # batch-invariant CPU kernel, reads the slots in place
+        if q.shape[-1] % 16 == 0 and q.shape[-1] <= 256 and usable(q, k_cache):  # batch-invariant, slots in place
             mask = None if meta.mask is None else meta.mask.view(B, T, meta.kv_len)
             out = cpu_kernel().attention(q.contiguous(), k_cache, v_cache, meta.slots, meta.kv_len, mask,
                                          cfg.head_dim**-0.5)
@@ -119,8 +119,8 @@ class Block(nn.Module):
         key = (x.dtype, x.device, k_cache.dtype, w.dtype, w.device, torch.is_grad_enabled() and w.requires_grad)
         if getattr(self, "_fused_key", None) != key:  # decided once per dtype/device/grad mode, not per call
             cfg, step = self.attn.cfg, 32 if x.dtype == torch.bfloat16 else 16
-            shapes_ok = cfg.head_dim % 16 == 0 and all(n % step == 0 for n in (cfg.hidden_size, cfg.q_size,
-                                                                               cfg.intermediate_size))
+            shapes_ok = cfg.head_dim % 16 == 0 and cfg.head_dim <= 256 and all(
+                n % step == 0 for n in (cfg.hidden_size, cfg.q_size, cfg.intermediate_size))
             self._fused_key = key
             self._fused_ok = shapes_ok and usable(x, k_cache, *self.parameters())
         return self._fused_ok

@@ -20,6 +20,8 @@
 
 namespace {
 
+constexpr int64_t kQueryBlock = 8;  // queries of one row per task: they share the widened keys and values
+
 // keys or values [0, n) of one cache slot and head as float32 (bf16 widens exactly; float32 is used in place).
 inline const float* as_float(const float* p, int64_t, std::vector<float>&) { return p; }
 inline const float* as_float(const uint16_t* p, int64_t n, std::vector<float>& buf) {
@@ -27,68 +29,87 @@ inline const float* as_float(const uint16_t* p, int64_t n, std::vector<float>& b
   return buf.data();
 }
 
-template <typename T>
+// NV = D / 8 vectors per head, a compile-time constant so that a query and its output accumulators live in
+// registers (with a run-time count they went through memory: a store-to-load chain per key in the value sum).
+template <int NV, typename T>
 void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const bool* mask, T* out, int64_t B,
-            int64_t Tq, int64_t H, int64_t Hkv, int64_t D, int64_t cap, int64_t S, float scale) {
-  const int64_t G = H / Hkv, nvec = D / 8, S8 = (S + 7) / 8 * 8;
+            int64_t Tq, int64_t H, int64_t Hkv, int64_t cap, int64_t S, float scale) {
+  constexpr int64_t nvec = NV, D = 8 * NV;
+  const int64_t G = H / Hkv, S8 = (S + 7) / 8 * 8;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  // One task per (row, query, KV head): the G query heads that share a KV head (GQA) read its keys and values
-  // widened to float32 once.
-  at::parallel_for(0, B * Tq * Hkv, 1, [&](int64_t begin, int64_t end) {
+  // One task per (row, KV head, block of up to kQueryBlock queries): the G query heads that share a KV head (GQA)
+  // and the queries of the block (verification, branch decoding, prefill) read its keys and values widened to
+  // float32 once.
+  const int64_t blocks = (Tq + kQueryBlock - 1) / kQueryBlock;
+  at::parallel_for(0, B * Hkv * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> score(S8), kbuf(std::is_same_v<T, float> ? 0 : S * D), vbuf(kbuf.size());
-    std::vector<__m256> acc(nvec), qv(nvec);
+    __m256 acc[NV], qv[NV];
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / (Tq * Hkv), t = (i / Hkv) % Tq, hk = i % Hkv;
+      const int64_t b = i / (Hkv * blocks), hk = (i / blocks) % Hkv, t0 = (i % blocks) * kQueryBlock;
       const float* K = as_float(kc + (slots[b] * Hkv + hk) * cap * D, S * D, kbuf);
       const float* V = as_float(vc + (slots[b] * Hkv + hk) * cap * D, S * D, vbuf);
-      const bool* m = mask ? mask + (b * Tq + t) * S : nullptr;
-      for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
-        const T* qi = q + ((b * Tq + t) * H + h) * D;
-        for (int64_t d = 0; d < nvec; ++d) qv[d] = load8(qi + 8 * d);
-        // Scores four keys at a time: four independent multiply-add chains instead of one, each key's sum in
-        // the same order as alone.
-        int64_t s = 0;
-        for (; s + 4 <= S; s += 4) {
-          const float* k0 = K + s * D;
-          __m256 d0 = _mm256_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
-          for (int64_t d = 0; d < nvec; ++d) {
-            d0 = _mm256_fmadd_ps(qv[d], load8(k0 + 8 * d), d0);
-            d1 = _mm256_fmadd_ps(qv[d], load8(k0 + D + 8 * d), d1);
-            d2 = _mm256_fmadd_ps(qv[d], load8(k0 + 2 * D + 8 * d), d2);
-            d3 = _mm256_fmadd_ps(qv[d], load8(k0 + 3 * D + 8 * d), d3);
+      for (int64_t t = t0; t < std::min(Tq, t0 + kQueryBlock); ++t) {
+        const bool* m = mask ? mask + (b * Tq + t) * S : nullptr;
+        for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+          const T* qi = q + ((b * Tq + t) * H + h) * D;
+          for (int64_t d = 0; d < nvec; ++d) qv[d] = load8(qi + 8 * d);
+          // Scores four keys at a time: four independent multiply-add chains instead of one, each key's sum in
+          // the same order as alone.
+          int64_t s = 0;
+          for (; s + 4 <= S; s += 4) {
+            const float* k0 = K + s * D;
+            __m256 d0 = _mm256_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
+            for (int64_t d = 0; d < nvec; ++d) {
+              d0 = _mm256_fmadd_ps(qv[d], load8(k0 + 8 * d), d0);
+              d1 = _mm256_fmadd_ps(qv[d], load8(k0 + D + 8 * d), d1);
+              d2 = _mm256_fmadd_ps(qv[d], load8(k0 + 2 * D + 8 * d), d2);
+              d3 = _mm256_fmadd_ps(qv[d], load8(k0 + 3 * D + 8 * d), d3);
+            }
+            score[s] = reduce8(d0) * scale;
+            score[s + 1] = reduce8(d1) * scale;
+            score[s + 2] = reduce8(d2) * scale;
+            score[s + 3] = reduce8(d3) * scale;
           }
-          score[s] = reduce8(d0) * scale;
-          score[s + 1] = reduce8(d1) * scale;
-          score[s + 2] = reduce8(d2) * scale;
-          score[s + 3] = reduce8(d3) * scale;
+          for (; s < S; ++s) {
+            __m256 dot = _mm256_setzero_ps();
+            for (int64_t d = 0; d < nvec; ++d) dot = _mm256_fmadd_ps(qv[d], load8(K + s * D + 8 * d), dot);
+            score[s] = reduce8(dot) * scale;
+          }
+          float mx = kNegInf;
+          for (s = 0; s < S8; ++s) {  // masked entries were scored too (stale cache slots, maybe): drop them
+            if (s >= S || (m && !m[s])) score[s] = kNegInf;
+            mx = std::max(mx, score[s]);
+          }
+          const __m256 vmx = _mm256_set1_ps(mx);
+          for (s = 0; s < S8; s += 8) store8(score.data() + s, exp8(_mm256_sub_ps(load8(score.data() + s), vmx)));
+          float sum = 0.f;
+          for (int64_t d = 0; d < nvec; ++d) acc[d] = _mm256_setzero_ps();
+          for (s = 0; s < S; ++s) {
+            if (m && !m[s]) continue;
+            const float p = score[s];
+            sum += p;
+            const __m256 pv = _mm256_set1_ps(p);
+            for (int64_t d = 0; d < nvec; ++d) acc[d] = _mm256_fmadd_ps(pv, load8(V + s * D + 8 * d), acc[d]);
+          }
+          const __m256 inv = _mm256_set1_ps(sum > 0.f ? 1.f / sum : 0.f);
+          T* o = out + ((b * Tq + t) * H + h) * D;
+          for (int64_t d = 0; d < nvec; ++d) store8(o + 8 * d, _mm256_mul_ps(acc[d], inv));
         }
-        for (; s < S; ++s) {
-          __m256 dot = _mm256_setzero_ps();
-          for (int64_t d = 0; d < nvec; ++d) dot = _mm256_fmadd_ps(qv[d], load8(K + s * D + 8 * d), dot);
-          score[s] = reduce8(dot) * scale;
-        }
-        float mx = kNegInf;
-        for (s = 0; s < S8; ++s) {  // masked entries were scored too (stale cache slots, maybe): drop them
-          if (s >= S || (m && !m[s])) score[s] = kNegInf;
-          mx = std::max(mx, score[s]);
-        }
-        const __m256 vmx = _mm256_set1_ps(mx);
-        for (s = 0; s < S8; s += 8) store8(score.data() + s, exp8(_mm256_sub_ps(load8(score.data() + s), vmx)));
-        float sum = 0.f;
-        for (int64_t d = 0; d < nvec; ++d) acc[d] = _mm256_setzero_ps();
-        for (s = 0; s < S; ++s) {
-          if (m && !m[s]) continue;
-          const float p = score[s];
-          sum += p;
-          const __m256 pv = _mm256_set1_ps(p);
-          for (int64_t d = 0; d < nvec; ++d) acc[d] = _mm256_fmadd_ps(pv, load8(V + s * D + 8 * d), acc[d]);
-        }
-        const __m256 inv = _mm256_set1_ps(sum > 0.f ? 1.f / sum : 0.f);
-        T* o = out + ((b * Tq + t) * H + h) * D;
-        for (int64_t d = 0; d < nvec; ++d) store8(o + 8 * d, _mm256_mul_ps(acc[d], inv));
       }
     }
   });
+}
+
+// attend<D / 8> for head sizes 16, 32, ..., 256.
+template <typename T, int NV = 2>
+void attend_d(int64_t D, const T* q, const T* kc, const T* vc, const int64_t* slots, const bool* mask, T* out,
+              int64_t B, int64_t Tq, int64_t H, int64_t Hkv, int64_t cap, int64_t S, float scale) {
+  if constexpr (NV <= 32) {
+    if (D == 8 * NV) return attend<NV, T>(q, kc, vc, slots, mask, out, B, Tq, H, Hkv, cap, S, scale);
+    attend_d<T, NV + 2>(D, q, kc, vc, slots, mask, out, B, Tq, H, Hkv, cap, S, scale);
+  } else {
+    TORCH_CHECK(false, "attention: head size ", D, " is not one of 16, 32, ..., 256");
+  }
 }
 
 }  // namespace
@@ -100,7 +121,7 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_
   TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(), "attention: layout");
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2), D = q.size(3);
   const int64_t Hkv = k_cache.size(1), cap = k_cache.size(2);
-  TORCH_CHECK(D % 16 == 0 && H % Hkv == 0 && S <= cap, "attention: unsupported head layout");
+  TORCH_CHECK(D % 16 == 0 && D <= 256 && H % Hkv == 0 && S <= cap, "attention: unsupported head layout");
   auto slots_c = slots.to(torch::kInt64).contiguous();
   torch::Tensor mask;
   const bool* mp = nullptr;
@@ -111,15 +132,15 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_
   }
   auto out = torch::empty_like(q);
   if (q.scalar_type() == torch::kBFloat16) {
-    attend<uint16_t>(reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>()),
-                     reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>()),
-                     reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>()), slots_c.data_ptr<int64_t>(),
-                     mp, reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), B, Tq, H, Hkv, D, cap, S,
-                     (float)scale);
+    attend_d<uint16_t>(D, reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>()),
+                       reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>()),
+                       reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>()),
+                       slots_c.data_ptr<int64_t>(), mp, reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), B,
+                       Tq, H, Hkv, cap, S, (float)scale);
   } else {
     TORCH_CHECK(q.scalar_type() == torch::kFloat32, "attention: bf16 or fp32");
-    attend<float>(q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
-                  slots_c.data_ptr<int64_t>(), mp, out.data_ptr<float>(), B, Tq, H, Hkv, D, cap, S, (float)scale);
+    attend_d<float>(D, q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
+                    slots_c.data_ptr<int64_t>(), mp, out.data_ptr<float>(), B, Tq, H, Hkv, cap, S, (float)scale);
   }
   return out;
 }
