@@ -27,32 +27,60 @@ namespace {
 
 constexpr int64_t kRowGrain = 8;  // token rows per parallel work item for the elementwise loops
 
-// y[r] = w * round(x[r] * rsqrt(mean(x[r]^2) + eps)), x and y with row strides (may alias per row).
+// The raw element type the vector helpers of vec_avx2.h load and store: bf16 as its bits, float32 as itself.
+template <typename T>
+using Raw = std::conditional_t<std::is_same_v<T, float>, float, uint16_t>;
+template <typename T>
+inline const Raw<T>* raw(const T* p) { return reinterpret_cast<const Raw<T>*>(p); }
+template <typename T>
+inline Raw<T>* raw(T* p) { return reinterpret_cast<Raw<T>*>(p); }
+
+// v rounded to T and back (a no-op for float32).
+inline __m256 round_as(__m256 v, float*) { return v; }
+inline __m256 round_as(__m256 v, c10::BFloat16*) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(to_bf16(v)), 16));
+}
+
+// y[r] = w * round(x[r] * rsqrt(mean(x[r]^2) + eps)), x and y with row strides (may alias per row); D % 8 == 0.
+// The sum of squares runs on 8 lanes, then the fixed tree of reduce8.
 template <typename T>
 void rmsnorm_rows(const T* x, int64_t x_stride, const T* w, T* y, int64_t y_stride, int64_t rows, int64_t D,
                   float eps) {
   at::parallel_for(0, rows, kRowGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * x_stride;
-      T* yr = y + r * y_stride;
-      float ss = 0.f;
-      for (int64_t d = 0; d < D; ++d) ss += float(xr[d]) * float(xr[d]);
-      const float inv = 1.f / std::sqrt(ss / float(D) + eps);
-      for (int64_t d = 0; d < D; ++d) yr[d] = T(float(w[d]) * float(T(float(xr[d]) * inv)));
+      const Raw<T>* xr = raw(x + r * x_stride);
+      Raw<T>* yr = raw(y + r * y_stride);
+      __m256 ss = _mm256_setzero_ps();
+      for (int64_t d = 0; d < D; d += 8) {
+        const __m256 v = load8(xr + d);
+        ss = _mm256_fmadd_ps(v, v, ss);
+      }
+      const __m256 inv = _mm256_set1_ps(1.f / std::sqrt(reduce8(ss) / float(D) + eps));
+      for (int64_t d = 0; d < D; d += 8) {
+        const __m256 normed = round_as(_mm256_mul_ps(load8(xr + d), inv), (T*)nullptr);
+        store8(yr + d, _mm256_mul_ps(load8(raw(w) + d), normed));
+      }
     }
   });
 }
 
-// Half-split rotary embedding of one head vector in place: x = x * cos + cat(-x2, x1) * sin.
+// Half-split rotary embedding of one head vector in place: x = x * cos + cat(-x2, x1) * sin, each product and the
+// sum rounded to T as the eager ops do; 8 pairs at a time (D % 16 == 0).
 template <typename T>
 inline void rope_head(T* x, const T* cos, const T* sin, int64_t D) {
   const int64_t half = D / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    const float x1 = float(x[i]), x2 = float(x[i + half]);
-    const T a = T(float(T(x1 * float(cos[i]))) + float(T(-x2 * float(sin[i]))));
-    const T b = T(float(T(x2 * float(cos[i + half]))) + float(T(x1 * float(sin[i + half]))));
-    x[i] = a;
-    x[i + half] = b;
+  Raw<T>* xr = raw(x);
+  const Raw<T>*c = raw(cos), *s = raw(sin);
+  auto rounded = [](__m256 v) { return round_as(v, (T*)nullptr); };
+  for (int64_t i = 0; i < half; i += 8) {
+    const __m256 x1 = load8(xr + i), x2 = load8(xr + i + half);
+    const __m256 neg_x2 = _mm256_xor_ps(x2, _mm256_set1_ps(-0.f));
+    const __m256 a = _mm256_add_ps(rounded(_mm256_mul_ps(x1, load8(c + i))),
+                                   rounded(_mm256_mul_ps(neg_x2, load8(s + i))));
+    const __m256 b = _mm256_add_ps(rounded(_mm256_mul_ps(x2, load8(c + i + half))),
+                                   rounded(_mm256_mul_ps(x1, load8(s + i + half))));
+    store8(xr + i, a);
+    store8(xr + i + half, b);
   }
 }
 
@@ -87,30 +115,25 @@ void qkv_epilogue(const BlockArgs<T>& a, T* qkv, const T* q_norm, const T* k_nor
   });
 }
 
-// out = x + y elementwise, rounded once (out may be x).
+// out = x + y elementwise, rounded once (out may be x); n % 8 == 0.
 template <typename T>
 void add(const T* x, const T* y, T* out, int64_t n) {
-  at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = T(float(x[i]) + float(y[i]));
+  at::parallel_for(0, n / 8, 512, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = 8 * i0; i < 8 * i1; i += 8) {
+      store8(raw(out) + i, _mm256_add_ps(load8(raw(x) + i), load8(raw(y) + i)));
+    }
   });
-}
-
-// v rounded to T and back (a no-op for float32).
-inline __m256 round_as(__m256 v, float*) { return v; }
-inline __m256 round_as(__m256 v, c10::BFloat16*) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(to_bf16(v)), 16));
 }
 
 // out[r, i] = round(round(silu(gate[r, i])) * up[r, i]) from gate_up rows [gate | up], silu(g) = g / (1 + e^-g),
 // 8 values at a time with the vector e^x (a scalar std::exp here was a sixth of a 16-row decode step).
 template <typename T>
 void silu_mul_rows(const T* gu, T* out, int64_t rows, int64_t I) {
-  using Raw = std::conditional_t<std::is_same_v<T, float>, float, uint16_t>;
   at::parallel_for(0, rows, kRowGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const Raw* g = reinterpret_cast<const Raw*>(gu + r * 2 * I);
-      const Raw* u = g + I;
-      Raw* o = reinterpret_cast<Raw*>(out + r * I);
+      const Raw<T>* g = raw(gu + r * 2 * I);
+      const Raw<T>* u = g + I;
+      Raw<T>* o = raw(out + r * I);
       for (int64_t i = 0; i < I; i += 8) {
         const __m256 gv = load8(g + i);
         const __m256 e = exp8(_mm256_xor_ps(gv, _mm256_set1_ps(-0.f)));
@@ -144,8 +167,8 @@ torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qk
   const int64_t I = weight_in_features(w_down);
   TORCH_CHECK(I % 8 == 0, "block: the MLP width must be a multiple of 8");
   TORCH_CHECK(weight_out_features(w_qkv) == (H + 2 * Hkv) * hd && weight_out_features(w_o) == D &&
-                  weight_out_features(w_gate_up) == 2 * I && weight_out_features(w_down) == D && hd % 2 == 0 &&
-                  cos.numel() == rows * hd,
+                  weight_out_features(w_gate_up) == 2 * I && weight_out_features(w_down) == D && hd % 16 == 0 &&
+                  D % 8 == 0 && cos.numel() == rows * hd,
               "block: shapes");
   TORCH_CHECK(slots.scalar_type() == torch::kInt64 && write_index.scalar_type() == torch::kInt64, "block: int64 ids");
   auto slots_c = slots.contiguous();

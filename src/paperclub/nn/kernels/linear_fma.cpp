@@ -69,8 +69,6 @@ inline void store(float* p, Vec v) { store8(p, v); }
 inline void store(uint16_t* p, Vec v) { store8(p, v); }
 #endif
 
-constexpr int64_t kTaskPanels = 2 * kP;  // panels per parallel work item
-
 // Where a linear's operands are: x float32 (M, K) row-major; w packed (panels of kLanes columns, see `pack`);
 // bias float32 padded to the panels' width, or null; y (M, ldy).
 template <typename T>
@@ -151,16 +149,21 @@ void run_panels(const Operands<T>& a, int64_t M, int64_t pb, int64_t pe) {
     const int64_t mb = std::min(kXBlock, M - m0);
     int64_t p = pb;
     for (; p + kP <= pe; p += kP) tile_column<kP>(b, mb, p);
-    for (; p < pe; ++p) tile_column<1>(b, mb, p);
+    if constexpr (kP > 3) {
+      if (pe - p == 3) tile_column<3>(b, mb, p), p += 3;
+    }
+    if constexpr (kP > 2) {
+      if (pe - p == 2) tile_column<2>(b, mb, p), p += 2;
+    }
+    if (p < pe) tile_column<1>(b, mb, p);
   }
 }
 
+// Each thread takes one contiguous, equal share of the panels (at::parallel_for splits [0, panels) evenly): with
+// work items of 8 panels, a 576-column matrix (36 panels, 5 items) split 3:2 between two threads.
 template <typename T>
 void linear_panels(const Operands<T>& a, int64_t M, int64_t panels) {
-  const int64_t tasks = (panels + kTaskPanels - 1) / kTaskPanels;
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    run_panels<T>(a, M, t0 * kTaskPanels, std::min(panels, t1 * kTaskPanels));
-  });
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) { run_panels<T>(a, M, p0, p1); });
 }
 
 bool is_packed(const torch::Tensor& w) { return w.dim() == 3; }
