@@ -187,3 +187,24 @@ def test_fused_block_matches_the_eager_block(dtype, qk_norm):
     step = torch.cat([_run(block, x[:, t : t + 1].contiguous(), cos[:, t : t + 1], sin[:, t : t + 1],
                            torch.stack([kf, vf]), 7 + t, fused=True)[0] for t in range(5)], dim=1)
     assert torch.equal(step, fused)
+
+
+def test_argmax_is_torch_argmax(kernels):
+    """Greedy decoding's argmax: torch's answer on every row, ties (first index), -inf, NaN (first NaN) and rows
+    shorter than a vector."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(12, 1003, generator=g)
+    x[1] = 0.0  # all tied: index 0
+    x[2, 500] = x[2, 17] = 9.0  # a tie across lanes: the earlier one
+    x[3] = -torch.inf
+    x[4, 400] = torch.nan
+    x[5, 1001] = 50.0  # the max in the tail after the vector loop
+    x[6, 3] = x[6, 998] = torch.nan
+    x[7, 999] = 7.0
+    x[7, 1000] = 7.0  # a tie inside the tail
+    assert torch.equal(kernels.argmax(x), x.argmax(-1))
+    for v in (1, 5, 8, 9, 16):
+        short = torch.randn(4, v, generator=g).round()  # small integers: many ties
+        assert torch.equal(kernels.argmax(short), short.argmax(-1)), v
+    logits = (torch.randn(64, 4096, generator=g) * 3).round()  # many ties among the largest values
+    assert torch.equal(kernels.argmax(logits), logits.argmax(-1))

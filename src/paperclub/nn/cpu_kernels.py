@@ -40,19 +40,19 @@ class KernelBuild:
 AVX512_BF16 = KernelBuild(
     "paperclub_cpu_kernels",
     frozenset({"avx512f", "avx512_bf16"}),
-    ("linear_cpu.cpp", "amx_cpu.cpp", "attention_cpu.cpp", "block_cpu.cpp", "module_cpu.cpp"),
+    ("linear_cpu.cpp", "amx_cpu.cpp", "attention_cpu.cpp", "block_cpu.cpp", "argmax_cpu.cpp", "module_cpu.cpp"),
     ("-mavx512f", "-mavx512bf16", "-mavx512vl", "-mavx512bw", "-mfma", "-mamx-tile", "-mamx-bf16"),
 )
 AVX512 = KernelBuild(
     "paperclub_cpu_kernels_avx512",
     frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}),
-    ("linear_fma.cpp", "attention_cpu.cpp", "block_cpu.cpp", "module_cpu.cpp"),
+    ("linear_fma.cpp", "attention_cpu.cpp", "block_cpu.cpp", "argmax_cpu.cpp", "module_cpu.cpp"),
     ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),
 )
 AVX2 = KernelBuild(
     "paperclub_cpu_kernels_avx2",
     frozenset({"avx2", "fma", "f16c"}),
-    ("linear_fma.cpp", "attention_cpu.cpp", "block_cpu.cpp", "module_cpu.cpp"),
+    ("linear_fma.cpp", "attention_cpu.cpp", "block_cpu.cpp", "argmax_cpu.cpp", "module_cpu.cpp"),
     ("-mavx2", "-mfma", "-mf16c"),
 )
 BUILDS = (AVX512_BF16, AVX512, AVX2)  # fastest first

@@ -39,7 +39,7 @@ from paperclub.models.llama import AttentionMeta
 from paperclub.ssd.kv_cache import slot_range
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.saguaro import cache_aware
-from paperclub.ssd.sampling import SamplingParams, filtered_probs, make_generator, sample
+from paperclub.ssd.sampling import SamplingParams, filtered_probs, greedy_tokens, make_generator, sample
 from paperclub.ssd.speculation_cache import Speculation, SpeculationCache
 from paperclub.ssd.ssd_config import SSDConfig
 from paperclub.ssd.transport import DRAFT, Channel, TransportError
@@ -208,7 +208,7 @@ class DraftWorker:
     def _draw(self, logits: torch.Tensor, seqs: list[DraftSeq]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One draft token per row (row i belongs to seqs[i]) and, unless all rows are greedy, the q it follows."""
         if all(s.params.greedy for s in seqs):
-            return logits.argmax(-1), None
+            return greedy_tokens(logits), None
         q = filtered_probs(logits, [s.params for s in seqs])
         if self.config.saguaro_c is not None:
             q = cache_aware(q, self.config.fanout_size, self.config.saguaro_c)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from paperclub.errors import UserError
+from paperclub.nn.cpu_kernels import cpu_kernel
 
 
 @dataclass
@@ -57,6 +58,17 @@ def make_generator(seed: int | None) -> torch.Generator:
     return g
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(-1)`, the same answer (first maximum; first NaN), on the CPU kernel for float32 CPU logits:
+    torch's takes 1 ms over 16 rows of a 49152-token vocabulary here, a sixtieth of it."""
+    if logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.numel() == 0:
+        return logits.argmax(-1)
+    kernels = cpu_kernel()
+    if kernels is None:
+        return logits.argmax(-1)
+    return kernels.argmax(logits.reshape(-1, logits.shape[-1])).view(logits.shape[:-1])
+
+
 def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """(B, V) float32 logits -> (B, V) float32 probabilities of each row's filtered distribution."""
     logits = logits.float()
@@ -65,7 +77,7 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
     if greedy:
         rows = torch.tensor(greedy, device=logits.device)
         probs[rows] = 0.0
-        probs[rows, logits[rows].argmax(-1)] = 1.0
+        probs[rows, greedy_tokens(logits[rows])] = 1.0
     for i, p in enumerate(params):
         if p.greedy:
             continue
@@ -103,5 +115,5 @@ def sample_with_uniforms(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def next_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> torch.Tensor:
     """Sample the next token of each row: argmax for greedy rows, filtered sampling for the rest."""
     if all(p.greedy for p in params):
-        return logits.argmax(-1)
+        return greedy_tokens(logits)
     return sample(filtered_probs(logits, params), generators)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from paperclub.ssd.runner import ModelRunner
-from paperclub.ssd.sampling import filtered_probs, next_tokens, sample
+from paperclub.ssd.sampling import filtered_probs, greedy_tokens, next_tokens, sample
 from paperclub.ssd.sequence import Sequence
 from paperclub.ssd.verify import Verdict, draw_uniforms, verify_greedy, verify_sampled
 
@@ -49,7 +49,7 @@ class DraftProposer:
         for i in range(self.k):
             logits = self.runner.append(slots, starts, chunks, True)
             if greedy:
-                t = logits.argmax(-1)
+                t = greedy_tokens(logits)
             else:
                 q = filtered_probs(logits, params)
                 t = sample(q, [s.generator for s in seqs])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from paperclub.ssd.sampling import sample_with_uniforms
+from paperclub.ssd.sampling import greedy_tokens, sample_with_uniforms
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Verdict:
 
 def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Verdict:
     """draft_tokens (B, K), target_logits (B, K+1, V) -> longest matching prefix and the target's next argmax."""
-    target = target_logits.argmax(-1)  # (B, K+1)
+    target = greedy_tokens(target_logits)  # (B, K+1)
     K = draft_tokens.shape[1]
     match = (draft_tokens == target[:, :K]).int()
     n = match.cumprod(dim=1).sum(dim=1)  # (B,)
