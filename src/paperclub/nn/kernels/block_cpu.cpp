@@ -36,9 +36,13 @@ template <typename T>
 inline Raw<T>* raw(T* p) { return reinterpret_cast<Raw<T>*>(p); }
 
 // v rounded to T and back (a no-op for float32).
-inline __m256 round_as(__m256 v, float*) { return v; }
-inline __m256 round_as(__m256 v, c10::BFloat16*) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(to_bf16(v)), 16));
+template <typename T>
+inline __m256 rounded(__m256 v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(to_bf16(v)), 16));
+  }
 }
 
 // y[r] = w * round(x[r] * rsqrt(mean(x[r]^2) + eps)), x and y with row strides (may alias per row); D % 8 == 0.
@@ -57,7 +61,7 @@ void rmsnorm_rows(const T* x, int64_t x_stride, const T* w, T* y, int64_t y_stri
       }
       const __m256 inv = _mm256_set1_ps(1.f / std::sqrt(reduce8(ss) / float(D) + eps));
       for (int64_t d = 0; d < D; d += 8) {
-        const __m256 normed = round_as(_mm256_mul_ps(load8(xr + d), inv), (T*)nullptr);
+        const __m256 normed = rounded<T>(_mm256_mul_ps(load8(xr + d), inv));
         store8(yr + d, _mm256_mul_ps(load8(raw(w) + d), normed));
       }
     }
@@ -71,14 +75,13 @@ inline void rope_head(T* x, const T* cos, const T* sin, int64_t D) {
   const int64_t half = D / 2;
   Raw<T>* xr = raw(x);
   const Raw<T>*c = raw(cos), *s = raw(sin);
-  auto rounded = [](__m256 v) { return round_as(v, (T*)nullptr); };
   for (int64_t i = 0; i < half; i += 8) {
     const __m256 x1 = load8(xr + i), x2 = load8(xr + i + half);
     const __m256 neg_x2 = _mm256_xor_ps(x2, _mm256_set1_ps(-0.f));
-    const __m256 a = _mm256_add_ps(rounded(_mm256_mul_ps(x1, load8(c + i))),
-                                   rounded(_mm256_mul_ps(neg_x2, load8(s + i))));
-    const __m256 b = _mm256_add_ps(rounded(_mm256_mul_ps(x2, load8(c + i + half))),
-                                   rounded(_mm256_mul_ps(x1, load8(s + i + half))));
+    const __m256 a = _mm256_add_ps(rounded<T>(_mm256_mul_ps(x1, load8(c + i))),
+                                   rounded<T>(_mm256_mul_ps(neg_x2, load8(s + i))));
+    const __m256 b = _mm256_add_ps(rounded<T>(_mm256_mul_ps(x2, load8(c + i + half))),
+                                   rounded<T>(_mm256_mul_ps(x1, load8(s + i + half))));
     store8(xr + i, a);
     store8(xr + i + half, b);
   }
@@ -137,7 +140,7 @@ void silu_mul_rows(const T* gu, T* out, int64_t rows, int64_t I) {
       for (int64_t i = 0; i < I; i += 8) {
         const __m256 gv = load8(g + i);
         const __m256 e = exp8(_mm256_xor_ps(gv, _mm256_set1_ps(-0.f)));
-        const __m256 silu = round_as(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.f), e)), (T*)nullptr);
+        const __m256 silu = rounded<T>(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
         store8(o + i, _mm256_mul_ps(silu, load8(u + i)));
       }
     }
