@@ -7,7 +7,8 @@ Measures, in one run and interleaved (ours, transformers, ours, ...):
     and dtype (bf16 by default), prefill included, model loading excluded;
   * our decode step time vs the memory-bandwidth floor (weight bytes per step / read bandwidth of a buffer of
     the same size, measured here with `torch.sum` on 2 threads);
-  * batch 16 throughput against batch 1;
+  * batch 16 throughput against batch 1, a batch-16 run right after each batch-1 run (this machine's speed drifts
+    by up to 1.5x within minutes: runs far apart would compare two different machines);
   * peak RSS of a process that only loads the default model and generates (a separate interpreter).
 """
 
@@ -103,18 +104,19 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
     ids = [llm.encode(p) for p in PROMPTS]
 
-    ours_bs1, hf_bs1, steps = [], [], []
+    ours_bs1, hf_bs1, steps, ours16 = [], [], [], []
     ours_batch(llm, PROMPTS[:1], 8)  # warm-up (allocations, kernels)
+    ours_batch(llm, PROMPTS * 4, 8)
     hf_batch1(hf, ids[0], 8)
     for r in range(args.repeats):
         p = r % len(PROMPTS)
         tps, step = ours_batch(llm, [PROMPTS[p]], args.new_tokens)
         ours_bs1.append(tps)
         steps.append(step)
+        ours16.append(ours_batch(llm, [PROMPTS[i % len(PROMPTS)] for i in range(16)], args.new_tokens)[0])
         hf_bs1.append(hf_batch1(hf, ids[p], args.new_tokens))
-        print(f"run {r}: ours {tps:.1f} tok/s (step {step * 1e3:.1f} ms), transformers {hf_bs1[-1]:.1f} tok/s")
-    ours16 = [ours_batch(llm, [PROMPTS[i % len(PROMPTS)] for i in range(16)], args.new_tokens)[0]
-              for _ in range(max(1, args.repeats // 2))]
+        print(f"run {r}: ours {tps:.1f} tok/s (step {step * 1e3:.1f} ms), batch 16 {ours16[-1]:.1f} tok/s, "
+              f"transformers {hf_bs1[-1]:.1f} tok/s")
     bandwidth = statistics.median(read_bandwidth(weight_bytes) for _ in range(3))
     step = statistics.median(steps)
     floor = weight_bytes / bandwidth
@@ -131,6 +133,7 @@ def main() -> None:
         "bandwidth_floor_ms": floor * 1e3, "fraction_of_floor": floor / step,
         "batch16_tokens_per_s": statistics.median(ours16), "batch16_runs": ours16,
         "batch16_over_batch1": statistics.median(ours16) / statistics.median(ours_bs1),
+        "batch16_over_batch1_paired": statistics.median(b / a for a, b in zip(ours_bs1, ours16, strict=True)),
         "peak_rss_mb": peak_rss_mb(model_dir, args.dtype, args.new_tokens),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
