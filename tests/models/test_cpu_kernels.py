@@ -140,6 +140,25 @@ def test_attention_rows_do_not_depend_on_the_batch(kernels, dtype):
     torch.testing.assert_close(both.float(), ref.transpose(1, 2), atol=tol, rtol=tol)
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_ragged_queries_equal_padded_rows(kernels, dtype):
+    """cu_seqlens: rows of 5, 2 and 0 queries packed together give the padded call's rows, bit for bit."""
+    g = torch.Generator().manual_seed(4)
+    kc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
+    vc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
+    q = torch.randn(3, 5, 4, 16, generator=g).to(dtype)
+    slots, S, lengths = torch.tensor([2, 0, 1]), 20, [5, 2, 0]
+    mask = torch.rand(3, 5, S, generator=g) > 0.3
+    mask[..., 0] = True
+    padded = kernels.attention(q, kc, vc, slots, S, mask, 0.25)
+    real = torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]
+    packed = kernels.attention(q[real].contiguous(), kc, vc, slots, S, mask, 0.25, torch.tensor([0, 5, 7, 7]))
+    assert packed.shape == (7, 4, 16) and torch.equal(packed, padded[real])
+    with pytest.raises(RuntimeError, match="cu_seqlens"):
+        kernels.attention(q[real].contiguous(), kc, vc, slots, S, mask, 0.25, torch.tensor([0, 5, 8, 7]))
+
+
 def _block_inputs(cfg: ModelConfig, dtype, T: int, start: int):
     g = torch.Generator().manual_seed(2)
     torch.manual_seed(3)

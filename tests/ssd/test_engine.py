@@ -125,8 +125,9 @@ def test_length_groups_bound_padding_and_cover_every_row():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_uneven_batched_prefill_equals_one_prompt_at_a_time(pair, dtype):
-    """Prompts of very different lengths are prefilled in length groups; the logits equal those of each prompt
-    alone (bit for bit with the batch-invariant CPU kernels)."""
+    """Prompts of very different lengths are prefilled together (packed without padding by the compiled CPU
+    kernels, in length groups by torch's ops); the logits equal those of each prompt alone (bit for bit with the
+    batch-invariant CPU kernels)."""
     _, model, _ = pair
     model = model.to(dtype)
     try:

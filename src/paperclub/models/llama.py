@@ -31,6 +31,7 @@ class AttentionMeta:
     kv_len: int  # S: attention reads cache entries [0, S) of each slot
     mask: torch.Tensor | None  # (B, 1, T, S) bool, True = may attend; None = attend to all S
     slot_range: tuple[int, int] | None = None  # rows are slots [a, b): read the cache as a view, no gather
+    lengths: list[int] | None = None  # real tokens per row when rows are padded to T (a ragged prefill), else None
 
 
 class Attention(nn.Module):
@@ -160,6 +161,8 @@ class Llama(nn.Module):
 
     def forward(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
         """tokens, positions: (B, T). Returns the final-normed hidden states (B, T, D)."""
+        if meta.lengths is not None and self.runs_fused(k_caches[0]):
+            return self._forward_ragged(tokens, positions, k_caches, v_caches, meta)
         x = self.embed(tokens)
         cos = self.rope_cos[positions].to(x.dtype)[:, :, None]  # (B, T, 1, hd)
         sin = self.rope_sin[positions].to(x.dtype)[:, :, None]
@@ -171,6 +174,28 @@ class Llama(nn.Module):
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         return self.norm(x)
+
+    def runs_fused(self, k_cache: torch.Tensor) -> bool:
+        """Whether forwards run as one compiled call (`nn/kernels/block_cpu.cpp`), which also takes ragged rows."""
+        return len(self.layers) > 0 and self.layers[0]._fused(self.embed.weight, k_cache)
+
+    def _forward_ragged(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
+        """`forward` for rows padded to T with only `meta.lengths[b]` real tokens each (a batched prefill): the real
+        tokens are packed row after row and the padding is never computed. Padding positions of the result are 0."""
+        B, T = tokens.shape
+        lengths = torch.tensor(meta.lengths, device=tokens.device)
+        real = (torch.arange(T, device=tokens.device)[None, :] < lengths[:, None]).view(-1)  # (B*T,) row-major
+        cu = torch.zeros(B + 1, dtype=torch.int64)
+        cu[1:] = torch.cumsum(lengths.cpu(), 0)
+        x = self.embed(tokens.view(-1)[real])  # (N, D)
+        pos = positions.reshape(-1)[real]
+        cos, sin = self.rope_cos[pos].to(x.dtype), self.rope_sin[pos].to(x.dtype)
+        x = cpu_kernel().layers(x.contiguous(), self._block_params(), list(k_caches), list(v_caches), cos, sin,
+                                meta.slots, meta.write_index.reshape(-1)[real], meta.kv_len, meta.mask,
+                                self.cfg.num_heads, self.cfg.rms_norm_eps, cu)
+        out = x.new_zeros(B * T, x.shape[-1])
+        out[real] = self.norm(x)
+        return out.view(B, T, -1)
 
     def _block_params(self) -> list[torch.Tensor | None]:
         """Every block's tensors in the order `layers` (`nn/kernels/block_cpu.cpp`) takes them. The Parameter

@@ -95,6 +95,7 @@ def causal_meta(
             mask &= j > write[:, :, None] - window
         mask = mask[:, None]  # (B, 1, T, S)
     meta = AttentionMeta(
-        slots=torch.tensor(slots, device=device), write_index=write, kv_len=S, mask=mask, slot_range=slot_range(slots)
+        slots=torch.tensor(slots, device=device), write_index=write, kv_len=S, mask=mask, slot_range=slot_range(slots),
+        lengths=None if min(lengths) == T else list(lengths),
     )
     return meta, write

@@ -18,7 +18,7 @@ def length_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
     """Split rows into groups, longest first, so that padding each group to its longest row costs at most `slack`
     times the real tokens. A batch is padded to its longest row, so 16 prompts of 37-321 tokens padded together
     would run 3.7x the real rows; each group is one forward. With batch-invariant kernels the logits do not depend
-    on the grouping."""
+    on the grouping. Used on the torch path only: the compiled CPU kernels pack ragged rows without padding."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: list[list[int]] = []
     real = 0
@@ -62,7 +62,7 @@ class ModelRunner:
             except RuntimeError as e:  # the forward re-runs eagerly below (it rewrites the same K/V)
                 log.warning("CUDA graphs turned off for this model: capture or replay failed (%s)", e)
                 self.graphs = None
-        if last_only and len(chunks) > 1:
+        if last_only and len(chunks) > 1 and not self.model.runs_fused(self.cache.k[0]):  # (it packs ragged rows)
             groups = length_groups(lengths)
             if len(groups) > 1:  # e.g. a batched prefill of prompts of very different lengths
                 logits = [self.append([slots[i] for i in g], [starts[i] for i in g], [chunks[i] for i in g], True)

@@ -31,9 +31,10 @@ inline const float* as_float(const uint16_t* p, int64_t n, std::vector<float>& b
 
 // NV = D / 8 vectors per head, a compile-time constant so that a query and its output accumulators live in
 // registers (with a run-time count they went through memory: a store-to-load chain per key in the value sum).
+// Row b's queries are q rows [cu[b], cu[b + 1]) (at most Tq of them; the mask has Tq per row).
 template <int NV, typename T>
-void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const bool* mask, T* out, int64_t B,
-            int64_t Tq, int64_t H, int64_t Hkv, int64_t cap, int64_t S, float scale) {
+void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const int64_t* cu, const bool* mask, T* out,
+            int64_t B, int64_t Tq, int64_t H, int64_t Hkv, int64_t cap, int64_t S, float scale) {
   constexpr int64_t nvec = NV, D = 8 * NV;
   const int64_t G = H / Hkv, S8 = (S + 7) / 8 * 8;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -46,12 +47,14 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const bo
     __m256 acc[NV], qv[NV];
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / (Hkv * blocks), hk = (i / blocks) % Hkv, t0 = (i % blocks) * kQueryBlock;
+      const int64_t nq = cu[b + 1] - cu[b];
+      if (t0 >= nq) continue;  // a short row of a ragged batch
       const float* K = as_float(kc + (slots[b] * Hkv + hk) * cap * D, S * D, kbuf);
       const float* V = as_float(vc + (slots[b] * Hkv + hk) * cap * D, S * D, vbuf);
-      for (int64_t t = t0; t < std::min(Tq, t0 + kQueryBlock); ++t) {
+      for (int64_t t = t0; t < std::min(nq, t0 + kQueryBlock); ++t) {
         const bool* m = mask ? mask + (b * Tq + t) * S : nullptr;
         for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
-          const T* qi = q + ((b * Tq + t) * H + h) * D;
+          const T* qi = q + ((cu[b] + t) * H + h) * D;
           for (int64_t d = 0; d < nvec; ++d) qv[d] = load8(qi + 8 * d);
           // Scores four keys at a time: four independent multiply-add chains instead of one, each key's sum in
           // the same order as alone.
@@ -92,7 +95,7 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const bo
             for (int64_t d = 0; d < nvec; ++d) acc[d] = _mm256_fmadd_ps(pv, load8(V + s * D + 8 * d), acc[d]);
           }
           const __m256 inv = _mm256_set1_ps(sum > 0.f ? 1.f / sum : 0.f);
-          T* o = out + ((b * Tq + t) * H + h) * D;
+          T* o = out + ((cu[b] + t) * H + h) * D;
           for (int64_t d = 0; d < nvec; ++d) store8(o + 8 * d, _mm256_mul_ps(acc[d], inv));
         }
       }
@@ -102,11 +105,12 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const bo
 
 // attend<D / 8> for head sizes 16, 32, ..., 256.
 template <typename T, int NV = 2>
-void attend_d(int64_t D, const T* q, const T* kc, const T* vc, const int64_t* slots, const bool* mask, T* out,
-              int64_t B, int64_t Tq, int64_t H, int64_t Hkv, int64_t cap, int64_t S, float scale) {
+void attend_d(int64_t D, const T* q, const T* kc, const T* vc, const int64_t* slots, const int64_t* cu,
+              const bool* mask, T* out, int64_t B, int64_t Tq, int64_t H, int64_t Hkv, int64_t cap, int64_t S,
+              float scale) {
   if constexpr (NV <= 32) {
-    if (D == 8 * NV) return attend<NV, T>(q, kc, vc, slots, mask, out, B, Tq, H, Hkv, cap, S, scale);
-    attend_d<T, NV + 2>(D, q, kc, vc, slots, mask, out, B, Tq, H, Hkv, cap, S, scale);
+    if (D == 8 * NV) return attend<NV, T>(q, kc, vc, slots, cu, mask, out, B, Tq, H, Hkv, cap, S, scale);
+    attend_d<T, NV + 2>(D, q, kc, vc, slots, cu, mask, out, B, Tq, H, Hkv, cap, S, scale);
   } else {
     TORCH_CHECK(false, "attention: head size ", D, " is not one of 16, 32, ..., 256");
   }
@@ -114,14 +118,35 @@ void attend_d(int64_t D, const T* q, const T* kc, const T* vc, const int64_t* sl
 
 }  // namespace
 
-// q: (B, T, H, D); k_cache, v_cache: (slots, Hkv, cap, D); slots: (B,) int64; mask: (B, T, S) bool or None.
+// q: (B, T, H, D), or (N, H, D) with cu_seqlens (B + 1,): the queries of a ragged batch packed row after row, row
+// b's at [cu_seqlens[b], cu_seqlens[b + 1]) (no padding rows to compute). k_cache, v_cache: (slots, Hkv, cap, D);
+// slots: (B,) int64; mask: (B, T, S) bool or None, T = the longest row. The output has q's shape.
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale) {
-  TORCH_CHECK(q.dim() == 4 && k_cache.dim() == 4 && q.scalar_type() == k_cache.scalar_type(), "attention: shapes");
+                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale,
+                        c10::optional<torch::Tensor> cu_seqlens) {
+  const bool ragged = cu_seqlens.has_value() && cu_seqlens->defined();
+  TORCH_CHECK(q.dim() == (ragged ? 3 : 4) && k_cache.dim() == 4 && q.scalar_type() == k_cache.scalar_type(),
+              "attention: shapes");
   TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(), "attention: layout");
-  const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2), D = q.size(3);
+  const int64_t B = slots.numel(), H = q.size(-2), D = q.size(-1);
   const int64_t Hkv = k_cache.size(1), cap = k_cache.size(2);
   TORCH_CHECK(D % 16 == 0 && D <= 256 && H % Hkv == 0 && S <= cap, "attention: unsupported head layout");
+  std::vector<int64_t> cu(B + 1);
+  int64_t Tq = 0;
+  if (ragged) {
+    auto c = cu_seqlens->to(torch::kInt64).contiguous();
+    TORCH_CHECK(c.numel() == B + 1, "attention: cu_seqlens must have one entry per row, plus one");
+    std::copy(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + B + 1, cu.begin());
+    TORCH_CHECK(cu[0] == 0 && cu[B] == q.size(0), "attention: cu_seqlens must run from 0 to the number of queries");
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(cu[b + 1] >= cu[b], "attention: cu_seqlens must not decrease");
+      Tq = std::max(Tq, cu[b + 1] - cu[b]);
+    }
+  } else {
+    TORCH_CHECK(q.size(0) == B, "attention: one slot per row");
+    Tq = q.size(1);
+    for (int64_t b = 0; b <= B; ++b) cu[b] = b * Tq;
+  }
   auto slots_c = slots.to(torch::kInt64).contiguous();
   torch::Tensor mask;
   const bool* mp = nullptr;
@@ -135,12 +160,13 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_
     attend_d<uint16_t>(D, reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>()),
                        reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>()),
                        reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>()),
-                       slots_c.data_ptr<int64_t>(), mp, reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), B,
-                       Tq, H, Hkv, cap, S, (float)scale);
+                       slots_c.data_ptr<int64_t>(), cu.data(), mp,
+                       reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), B, Tq, H, Hkv, cap, S, (float)scale);
   } else {
     TORCH_CHECK(q.scalar_type() == torch::kFloat32, "attention: bf16 or fp32");
     attend_d<float>(D, q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
-                    slots_c.data_ptr<int64_t>(), mp, out.data_ptr<float>(), B, Tq, H, Hkv, cap, S, (float)scale);
+                    slots_c.data_ptr<int64_t>(), cu.data(), mp, out.data_ptr<float>(), B, Tq, H, Hkv, cap, S,
+                    (float)scale);
   }
   return out;
 }

@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "vec_avx2.h"
 
@@ -21,7 +22,8 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tens
 int64_t weight_out_features(const torch::Tensor& w);  // N and K of a weight, packed (`pack`) or not
 int64_t weight_in_features(const torch::Tensor& w);
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale);  // attention_cpu.cpp
+                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale,
+                        c10::optional<torch::Tensor> cu_seqlens);  // attention_cpu.cpp
 
 namespace {
 
@@ -89,19 +91,20 @@ inline void rope_head(T* x, const T* cos, const T* sin, int64_t D) {
 
 template <typename T>
 struct BlockArgs {
-  int64_t B, Tq, D, H, Hkv, hd, I, cap;
+  int64_t rows, D, H, Hkv, hd, I, cap;
   float eps;
 };
 
-// From the qkv projection (rows = B*T, width (H + 2 Hkv) hd): optional q/k norm, rope, q out, k/v to the cache.
+// From the qkv projection (one row per token, width (H + 2 Hkv) hd): optional q/k norm, rope, q out, k/v to the
+// cache slot of the token's batch row (`row_b`).
 template <typename T>
 void qkv_epilogue(const BlockArgs<T>& a, T* qkv, const T* q_norm, const T* k_norm, const T* cos, const T* sin,
-                  const int64_t* slots, const int64_t* write_index, T* q_out, T* kc, T* vc) {
+                  const int64_t* slots, const int64_t* row_b, const int64_t* write_index, T* q_out, T* kc, T* vc) {
   const int64_t width = (a.H + 2 * a.Hkv) * a.hd;
-  at::parallel_for(0, a.B * a.Tq, kRowGrain, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, a.rows, kRowGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       T* row = qkv + r * width;
-      const int64_t b = r / a.Tq;
+      const int64_t b = row_b[r];
       const T* c = cos + r * a.hd;
       const T* s = sin + r * a.hd;
       if (q_norm) rmsnorm_rows(row, a.hd, q_norm, row, a.hd, a.H, a.hd, a.eps);
@@ -154,44 +157,67 @@ const T* opt_ptr(const c10::optional<torch::Tensor>& t) {
 
 }  // namespace
 
-// x: (B, T, D); cos, sin: (B, T, [1,] hd) in x's dtype; caches: (slots, Hkv, cap, hd); slots: (B,);
-// write_index: (B, T); mask: (B, [1,] T, S) bool or None. Returns the block's output (B, T, D); x is not changed.
+// x: (B, T, D), or (N, D) with cu_seqlens (B + 1,): the tokens of a ragged batch packed row after row, row b's at
+// [cu_seqlens[b], cu_seqlens[b + 1]), so that a batched prefill of prompts of different lengths computes no padding.
+// cos, sin: one hd-vector per token in x's dtype; caches: (slots, Hkv, cap, hd); slots: (B,); write_index: one
+// cache index per token; mask: (B, [1,] T, S) bool or None, T = the longest row. Returns the block's output, shaped
+// as x; x is not changed.
 torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qkv, c10::optional<torch::Tensor> b_qkv,
                     c10::optional<torch::Tensor> q_norm, c10::optional<torch::Tensor> k_norm, torch::Tensor w_o,
                     c10::optional<torch::Tensor> b_o, torch::Tensor mlp_norm, torch::Tensor w_gate_up,
                     torch::Tensor w_down, torch::Tensor cos, torch::Tensor sin, torch::Tensor k_cache,
                     torch::Tensor v_cache, torch::Tensor slots, torch::Tensor write_index, int64_t S,
-                    c10::optional<torch::Tensor> mask, int64_t num_heads, double eps) {
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "block: x must be a contiguous (B, T, D) tensor");
+                    c10::optional<torch::Tensor> mask, int64_t num_heads, double eps,
+                    c10::optional<torch::Tensor> cu_seqlens) {
+  const bool ragged = cu_seqlens.has_value() && cu_seqlens->defined();
+  TORCH_CHECK(x.dim() == (ragged ? 2 : 3) && x.is_contiguous(),
+              "block: x must be a contiguous (B, T, D) tensor, or (N, D) with cu_seqlens");
   TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
               "block: layout");
-  const int64_t B = x.size(0), Tq = x.size(1), D = x.size(2), rows = B * Tq;
+  const int64_t B = slots.numel(), D = x.size(-1), rows = x.numel() / D;
   const int64_t Hkv = k_cache.size(1), cap = k_cache.size(2), hd = k_cache.size(3), H = num_heads;
   const int64_t I = weight_in_features(w_down);
   TORCH_CHECK(I % 8 == 0, "block: the MLP width must be a multiple of 8");
   TORCH_CHECK(weight_out_features(w_qkv) == (H + 2 * Hkv) * hd && weight_out_features(w_o) == D &&
                   weight_out_features(w_gate_up) == 2 * I && weight_out_features(w_down) == D && hd % 16 == 0 &&
-                  D % 8 == 0 && cos.numel() == rows * hd,
+                  D % 8 == 0 && cos.numel() == rows * hd && write_index.numel() == rows,
               "block: shapes");
   TORCH_CHECK(slots.scalar_type() == torch::kInt64 && write_index.scalar_type() == torch::kInt64, "block: int64 ids");
   auto slots_c = slots.contiguous();
   auto write_c = write_index.contiguous();
+  std::vector<int64_t> row_b(rows);  // the batch row of each token
+  int64_t Tq = 0;
+  if (ragged) {
+    auto cu = cu_seqlens->to(torch::kInt64).contiguous();
+    const int64_t* c = cu.data_ptr<int64_t>();
+    TORCH_CHECK(cu.numel() == B + 1 && c[0] == 0 && c[B] == rows,
+                "block: cu_seqlens must run from 0 to the number of tokens, one entry per row plus one");
+    for (int64_t b = 0; b < B; ++b) TORCH_CHECK(c[b + 1] >= c[b], "block: cu_seqlens must not decrease");
+    for (int64_t b = 0; b < B; ++b) {
+      std::fill(row_b.begin() + c[b], row_b.begin() + c[b + 1], b);
+      Tq = std::max(Tq, c[b + 1] - c[b]);
+    }
+  } else {
+    TORCH_CHECK(x.size(0) == B, "block: one slot per row");
+    Tq = x.size(1);
+    for (int64_t r = 0; r < rows; ++r) row_b[r] = r / Tq;
+  }
   c10::optional<torch::Tensor> mask3;
   if (mask.has_value() && mask->defined()) mask3 = mask->reshape({B, Tq, S});
 
   auto x2 = x.view({rows, D});
   auto h = torch::empty_like(x2);
   auto out = torch::empty_like(x2);
-  auto q = torch::empty({B, Tq, H, hd}, x.options());
+  auto q = ragged ? torch::empty({rows, H, hd}, x.options()) : torch::empty({B, Tq, H, hd}, x.options());
   auto run = [&](auto zero) {
     using T = decltype(zero);
-    const BlockArgs<T> a{B, Tq, D, H, Hkv, hd, I, cap, (float)eps};
+    const BlockArgs<T> a{rows, D, H, Hkv, hd, I, cap, (float)eps};
     rmsnorm_rows(x2.data_ptr<T>(), D, attn_norm.data_ptr<T>(), h.data_ptr<T>(), D, rows, D, a.eps);
     auto qkv = ::linear(h, w_qkv, b_qkv);
     qkv_epilogue(a, qkv.data_ptr<T>(), opt_ptr<T>(q_norm), opt_ptr<T>(k_norm), cos.data_ptr<T>(), sin.data_ptr<T>(),
-                 slots_c.data_ptr<int64_t>(), write_c.data_ptr<int64_t>(), q.data_ptr<T>(), k_cache.data_ptr<T>(),
-                 v_cache.data_ptr<T>());
-    auto att = ::attention(q, k_cache, v_cache, slots_c, S, mask3, 1.0 / std::sqrt((double)hd));
+                 slots_c.data_ptr<int64_t>(), row_b.data(), write_c.data_ptr<int64_t>(), q.data_ptr<T>(),
+                 k_cache.data_ptr<T>(), v_cache.data_ptr<T>());
+    auto att = ::attention(q, k_cache, v_cache, slots_c, S, mask3, 1.0 / std::sqrt((double)hd), cu_seqlens);
     auto o = ::linear(att.view({rows, H * hd}), w_o, b_o);
     add(x2.data_ptr<T>(), o.data_ptr<T>(), out.data_ptr<T>(), rows * D);
     rmsnorm_rows(out.data_ptr<T>(), D, mlp_norm.data_ptr<T>(), h.data_ptr<T>(), D, rows, D, a.eps);
@@ -207,7 +233,7 @@ torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qk
     TORCH_CHECK(x.scalar_type() == torch::kFloat32, "block: bf16 or fp32");
     run(0.f);
   }
-  return out.view({B, Tq, D});
+  return out.view(x.sizes());
 }
 
 // All decoder blocks of a model in one call. params: per layer, in this order, [attn_norm, w_qkv, b_qkv, q_norm,
@@ -215,14 +241,15 @@ torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qk
 torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> params,
                      std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches, torch::Tensor cos,
                      torch::Tensor sin, torch::Tensor slots, torch::Tensor write_index, int64_t S,
-                     c10::optional<torch::Tensor> mask, int64_t num_heads, double eps) {
+                     c10::optional<torch::Tensor> mask, int64_t num_heads, double eps,
+                     c10::optional<torch::Tensor> cu_seqlens) {
   constexpr size_t kPerLayer = 10;
   TORCH_CHECK(params.size() == kPerLayer * k_caches.size() && k_caches.size() == v_caches.size(),
               "layers: one set of parameters and caches per layer");
   for (size_t l = 0; l < k_caches.size(); ++l) {
     const auto* p = &params[kPerLayer * l];
     x = block(x, *p[0], *p[1], p[2], p[3], p[4], *p[5], p[6], *p[7], *p[8], *p[9], cos, sin, k_caches[l],
-              v_caches[l], slots, write_index, S, mask, num_heads, eps);
+              v_caches[l], slots, write_index, S, mask, num_heads, eps, cu_seqlens);
   }
   return x;
 }
