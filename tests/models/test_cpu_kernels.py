@@ -142,6 +142,34 @@ def test_attention_rows_do_not_depend_on_the_batch(kernels, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_long_contexts_merge_key_chunks_the_same_way_at_every_batch(kernels, dtype):
+    """333 keys are three chunks. Sixteen rows run each query's chunks in one task; one query alone spreads its
+    chunks over the threads and merges them afterwards. Same bits either way, and close to torch's attention
+    (including a query whose first chunk is entirely masked and one that sees a single key)."""
+    g = torch.Generator().manual_seed(5)
+    B, T, S = 16, 3, 333
+    kc = torch.randn(B, 2, 400, 16, generator=g).to(dtype)
+    vc = torch.randn(B, 2, 400, 16, generator=g).to(dtype)
+    q = torch.randn(B, T, 4, 16, generator=g).to(dtype)
+    slots = torch.randperm(B, generator=g)
+    mask = torch.rand(B, T, S, generator=g) > 0.5
+    mask[:, :, 300] = True
+    mask[0, 1, :128] = False
+    mask[1, 2] = False
+    mask[1, 2, 77] = True
+    many = kernels.attention(q, kc, vc, slots, S, mask, 0.25)
+    for b, t in [(0, 0), (0, 1), (1, 2), (7, 1), (15, 2)]:
+        one = kernels.attention(q[b : b + 1, t : t + 1].contiguous(), kc, vc, slots[b : b + 1], S,
+                                mask[b : b + 1, t : t + 1].contiguous(), 0.25)
+        assert torch.equal(many[b : b + 1, t : t + 1], one), (b, t)
+    keys = kc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()
+    values = vc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2).float(), keys, values, attn_mask=mask[:, None], scale=0.25)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(many.float(), ref.transpose(1, 2), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_packed_ragged_queries_equal_padded_rows(kernels, dtype):
     """cu_seqlens: rows of 5, 2 and 0 queries packed together give the padded call's rows, bit for bit."""
     g = torch.Generator().manual_seed(4)

@@ -1,16 +1,23 @@
 // Batch-invariant attention over a slot KV cache for x86 CPUs: 8-lane AVX2+FMA code, the same source in every
 // build (see cpu_kernels.py).
 //
-// Every (row b, query t, head h) is computed on its own, in one fixed order: scores over the visible cache
-// entries left to right, softmax with one running sum, values accumulated left to right. The result for a
-// query therefore does not depend on how many other queries or rows share the call (decode, K+1-token
-// verification, branch decoding, batch 1 or 16 all give the same bits). K/V are read from the cache slot in
-// place: no gather, no padding to a common length beyond the mask; bf16 ones are widened to float32 once per KV
-// head and shared by the query heads of its GQA group. Four score chains, that sharing and a vector e^x together,
-// on a 2-core Ice Lake Xeon with SmolLM2-135M's heads (9 query, 3 KV), 16 rows, one layer, three runs against
-// the one-head-per-task version: 100 keys 272-317 -> 195-270 us, 300 keys 718-915 -> 565-571 us; one row alike.
+// Every (row b, query t, head h) is computed on its own, in one fixed order. The visible cache entries are cut
+// into chunks of kKeyChunk keys at fixed positions (0-127, 128-255, ...). In each chunk: every key's score (a dot
+// product in a fixed tree), the chunk's max, e^(score - max) and their sum (a fixed tree), values accumulated left
+// to right. The chunks' results are then merged in chunk order (the log-sum-exp rescaling of flash-decoding,
+// which lets one query's chunks run on different threads). Nothing of this depends on how many other
+// queries or rows share the call, so decode, K+1-token verification, branch decoding, batch 1 or 16 all give the
+// same bits. Which thread computes a chunk does depend on it: with few (row, KV head) pairs (batch-1 decode has 3)
+// the chunks of one query are spread over the threads and merged afterwards; with many, one task runs its chunks
+// one after the other and merges as it goes. Both merge the same partial results in the same order.
+//
+// K/V are read from the cache slot in place: no gather, no padding to a common length beyond the mask; bf16 ones
+// are widened to float32 one chunk at a time (a buffer that stays in L1/L2) per KV head and shared by the query
+// heads of its GQA group. Measured on a 2-core Ice Lake Xeon, SmolLM2-135M, bf16, batch 1 decode step against the
+// one-task-per-KV-head version (3 tasks on 2 threads, the whole context widened at once): see BENCHMARKS.md.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -21,12 +28,103 @@
 namespace {
 
 constexpr int64_t kQueryBlock = 8;  // queries of one row per task: they share the widened keys and values
+constexpr int64_t kKeyChunk = 128;  // keys per chunk (fixed positions: part of the arithmetic, see the top)
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// keys or values [0, n) of one cache slot and head as float32 (bf16 widens exactly; float32 is used in place).
-inline const float* as_float(const float* p, int64_t, std::vector<float>&) { return p; }
-inline const float* as_float(const uint16_t* p, int64_t n, std::vector<float>& buf) {
-  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(buf.data() + i, load8(p + i));
-  return buf.data();
+// Keys or values [0, n) of one cache slot and head as float32 in `buf` (bf16 widens exactly), zero rows added up to
+// a multiple of 8 keys: the scores are computed 8 keys at a time.
+template <typename T>
+inline const float* as_float(const T* p, int64_t n, int64_t D, std::vector<float>& buf) {
+  const int64_t n8 = (n + 7) / 8 * 8;
+  float* dst = buf.data();  // (a local: through buf.data() every store could move the vector's own pointer)
+  for (int64_t i = 0; i < n * D; i += 8) store8(dst + i, load8(p + i));
+  std::fill(dst + n * D, dst + n8 * D, 0.f);
+  return dst;
+}
+
+inline float exp1(float x) { return _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(x)))); }
+
+// Lane j: the sum of d[j]'s 8 lanes, ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)) for every j.
+inline __m256 sum8x8(const __m256 (&d)[8]) {
+  const __m256 t0 = _mm256_hadd_ps(d[0], d[1]), t1 = _mm256_hadd_ps(d[2], d[3]);
+  const __m256 t2 = _mm256_hadd_ps(d[4], d[5]), t3 = _mm256_hadd_ps(d[6], d[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);  // per 128-bit half: keys 0-3 | 4-7
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// 8 lanes: which of keys [s, s + 8) the query sees (all ones) and which it does not (zero).
+inline __m256 visible8(const bool* m, int64_t s, int64_t n) {
+  alignas(32) int32_t v[8];
+  for (int j = 0; j < 8; ++j) v[j] = s + j < n && (!m || m[s + j]) ? -1 : 0;
+  return _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(v)));
+}
+
+// One query head against the n keys of a chunk (K, V: float32, row-major, K zero-padded to a multiple of 8 keys;
+// mask row m or null): the chunk's max score mx (-inf when it sees no key), sum = sum_s e^(score_s - mx) and
+// acc = sum_s e^(score_s - mx) v_s, over the visible keys. Each key's score, and every sum, in a fixed order.
+template <int NV>
+inline void chunk_attend(const __m256 (&qv)[NV], const float* K, const float* V, int64_t n, const bool* m,
+                         float scale, float* score, float& mx, float& sum, __m256 (&acc)[NV]) {
+  constexpr int64_t D = 8 * NV;
+  const int64_t n8 = (n + 7) / 8 * 8;
+  const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(kNegInf);
+  __m256 vmax = ninf;
+  for (int64_t s = 0; s < n8; s += 8) {  // 8 keys: 8 independent multiply-add chains, one transposing reduction
+    const float* k0 = K + s * D;
+    __m256 d[8];
+    for (int j = 0; j < 8; ++j) d[j] = _mm256_setzero_ps();
+    for (int v = 0; v < NV; ++v)
+      for (int j = 0; j < 8; ++j) d[j] = _mm256_fmadd_ps(qv[v], load8(k0 + j * D + 8 * v), d[j]);
+    const __m256 sc = _mm256_blendv_ps(ninf, _mm256_mul_ps(sum8x8(d), vscale), visible8(m, s, n));
+    store8(score + s, sc);
+    vmax = _mm256_max_ps(vmax, sc);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  mx = *std::max_element(lanes, lanes + 8);  // exact whatever the order
+  sum = 0.f;
+  for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
+  if (mx == kNegInf) return;
+  const __m256 vmx = _mm256_set1_ps(mx);
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t s = 0; s < n8; s += 8) {  // masked keys' weights are exactly 0 (e^x of -inf would be ~1e-38)
+    const __m256 sc = load8(score + s);
+    const __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(sc, vmx)), _mm256_cmp_ps(sc, ninf, _CMP_NEQ_OQ));
+    store8(score + s, p);
+    vsum = _mm256_add_ps(vsum, p);
+  }
+  sum = reduce8(vsum);
+  for (int64_t s = 0; s < n; ++s) {
+    const float p = score[s];
+    if (p == 0.f) continue;  // not visible (so a stale, never-written cache entry cannot reach the output)
+    const __m256 pv = _mm256_set1_ps(p);
+    for (int v = 0; v < NV; ++v) acc[v] = _mm256_fmadd_ps(pv, load8(V + s * D + 8 * v), acc[v]);
+  }
+}
+
+// What a query head has seen so far, in memory: [max, sum, acc (D floats)]. Starts as {-inf, 0, 0...}; merging a
+// chunk rescales both sides to the larger max. A first visible chunk is taken as it is (no rescaling), so a
+// context of one chunk gives exactly the single-pass softmax.
+template <int NV>
+inline void merge(float* state, float mx, float sum, const __m256 (&acc)[NV]) {
+  if (mx == kNegInf) return;  // the chunk sees no key
+  float* a = state + 2;
+  if (state[0] == kNegInf) {
+    state[0] = mx, state[1] = sum;
+    for (int d = 0; d < NV; ++d) _mm256_storeu_ps(a + 8 * d, acc[d]);
+    return;
+  }
+  const float m = std::max(state[0], mx), old = exp1(state[0] - m), add = exp1(mx - m);
+  const __m256 vo = _mm256_set1_ps(old), va = _mm256_set1_ps(add);
+  for (int d = 0; d < NV; ++d)
+    _mm256_storeu_ps(a + 8 * d, _mm256_fmadd_ps(acc[d], va, _mm256_mul_ps(_mm256_loadu_ps(a + 8 * d), vo)));
+  state[0] = m, state[1] = state[1] * old + sum * add;
+}
+
+template <int NV, typename T>
+inline void finish(const float* state, T* o) {
+  const __m256 inv = _mm256_set1_ps(state[1] > 0.f ? 1.f / state[1] : 0.f);
+  for (int d = 0; d < NV; ++d) store8(o + 8 * d, _mm256_mul_ps(_mm256_loadu_ps(state + 2 + 8 * d), inv));
 }
 
 // NV = D / 8 vectors per head, a compile-time constant so that a query and its output accumulators live in
@@ -35,69 +133,95 @@ inline const float* as_float(const uint16_t* p, int64_t n, std::vector<float>& b
 template <int NV, typename T>
 void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const int64_t* cu, const bool* mask, T* out,
             int64_t B, int64_t Tq, int64_t H, int64_t Hkv, int64_t cap, int64_t S, float scale) {
-  constexpr int64_t nvec = NV, D = 8 * NV;
-  const int64_t G = H / Hkv, S8 = (S + 7) / 8 * 8;
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  // One task per (row, KV head, block of up to kQueryBlock queries): the G query heads that share a KV head (GQA)
-  // and the queries of the block (verification, branch decoding, prefill) read its keys and values widened to
-  // float32 once.
-  const int64_t blocks = (Tq + kQueryBlock - 1) / kQueryBlock;
-  at::parallel_for(0, B * Hkv * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> score(S8), kbuf(std::is_same_v<T, float> ? 0 : S * D), vbuf(kbuf.size());
-    __m256 acc[NV], qv[NV];
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / (Hkv * blocks), hk = (i / blocks) % Hkv, t0 = (i % blocks) * kQueryBlock;
-      const int64_t nq = cu[b + 1] - cu[b];
-      if (t0 >= nq) continue;  // a short row of a ragged batch
-      const float* K = as_float(kc + (slots[b] * Hkv + hk) * cap * D, S * D, kbuf);
-      const float* V = as_float(vc + (slots[b] * Hkv + hk) * cap * D, S * D, vbuf);
-      for (int64_t t = t0; t < std::min(nq, t0 + kQueryBlock); ++t) {
-        const bool* m = mask ? mask + (b * Tq + t) * S : nullptr;
-        for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
-          const T* qi = q + ((cu[b] + t) * H + h) * D;
-          for (int64_t d = 0; d < nvec; ++d) qv[d] = load8(qi + 8 * d);
-          // Scores four keys at a time: four independent multiply-add chains instead of one, each key's sum in
-          // the same order as alone.
-          int64_t s = 0;
-          for (; s + 4 <= S; s += 4) {
-            const float* k0 = K + s * D;
-            __m256 d0 = _mm256_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
-            for (int64_t d = 0; d < nvec; ++d) {
-              d0 = _mm256_fmadd_ps(qv[d], load8(k0 + 8 * d), d0);
-              d1 = _mm256_fmadd_ps(qv[d], load8(k0 + D + 8 * d), d1);
-              d2 = _mm256_fmadd_ps(qv[d], load8(k0 + 2 * D + 8 * d), d2);
-              d3 = _mm256_fmadd_ps(qv[d], load8(k0 + 3 * D + 8 * d), d3);
-            }
-            score[s] = reduce8(d0) * scale;
-            score[s + 1] = reduce8(d1) * scale;
-            score[s + 2] = reduce8(d2) * scale;
-            score[s + 3] = reduce8(d3) * scale;
-          }
-          for (; s < S; ++s) {
-            __m256 dot = _mm256_setzero_ps();
-            for (int64_t d = 0; d < nvec; ++d) dot = _mm256_fmadd_ps(qv[d], load8(K + s * D + 8 * d), dot);
-            score[s] = reduce8(dot) * scale;
-          }
-          float mx = kNegInf;
-          for (s = 0; s < S8; ++s) {  // masked entries were scored too (stale cache slots, maybe): drop them
-            if (s >= S || (m && !m[s])) score[s] = kNegInf;
-            mx = std::max(mx, score[s]);
-          }
-          const __m256 vmx = _mm256_set1_ps(mx);
-          for (s = 0; s < S8; s += 8) store8(score.data() + s, exp8(_mm256_sub_ps(load8(score.data() + s), vmx)));
-          float sum = 0.f;
-          for (int64_t d = 0; d < nvec; ++d) acc[d] = _mm256_setzero_ps();
-          for (s = 0; s < S; ++s) {
-            if (m && !m[s]) continue;
-            const float p = score[s];
-            sum += p;
-            const __m256 pv = _mm256_set1_ps(p);
-            for (int64_t d = 0; d < nvec; ++d) acc[d] = _mm256_fmadd_ps(pv, load8(V + s * D + 8 * d), acc[d]);
-          }
-          const __m256 inv = _mm256_set1_ps(sum > 0.f ? 1.f / sum : 0.f);
-          T* o = out + ((cu[b] + t) * H + h) * D;
-          for (int64_t d = 0; d < nvec; ++d) store8(o + 8 * d, _mm256_mul_ps(acc[d], inv));
+  constexpr int64_t D = 8 * NV, kState = D + 2;
+  const int64_t G = H / Hkv, blocks = (Tq + kQueryBlock - 1) / kQueryBlock, chunks = (S + kKeyChunk - 1) / kKeyChunk;
+  // A unit: one row, one KV head, a block of up to kQueryBlock queries, i.e. G * kQueryBlock query heads that read
+  // the same keys and values.
+  const int64_t units = B * Hkv * blocks, per_unit = kQueryBlock * G;
+  const bool spread = chunks > 1 && units < 4 * at::get_num_threads();
+  std::vector<float> partial(spread ? units * chunks * per_unit * kState : 0);
+
+  // Chunk c of a unit: every query head's partial result goes to emit(j, mx, sum, acc), j = its index in the unit.
+  auto run_chunk = [&](int64_t u, int64_t c, std::vector<float>& kbuf, std::vector<float>& vbuf,
+                       std::vector<float>& score, auto&& emit) {
+    const int64_t b = u / (Hkv * blocks), hk = (u / blocks) % Hkv, t0 = (u % blocks) * kQueryBlock;
+    const int64_t nq = cu[b + 1] - cu[b], c0 = c * kKeyChunk, n = std::min(S, c0 + kKeyChunk) - c0;
+    if (t0 >= nq) return false;  // a short row of a ragged batch
+    const int64_t base = ((slots[b] * Hkv + hk) * cap + c0) * D;
+    const float* K = nullptr;
+    const float* V = nullptr;
+    __m256 qv[NV], acc[NV];
+    for (int d = 0; d < NV; ++d) acc[d] = _mm256_setzero_ps();
+    for (int64_t t = t0; t < std::min(nq, t0 + kQueryBlock); ++t) {
+      const bool* m = mask ? mask + (b * Tq + t) * S + c0 : nullptr;
+      if (m && std::find(m, m + n, true) == m + n) {  // the query sees nothing here (causal prefill, a tree mask)
+        for (int64_t h = 0; h < G; ++h) emit((t - t0) * G + h, kNegInf, 0.f, acc);
+        continue;
+      }
+      if (!K) K = as_float(kc + base, n, D, kbuf), V = as_float(vc + base, n, D, vbuf);
+      for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+        const T* qi = q + ((cu[b] + t) * H + h) * D;
+        for (int d = 0; d < NV; ++d) qv[d] = load8(qi + 8 * d);
+        float mx, sum;
+        chunk_attend<NV>(qv, K, V, n, m, scale, score.data(), mx, sum, acc);
+        emit((t - t0) * G + h - hk * G, mx, sum, acc);
+      }
+    }
+    return true;
+  };
+  auto out_of = [&](int64_t u, int64_t j) {  // where query head j of unit u writes
+    const int64_t b = u / (Hkv * blocks), hk = (u / blocks) % Hkv, t = (u % blocks) * kQueryBlock + j / G;
+    return out + ((cu[b] + t) * H + hk * G + j % G) * D;
+  };
+  auto queries_of = [&](int64_t u) {
+    const int64_t b = u / (Hkv * blocks), t0 = (u % blocks) * kQueryBlock;
+    return std::max<int64_t>(0, std::min(kQueryBlock, cu[b + 1] - cu[b] - t0)) * G;
+  };
+  auto reset = [&](float* st, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) std::fill(st + j * kState, st + (j + 1) * kState, 0.f), st[j * kState] = kNegInf;
+  };
+  const int64_t cs = (std::min(S, kKeyChunk) + 7) / 8 * 8, kb = cs * D;  // a chunk's scores, keys or values
+  if (!spread) {  // one task per unit: its chunks in order, merged as they come
+    at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> kbuf(kb), vbuf(kb), score(cs), state(per_unit * kState);
+      auto merge_here = [&](int64_t j, float mx, float sum, const __m256(&acc)[NV]) {
+        merge<NV>(state.data() + j * kState, mx, sum, acc);
+      };
+      for (int64_t u = begin; u < end; ++u) {
+        reset(state.data(), per_unit);
+        for (int64_t c = 0; c < chunks && run_chunk(u, c, kbuf, vbuf, score, merge_here); ++c) {
         }
+        for (int64_t j = 0; j < queries_of(u); ++j) finish<NV, T>(state.data() + j * kState, out_of(u, j));
+      }
+    });
+    return;
+  }
+  // Few units: one task per (unit, chunk) keeps every thread busy; partial results stored, merged afterwards.
+  at::parallel_for(0, units * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> kbuf(kb), vbuf(kb), score(cs);
+    float* dst = nullptr;
+    auto store = [&](int64_t j, float mx, float sum, const __m256(&acc)[NV]) {
+      float* p = dst + j * kState;
+      p[0] = mx, p[1] = sum;
+      for (int d = 0; d < NV; ++d) _mm256_storeu_ps(p + 2 + 8 * d, acc[d]);
+    };
+    for (int64_t i = begin; i < end; ++i) {
+      dst = partial.data() + i * per_unit * kState;
+      run_chunk(i / chunks, i % chunks, kbuf, vbuf, score, store);
+    }
+  });
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> state(kState);
+    __m256 acc[NV];
+    for (int64_t u = begin; u < end; ++u) {
+      for (int64_t j = 0; j < queries_of(u); ++j) {
+        reset(state.data(), 1);
+        for (int64_t c = 0; c < chunks; ++c) {
+          const float* p = partial.data() + ((u * chunks + c) * per_unit + j) * kState;
+          for (int d = 0; d < NV; ++d) acc[d] = _mm256_loadu_ps(p + 2 + 8 * d);
+          merge<NV>(state.data(), p[0], p[1], acc);
+        }
+        finish<NV, T>(state.data(), out_of(u, j));
       }
     }
   });
