@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -54,6 +55,13 @@ inline __m256 sum8x8(const __m256 (&d)[8]) {
 
 // 8 lanes: which of keys [s, s + 8) the query sees (all ones) and which it does not (zero).
 inline __m256 visible8(const bool* m, int64_t s, int64_t n) {
+  if (s + 8 <= n) {
+    if (!m) return _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    int64_t bytes;  // 8 mask bytes (bool is one byte, 0 or 1) -> 8 lanes
+    std::memcpy(&bytes, m + s, 8);
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes));
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(v, _mm256_setzero_si256()));
+  }
   alignas(32) int32_t v[8];
   for (int j = 0; j < 8; ++j) v[j] = s + j < n && (!m || m[s + j]) ? -1 : 0;
   return _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(v)));
@@ -188,7 +196,7 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
         merge<NV>(state.data() + j * kState, mx, sum, acc);
       };
       for (int64_t u = begin; u < end; ++u) {
-        reset(state.data(), per_unit);
+        reset(state.data(), queries_of(u));
         for (int64_t c = 0; c < chunks && run_chunk(u, c, kbuf, vbuf, score, merge_here); ++c) {
         }
         for (int64_t j = 0; j < queries_of(u); ++j) finish<NV, T>(state.data() + j * kState, out_of(u, j));
