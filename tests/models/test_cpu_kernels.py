@@ -121,24 +121,35 @@ def test_amx_rows_identical_at_every_width_on_model_shapes():
             assert torch.equal(got, full[:m]), f"K={k}: rows differ at batch {m}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_rows_do_not_depend_on_the_batch(kernels, dtype):
-    g = torch.Generator().manual_seed(1)
+def small_attention_inputs(dtype, seed: int):
+    """3 rows x 5 queries x 4 heads of 16 (2 KV heads), 20 of 32 cache entries, a random mask that keeps key 0."""
+    g = torch.Generator().manual_seed(seed)
     kc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
     vc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
     q = torch.randn(3, 5, 4, 16, generator=g).to(dtype)
     slots, S = torch.tensor([2, 0, 1]), 20
     mask = torch.rand(3, 5, S, generator=g) > 0.3
     mask[..., 0] = True
+    return q, kc, vc, slots, S, mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_rows_do_not_depend_on_the_batch(kernels, dtype):
+    q, kc, vc, slots, S, mask = small_attention_inputs(dtype, seed=1)
     both = kernels.attention(q, kc, vc, slots, S, mask, 0.25)
     one = kernels.attention(q[1:2, 3:4].contiguous(), kc, vc, slots[1:2], S, mask[1:2, 3:4].contiguous(), 0.25)
     assert torch.equal(both[1:2, 3:4], one)
+    assert_close_to_torch(both, q, kc, vc, slots, S, mask)
+
+
+def assert_close_to_torch(out, q, kc, vc, slots, S, mask):
+    """`out` (B, T, H, D) against torch's attention in float32 over the same cache rows (2 query heads per KV head,
+    scale 0.25)."""
     keys = kc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()  # (B, H, S, D)
     values = vc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()
     ref = F.scaled_dot_product_attention(q.transpose(1, 2).float(), keys, values, attn_mask=mask[:, None], scale=0.25)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(both.float(), ref.transpose(1, 2), atol=tol, rtol=tol)
-
+    tol = 1e-5 if q.dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -162,23 +173,14 @@ def test_long_contexts_merge_key_chunks_the_same_way_at_every_batch(kernels, dty
         one = kernels.attention(q[b : b + 1, t : t + 1].contiguous(), kc, vc, slots[b : b + 1], S,
                                 mask[b : b + 1, t : t + 1].contiguous(), 0.25)
         assert torch.equal(many[b : b + 1, t : t + 1], one), (b, t)
-    keys = kc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()
-    values = vc[slots].repeat_interleave(2, dim=1)[:, :, :S].float()
-    ref = F.scaled_dot_product_attention(q.transpose(1, 2).float(), keys, values, attn_mask=mask[:, None], scale=0.25)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(many.float(), ref.transpose(1, 2), atol=tol, rtol=tol)
+    assert_close_to_torch(many, q, kc, vc, slots, S, mask)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_packed_ragged_queries_equal_padded_rows(kernels, dtype):
     """cu_seqlens: rows of 5, 2 and 0 queries packed together give the padded call's rows, bit for bit."""
-    g = torch.Generator().manual_seed(4)
-    kc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
-    vc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
-    q = torch.randn(3, 5, 4, 16, generator=g).to(dtype)
-    slots, S, lengths = torch.tensor([2, 0, 1]), 20, [5, 2, 0]
-    mask = torch.rand(3, 5, S, generator=g) > 0.3
-    mask[..., 0] = True
+    q, kc, vc, slots, S, mask = small_attention_inputs(dtype, seed=4)
+    lengths = [5, 2, 0]
     padded = kernels.attention(q, kc, vc, slots, S, mask, 0.25)
     real = torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]
     packed = kernels.attention(q[real].contiguous(), kc, vc, slots, S, mask, 0.25, torch.tensor([0, 5, 7, 7]))
