@@ -79,8 +79,10 @@ def causal_meta(
 ) -> tuple[AttentionMeta, torch.Tensor]:
     """Metadata for appending `lengths[b]` tokens to row b after its `starts[b]` cached ones (padded to T).
 
-    Returns (meta, positions). Padding tokens of short rows are written after the row's real tokens (harmless:
-    they are overwritten before anything attends to them) and attend causally so they never produce NaN.
+    Returns (meta, positions). Rows of different lengths set `meta.lengths`: the compiled CPU kernels then pack the
+    real tokens and never compute the padding. On torch's path the padding tokens of short rows are computed and
+    written after the row's real tokens (harmless: they are overwritten before anything attends to them), and they
+    attend causally so they never produce NaN.
     """
     B, T = len(slots), max(lengths)
     start = torch.tensor(starts, device=device)
