@@ -9,6 +9,7 @@ positions). The model never decides what is in the cache: the runtime (`paperclu
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -161,16 +162,14 @@ class Llama(nn.Module):
 
     def forward(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
         """tokens, positions: (B, T). Returns the final-normed hidden states (B, T, D)."""
-        if meta.lengths is not None and self.runs_fused(k_caches[0]):
-            return self._forward_ragged(tokens, positions, k_caches, v_caches, meta)
+        fused = self.runs_fused(k_caches[0])
+        if fused and meta.lengths is not None:
+            return self._forward_packed(tokens, positions, k_caches, v_caches, meta)
         x = self.embed(tokens)
         cos = self.rope_cos[positions].to(x.dtype)[:, :, None]  # (B, T, 1, hd)
         sin = self.rope_sin[positions].to(x.dtype)[:, :, None]
-        if len(self.layers) and self.layers[0]._fused(x, k_caches[0]):  # every block in one compiled call
-            x = cpu_kernel().layers(x.contiguous(), self._block_params(), list(k_caches), list(v_caches), cos, sin,
-                                    meta.slots, meta.write_index, meta.kv_len, meta.mask, self.cfg.num_heads,
-                                    self.cfg.rms_norm_eps)
-            return self.norm(x)
+        if fused:
+            return self.norm(self._fused_layers(x, cos, sin, k_caches, v_caches, meta, meta.write_index))
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         return self.norm(x)
@@ -179,20 +178,23 @@ class Llama(nn.Module):
         """Whether forwards run as one compiled call (`nn/kernels/block_cpu.cpp`), which also takes ragged rows."""
         return len(self.layers) > 0 and self.layers[0]._fused(self.embed.weight, k_cache)
 
-    def _forward_ragged(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
+    def _fused_layers(self, x, cos, sin, k_caches, v_caches, meta: AttentionMeta, write_index, cu_seqlens=None):
+        """Every block in one compiled call."""
+        return cpu_kernel().layers(x.contiguous(), self._block_params(), list(k_caches), list(v_caches), cos, sin,
+                                   meta.slots, write_index, meta.kv_len, meta.mask, self.cfg.num_heads,
+                                   self.cfg.rms_norm_eps, cu_seqlens)
+
+    def _forward_packed(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
         """`forward` for rows padded to T with only `meta.lengths[b]` real tokens each (a batched prefill): the real
         tokens are packed row after row and the padding is never computed. Padding positions of the result are 0."""
         B, T = tokens.shape
         lengths = torch.tensor(meta.lengths, device=tokens.device)
         real = (torch.arange(T, device=tokens.device)[None, :] < lengths[:, None]).view(-1)  # (B*T,) row-major
-        cu = torch.zeros(B + 1, dtype=torch.int64)
-        cu[1:] = torch.cumsum(lengths.cpu(), 0)
+        cu = torch.tensor([0, *itertools.accumulate(meta.lengths)])
         x = self.embed(tokens.view(-1)[real])  # (N, D)
         pos = positions.reshape(-1)[real]
         cos, sin = self.rope_cos[pos].to(x.dtype), self.rope_sin[pos].to(x.dtype)
-        x = cpu_kernel().layers(x.contiguous(), self._block_params(), list(k_caches), list(v_caches), cos, sin,
-                                meta.slots, meta.write_index.reshape(-1)[real], meta.kv_len, meta.mask,
-                                self.cfg.num_heads, self.cfg.rms_norm_eps, cu)
+        x = self._fused_layers(x, cos, sin, k_caches, v_caches, meta, meta.write_index.reshape(-1)[real], cu)
         out = x.new_zeros(B * T, x.shape[-1])
         out[real] = self.norm(x)
         return out.view(B, T, -1)
