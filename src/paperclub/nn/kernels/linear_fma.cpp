@@ -33,6 +33,10 @@
 namespace {
 
 constexpr int64_t kXBlock = 48;  // x rows per sweep of a task's panels: a prefill's x stays in L2
+// Each panel is one sequential stream; the loop asks for the line this many bytes ahead of the one it reads. On the
+// 2-core Ice Lake, 2 kB ahead made 16-row linears of streamed weights 7-16% faster and left 48 rows unchanged: the
+// hardware prefetcher alone ran too close behind the loads while the multiply-adds of the first rows waited.
+constexpr int64_t kPrefetchBytes = 2048;
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 using Vec = __m512;
@@ -91,6 +95,8 @@ inline void tile(const Operands<T>& a, int64_t p0, int64_t m0) {
   const T* w = a.w + p0 * K * kLanes;  // panel p starts K * kLanes values after panel p - 1
   if constexpr (std::is_same_v<T, uint16_t>) {
     for (int64_t k = 0; k < K; k += 2) {
+      for (int p = 0; p < P; ++p)  // a hint: it never faults, past the end of the weights included
+        _mm_prefetch(reinterpret_cast<const char*>(w + p * K * kLanes + k * kLanes) + kPrefetchBytes, _MM_HINT_T0);
       IVec raw[P];
       for (int p = 0; p < P; ++p) raw[p] = load_raw(w + p * K * kLanes + k * kLanes);
       Vec wv[P];
