@@ -1,5 +1,5 @@
-// Batch-invariant attention over a slot KV cache for x86 CPUs: 8-lane AVX2+FMA code, the same source in every
-// build (see cpu_kernels.py).
+// Batch-invariant attention over a slot KV cache for x86 CPUs, the same source in every build (see cpu_kernels.py):
+// AVX-512 builds read K and V in 16-lane registers, AVX2 builds through an 8-lane float32 buffer.
 //
 // Every (row b, query t, head h) is computed on its own, in one fixed order. The visible cache entries are cut
 // into chunks of kKeyChunk keys at fixed positions (0-127, 128-255, ...). In each chunk: every key's score (a dot
@@ -11,10 +11,13 @@
 // the chunks of one query are spread over the threads and merged afterwards; with many, one task runs its chunks
 // one after the other and merges as it goes. Both merge the same partial results in the same order.
 //
-// K/V are read from the cache slot in place: no gather, no padding to a common length beyond the mask; bf16 ones
-// are widened to float32 one chunk at a time (a buffer that stays in L1/L2) per KV head and shared by the query
-// heads of its GQA group. Measured on a 2-core Ice Lake Xeon, SmolLM2-135M, bf16, batch 1 decode step against the
-// one-task-per-KV-head version (3 tasks on 2 threads, the whole context widened at once): see BENCHMARKS.md.
+// K/V are read from the cache slot in place: no gather, no padding to a common length beyond the mask. With
+// AVX-512 a key is loaded once for all the query heads of its GQA group (up to kMaxHeadGroup at a time) and
+// widened from bf16 in registers. AVX2 has 16 vector registers, too few for that: its build widens a chunk of K/V
+// to float32 in a buffer (it stays in L1/L2) shared by the group's heads. The two builds sum in different orders,
+// so their results differ in the last bits; each is batch-invariant. Measured on a 2-core Ice Lake Xeon (bf16,
+// SmolLM2-135M's 9 query and 3 KV heads), the register path against the buffer one: half the time per layer at
+// batch 1 and 16 (BENCHMARKS.md).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -28,8 +31,9 @@
 
 namespace {
 
-constexpr int64_t kQueryBlock = 8;  // queries of one row per task: they share the widened keys and values
+constexpr int64_t kQueryBlock = 8;  // queries of one row per task (AVX2: they share the widened K/V)
 constexpr int64_t kKeyChunk = 128;  // keys per chunk (fixed positions: part of the arithmetic, see the top)
+constexpr int kMaxHeadGroup = 3;    // query heads run together by the AVX-512 path (SmolLM2's GQA groups are 3)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Keys or values [0, n) of one cache slot and head as float32 in `buf` (bf16 widens exactly), zero rows added up to
@@ -110,6 +114,121 @@ inline void chunk_attend(const __m256 (&qv)[NV], const float* K, const float* V,
   }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// AVX-512 builds read K and V straight from the cache, bf16 widened in registers, and run a query's heads of one
+// KV head together: every key is loaded and widened once for up to kHeadGroup<NZ> heads instead of going through a
+// float32 copy of the chunk (the copy was about 40% of the kernel's time at batch 16). NZ = D / 16 vectors a row.
+constexpr bool kHeadsInRegisters = true;
+template <int NZ>  // 8 keys x heads accumulators + one key's NZ vectors: at most 32 zmm
+constexpr int kHeadGroup = NZ <= 4 ? kMaxHeadGroup : NZ <= 8 ? 2 : 1;
+
+inline __m512 value_row16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 value_row16(const uint16_t* p) {  // 16 bf16 values in order, widened exactly
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+// A key (or query) row as NZ float32 vectors, in an order shared by every row, so that a dot product can use it:
+// bf16 rows of a multiple of 32 widen by interleaving with zeros (one instruction per 16 values, the lanes of each
+// 128-bit quarter split into its low and high four); other rows load in order.
+template <int NZ>
+inline void dot_row(const float* p, __m512 (&r)[NZ]) {
+  for (int v = 0; v < NZ; ++v) r[v] = _mm512_loadu_ps(p + 16 * v);
+}
+template <int NZ>
+inline void dot_row(const uint16_t* p, __m512 (&r)[NZ]) {
+  if constexpr (NZ % 2 == 0) {
+    for (int v = 0; v < NZ; v += 2) {
+      const __m512i raw = _mm512_loadu_si512(p + 16 * v);
+      r[v] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), raw));
+      r[v + 1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), raw));
+    }
+  } else {
+    for (int v = 0; v < NZ; ++v) r[v] = value_row16(p + 16 * v);
+  }
+}
+inline __m256 fold16(__m512 v) {  // lanes i + (i + 8): 16 partial sums -> 8
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// QH query heads (rows of q, D apart) against the n keys of a chunk read in place from the cache (K, V: row-major,
+// D apart; mask row m or null): for each head what chunk_attend gives, in the same fixed order for every head and
+// whatever else shares the call: a key's score is 16 lane-wise multiply-add chains over its row, folded to 8, then
+// the same transposing tree as chunk_attend; the values are summed left to right over the visible keys.
+template <int NZ, int QH, typename T>
+inline void heads_attend(const T* q, const T* K, const T* V, int64_t n, const bool* m, float scale, float* score,
+                         float (&mx)[QH], float (&sum)[QH], __m256 (&acc)[QH][2 * NZ]) {
+  constexpr int64_t D = 16 * NZ;
+  alignas(64) static const T zero_row[D] = {};  // stands in for the keys past n of the last 8
+  const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(kNegInf);
+  __m512 qv[QH][NZ];
+  for (int g = 0; g < QH; ++g) dot_row<NZ>(q + g * D, qv[g]);
+  __m256 vmax[QH];
+  for (int g = 0; g < QH; ++g) vmax[g] = ninf;
+  const int64_t n8 = (n + 7) / 8 * 8;
+  for (int64_t s = 0; s < n8; s += 8) {
+    __m512 d[QH][8];
+    for (int j = 0; j < 8; ++j) {
+      __m512 kv[NZ];
+      dot_row<NZ>(s + j < n ? K + (s + j) * D : zero_row, kv);
+      for (int g = 0; g < QH; ++g) {
+        d[g][j] = _mm512_mul_ps(qv[g][0], kv[0]);
+        for (int v = 1; v < NZ; ++v) d[g][j] = _mm512_fmadd_ps(qv[g][v], kv[v], d[g][j]);
+      }
+    }
+    const __m256 vis = visible8(m, s, n);
+    for (int g = 0; g < QH; ++g) {
+      __m256 h[8];
+      for (int j = 0; j < 8; ++j) h[j] = fold16(d[g][j]);
+      const __m256 sc = _mm256_blendv_ps(ninf, _mm256_mul_ps(sum8x8(h), vscale), vis);
+      store8(score + g * kKeyChunk + s, sc);
+      vmax[g] = _mm256_max_ps(vmax[g], sc);
+    }
+  }
+  bool any = false;
+  for (int g = 0; g < QH; ++g) {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax[g]);
+    mx[g] = *std::max_element(lanes, lanes + 8);
+    float* sg = score + g * kKeyChunk;
+    __m256 vsum = _mm256_setzero_ps();
+    if (mx[g] != kNegInf) {
+      any = true;
+      const __m256 vmx = _mm256_set1_ps(mx[g]);
+      for (int64_t s = 0; s < n8; s += 8) {  // masked keys' weights are exactly 0 (e^x of -inf would be ~1e-38)
+        const __m256 sc = load8(sg + s);
+        const __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(sc, vmx)), _mm256_cmp_ps(sc, ninf, _CMP_NEQ_OQ));
+        store8(sg + s, p);
+        vsum = _mm256_add_ps(vsum, p);
+      }
+    } else {
+      std::fill(sg, sg + n8, 0.f);  // sees no key: contributes nothing below
+    }
+    sum[g] = reduce8(vsum);
+  }
+  __m512 a[QH][NZ];
+  for (int g = 0; g < QH; ++g)
+    for (int v = 0; v < NZ; ++v) a[g][v] = _mm512_setzero_ps();
+  if (any) {
+    for (int64_t s = 0; s < n; ++s) {
+      if (m && !m[s]) continue;  // not visible (so a stale, never-written cache entry cannot reach the output)
+      __m512 vv[NZ];
+      for (int v = 0; v < NZ; ++v) vv[v] = value_row16(V + s * D + 16 * v);
+      for (int g = 0; g < QH; ++g) {
+        const __m512 pv = _mm512_set1_ps(score[g * kKeyChunk + s]);
+        for (int v = 0; v < NZ; ++v) a[g][v] = _mm512_fmadd_ps(pv, vv[v], a[g][v]);
+      }
+    }
+  }
+  for (int g = 0; g < QH; ++g)
+    for (int v = 0; v < NZ; ++v) {
+      acc[g][2 * v] = _mm512_castps512_ps256(a[g][v]);
+      acc[g][2 * v + 1] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[g][v]), 1));
+    }
+}
+#else
+constexpr bool kHeadsInRegisters = false;  // AVX2: 16 registers; keys and values widened to a float32 buffer
+#endif
+
 // What a query head has seen so far, in memory: [max, sum, acc (D floats)]. Starts as {-inf, 0, 0...}; merging a
 // chunk rescales both sides to the larger max. A first visible chunk is taken as it is (no rescaling), so a
 // context of one chunk gives exactly the single-pass softmax.
@@ -149,6 +268,26 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
   const bool spread = chunks > 1 && units < 4 * at::get_num_threads();
   std::vector<float> partial(spread ? units * chunks * per_unit * kState : 0);
 
+  // The G heads of one query and KV head against one chunk, kHeadGroup at a time; head g's result to emit(j0 + g).
+  auto heads_in_registers = [&](const T* qh, const T* K, const T* V, int64_t n, const bool* m, float* score,
+                                int64_t j0, auto&& emit) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    constexpr int NZ = NV / 2, QH = kHeadGroup<NZ>;
+    auto run = [&](auto heads, int64_t h0) {
+      constexpr int R = decltype(heads)::value;
+      float mx[R], sum[R];
+      __m256 acc[R][NV];
+      heads_attend<NZ, R>(qh + h0 * D, K, V, n, m, scale, score, mx, sum, acc);
+      for (int g = 0; g < R; ++g) emit(j0 + h0 + g, mx[g], sum[g], acc[g]);
+    };
+    int64_t h0 = 0;
+    for (; h0 + QH <= G; h0 += QH) run(std::integral_constant<int, QH>{}, h0);
+    if constexpr (QH > 2) {
+      if (G - h0 == 2) run(std::integral_constant<int, 2>{}, h0), h0 += 2;
+    }
+    if (h0 < G) run(std::integral_constant<int, 1>{}, h0);
+#endif
+  };
   // Chunk c of a unit: every query head's partial result goes to emit(j, mx, sum, acc), j = its index in the unit.
   auto run_chunk = [&](int64_t u, int64_t c, std::vector<float>& kbuf, std::vector<float>& vbuf,
                        std::vector<float>& score, auto&& emit) {
@@ -164,6 +303,11 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
       const bool* m = mask ? mask + (b * Tq + t) * S + c0 : nullptr;
       if (m && std::find(m, m + n, true) == m + n) {  // the query sees nothing here (causal prefill, a tree mask)
         for (int64_t h = 0; h < G; ++h) emit((t - t0) * G + h, kNegInf, 0.f, acc);
+        continue;
+      }
+      if constexpr (kHeadsInRegisters) {
+        heads_in_registers(q + ((cu[b] + t) * H + hk * G) * D, kc + base, vc + base, n, m, score.data(),
+                           (t - t0) * G, emit);
         continue;
       }
       if (!K) K = as_float(kc + base, n, D, kbuf), V = as_float(vc + base, n, D, vbuf);
@@ -188,7 +332,9 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
   auto reset = [&](float* st, int64_t n) {
     for (int64_t j = 0; j < n; ++j) std::fill(st + j * kState, st + (j + 1) * kState, 0.f), st[j * kState] = kNegInf;
   };
-  const int64_t cs = (std::min(S, kKeyChunk) + 7) / 8 * 8, kb = cs * D;  // a chunk's scores, keys or values
+  // A chunk's scores (one chunk per head of a group in the register path, which needs no key or value buffers)
+  const int64_t cs = kHeadsInRegisters ? kMaxHeadGroup * kKeyChunk : (std::min(S, kKeyChunk) + 7) / 8 * 8;
+  const int64_t kb = kHeadsInRegisters ? 0 : cs * D;
   if (!spread) {  // one task per unit: its chunks in order, merged as they come
     at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> kbuf(kb), vbuf(kb), score(cs), state(per_unit * kState);
