@@ -71,6 +71,30 @@ inline __m256 visible8(const bool* m, int64_t s, int64_t n) {
   return _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(v)));
 }
 
+// A chunk's n8 scores (-inf where masked; vmax: their lane-wise max) become e^(score - mx) in place, masked ones
+// exactly 0 (e^x of -inf would be ~1e-38); returns mx and their sum in a fixed tree. mx is -inf, and every weight
+// 0, when the query sees no key of the chunk.
+inline float softmax_weights(float* score, int64_t n8, __m256 vmax, float& sum) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  const float mx = *std::max_element(lanes, lanes + 8);  // exact whatever the order
+  sum = 0.f;
+  if (mx == kNegInf) {
+    std::fill(score, score + n8, 0.f);
+    return mx;
+  }
+  const __m256 vmx = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(kNegInf);
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t s = 0; s < n8; s += 8) {
+    const __m256 sc = load8(score + s);
+    const __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(sc, vmx)), _mm256_cmp_ps(sc, ninf, _CMP_NEQ_OQ));
+    store8(score + s, p);
+    vsum = _mm256_add_ps(vsum, p);
+  }
+  sum = reduce8(vsum);
+  return mx;
+}
+
 // One query head against the n keys of a chunk (K, V: float32, row-major, K zero-padded to a multiple of 8 keys;
 // mask row m or null): the chunk's max score mx (-inf when it sees no key), sum = sum_s e^(score_s - mx) and
 // acc = sum_s e^(score_s - mx) v_s, over the visible keys. Each key's score, and every sum, in a fixed order.
@@ -91,21 +115,9 @@ inline void chunk_attend(const __m256 (&qv)[NV], const float* K, const float* V,
     store8(score + s, sc);
     vmax = _mm256_max_ps(vmax, sc);
   }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  mx = *std::max_element(lanes, lanes + 8);  // exact whatever the order
-  sum = 0.f;
   for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
+  mx = softmax_weights(score, n8, vmax, sum);
   if (mx == kNegInf) return;
-  const __m256 vmx = _mm256_set1_ps(mx);
-  __m256 vsum = _mm256_setzero_ps();
-  for (int64_t s = 0; s < n8; s += 8) {  // masked keys' weights are exactly 0 (e^x of -inf would be ~1e-38)
-    const __m256 sc = load8(score + s);
-    const __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(sc, vmx)), _mm256_cmp_ps(sc, ninf, _CMP_NEQ_OQ));
-    store8(score + s, p);
-    vsum = _mm256_add_ps(vsum, p);
-  }
-  sum = reduce8(vsum);
   for (int64_t s = 0; s < n; ++s) {
     const float p = score[s];
     if (p == 0.f) continue;  // not visible (so a stale, never-written cache entry cannot reach the output)
@@ -186,24 +198,8 @@ inline void heads_attend(const T* q, const T* K, const T* V, int64_t n, const bo
   }
   bool any = false;
   for (int g = 0; g < QH; ++g) {
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, vmax[g]);
-    mx[g] = *std::max_element(lanes, lanes + 8);
-    float* sg = score + g * kKeyChunk;
-    __m256 vsum = _mm256_setzero_ps();
-    if (mx[g] != kNegInf) {
-      any = true;
-      const __m256 vmx = _mm256_set1_ps(mx[g]);
-      for (int64_t s = 0; s < n8; s += 8) {  // masked keys' weights are exactly 0 (e^x of -inf would be ~1e-38)
-        const __m256 sc = load8(sg + s);
-        const __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(sc, vmx)), _mm256_cmp_ps(sc, ninf, _CMP_NEQ_OQ));
-        store8(sg + s, p);
-        vsum = _mm256_add_ps(vsum, p);
-      }
-    } else {
-      std::fill(sg, sg + n8, 0.f);  // sees no key: contributes nothing below
-    }
-    sum[g] = reduce8(vsum);
+    mx[g] = softmax_weights(score + g * kKeyChunk, n8, vmax[g], sum[g]);
+    any |= mx[g] != kNegInf;
   }
   __m512 a[QH][NZ];
   for (int g = 0; g < QH; ++g)
