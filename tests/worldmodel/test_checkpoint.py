@@ -21,6 +21,20 @@ def test_roundtrip_gives_identical_outputs(tmp_path):
     assert torch.equal(m.encode(x), m2.encode(x)) and meta["env"] == "tworoom"
 
 
+def test_checkpoint_from_before_the_latent_batchnorm_loads_without_it(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    m = LeWM(preset("tiny", latent_batchnorm=False)).eval()
+    save_checkpoint(m, tmp_path / "c", {"env": "tworoom"})
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    del cfg["model"]["latent_batchnorm"]  # as written by versions before the option
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    m2, _ = load_checkpoint(tmp_path / "c")
+    x = torch.randn(2, 3, 64, 64)
+    assert not m2.cfg.latent_batchnorm and torch.equal(m.encode(x), m2.encode(x))
+
+
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError):
         load_checkpoint(tmp_path)

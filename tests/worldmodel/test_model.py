@@ -19,6 +19,26 @@ def test_shapes_and_batchnorm_projector():
     assert any(isinstance(x, torch.nn.BatchNorm1d) for x in m.projector.modules())
 
 
+def test_latent_batchnorm_fixes_the_latent_scale():
+    """In training mode every latent dimension has zero mean and unit variance over the batch: shrinking the
+    projector's last layer 10x does not shrink the latents (while its output variance stays well above
+    BatchNorm's eps, 1e-5). Without the option the latents shrink with it."""
+    frames = torch.randn(64, 3, 64, 64)
+    for normed in (True, False):
+        torch.manual_seed(0)
+        m = LeWM(preset("tiny", latent_batchnorm=normed)).train()
+        with torch.no_grad():
+            m.projector.net[3].weight.mul_(0.1)
+            m.projector.net[3].bias.zero_()
+            z = m.encode(frames)
+        if normed:
+            assert torch.allclose(z.mean(0), torch.zeros(32), atol=1e-4)
+            assert torch.allclose(z.var(0, unbiased=False), torch.ones(32), atol=2e-2)
+            assert not any(p.requires_grad for p in m.projector.net[4].parameters())  # no scale to learn
+        else:
+            assert z.std(0).max() < 0.1
+
+
 def test_predictor_is_causal():
     m = tiny().eval()
     z = torch.randn(2, 3, 32)

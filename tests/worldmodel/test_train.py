@@ -33,8 +33,9 @@ def test_training_writes_checkpoint_log_and_plot(tiny_ckpt):
 
 
 def test_sigreg_prevents_the_collapse_that_lambda_zero_allows(tworoom_data, tmp_path):
-    """The direction of the collapse experiment on a tiny run: without SIGReg the prediction loss is
-    driven to ~0 by shrinking/aligning the latents; with it the latents keep higher rank and spread."""
+    """The collapse experiment on a tiny run (150 steps). The latent BatchNorm keeps every latent at unit scale,
+    so without SIGReg the prediction loss is driven down by making the latents alike: the effective rank falls
+    to a few of 32 dimensions (2.9 when written). With SIGReg it stays above half (20.6 when written)."""
     results = {}
     for w in (0.0, 0.1):
         cfg = TrainConfig(
@@ -50,8 +51,12 @@ def test_sigreg_prevents_the_collapse_that_lambda_zero_allows(tworoom_data, tmp_
         train(preset("tiny"), cfg, tworoom_data, tmp_path / str(w), progress=False)
         model, _ = load_checkpoint(tmp_path / str(w))
         results[w] = probe_latents(model, tworoom_data.frames[::2])
-    assert results[0.1]["effective_rank"] > 1.2 * results[0.0]["effective_rank"]
-    assert results[0.1]["mean_latent_std"] > 5 * results[0.0]["mean_latent_std"]
+    collapsed, regularised = results[0.0], results[0.1]
+    assert collapsed["effective_rank_fraction"] < 0.2
+    assert regularised["effective_rank_fraction"] > 0.5
+    assert regularised["effective_rank"] > 4 * collapsed["effective_rank"]
+    # a collapse of dimension, not of scale: both keep unit-scale latents
+    assert min(collapsed["mean_latent_std"], regularised["mean_latent_std"]) > 0.5
 
 
 def test_lr_schedule_and_config_validation():

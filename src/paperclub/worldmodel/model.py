@@ -2,7 +2,9 @@
 
     encoder    small CNN for 64x64 frames, or a ViT (CLS token; `vit-tiny` is the paper's 224 px size)
                -> feature vector
-    projector  Linear -> BatchNorm -> GELU -> Linear: the latent z (shaped by SIGReg, compared by planning)
+    projector  Linear -> BatchNorm -> GELU -> Linear -> BatchNorm without affine: the latent z (shaped by
+               SIGReg, compared by planning). The last BatchNorm fixes each latent's scale, so without SIGReg
+               the latents collapse in dimension (all alike) rather than in scale (all near zero)
     action enc MLP over a block of `frameskip` consecutive actions (flattened)
     predictor  causal transformer over the last `history` latents; each token is conditioned on its action
                block with AdaLN-zero; output token i is the prediction of latent i + 1
@@ -40,6 +42,9 @@ class LeWMConfig:
     patch_size: int = 8  # vit: square patches; width = feature_dim
     vit_depth: int = 4
     vit_heads: int = 4
+    # BatchNorm without affine parameters on the latent itself: the latent cannot shrink toward a constant,
+    # so the only collapse left to the prediction loss is of dimension, which SIGReg is there to prevent.
+    latent_batchnorm: bool = True
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -140,13 +145,15 @@ class ViTEncoder(nn.Module):
 
 
 class Projector(nn.Module):
-    """MLP with BatchNorm: encoder features -> latent z."""
+    """MLP with BatchNorm: encoder features -> latent z (optionally batch-normalised, without scale or shift)."""
 
-    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, latent_batchnorm: bool = True):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(d_in, d_hidden), nn.BatchNorm1d(d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out)
         )
+        if latent_batchnorm:
+            self.net.append(nn.BatchNorm1d(d_out, affine=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -192,7 +199,7 @@ class LeWM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = CNNEncoder(cfg) if cfg.encoder == "cnn" else ViTEncoder(cfg)
-        self.projector = Projector(cfg.feature_dim, cfg.feature_dim, cfg.latent_dim)
+        self.projector = Projector(cfg.feature_dim, cfg.feature_dim, cfg.latent_dim, cfg.latent_batchnorm)
         self.action_encoder = ActionEncoder(cfg)
         self.predictor = Predictor(cfg)
 
