@@ -1,5 +1,6 @@
 """Collapse experiment: train LeWM with lambda = 0 and lambda = 0.1 under the same budget, then compare the
-effective rank of the latents and planning success.
+effective rank of the latents and planning success. An untrained network of the same shape plans on the same
+episodes too: that is the chance level, what planning with latents that carry no learned information gives.
 
     PYTHONPATH=src python benchmarks/lewm_collapse.py --data runs/tworoom.h5 --minutes 6 --out runs/collapse
 """
@@ -18,7 +19,7 @@ from paperclub.atomic import write_json
 from paperclub.worldmodel.checkpoint import load_checkpoint
 from paperclub.worldmodel.data import load, run_episode
 from paperclub.worldmodel.envs import make_env
-from paperclub.worldmodel.model import preset
+from paperclub.worldmodel.model import LeWM, preset
 from paperclub.worldmodel.planner import CEMConfig, PlanConfig, evaluate_planning
 from paperclub.worldmodel.plots import bar_plot
 from paperclub.worldmodel.probe import probe_latents
@@ -32,7 +33,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=6.0, help="training wall-time budget per arm")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1])
-    p.add_argument("--plan-episodes", type=int, default=10)
+    p.add_argument("--plan-episodes", type=int, default=10, help="held-out episodes per planning seed")
+    p.add_argument("--plan-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -43,7 +45,23 @@ def main() -> None:
     probe_frames = np.concatenate(
         [run_episode(data.env, env, 100, 10_000_000 + i)["frames"] for i in range(10)]
     )
-    results = {}
+
+    def plan(model) -> dict:
+        runs = [
+            evaluate_planning(
+                model, data.env, PlanConfig(episodes=args.plan_episodes, seed=s, baseline_plans=0, cem=CEMConfig())
+            )
+            for s in args.plan_seeds
+        ]
+        return {
+            "success_rate": sum(r["success_rate"] * r["episodes"] for r in runs) / sum(r["episodes"] for r in runs),
+            "plan_episodes": sum(r["episodes"] for r in runs),
+            "success_rate_per_seed": {str(s): r["success_rate"] for s, r in zip(args.plan_seeds, runs, strict=True)},
+        }
+
+    torch.manual_seed(0)
+    untrained = LeWM(preset(args.config)).eval()
+    results = {"untrained": {"probe": probe_latents(untrained, probe_frames), **plan(untrained)}}
     for w in args.weights:
         ckpt = out / f"lambda_{w}"
         cfg = TrainConfig(steps=args.steps, sigreg_weight=w, max_minutes=args.minutes, eval_every=250)
@@ -52,33 +70,30 @@ def main() -> None:
         )
         model, _ = load_checkpoint(ckpt)
         probe = probe_latents(model, probe_frames)
-        plan = evaluate_planning(
-            model, data.env, PlanConfig(episodes=args.plan_episodes, baseline_plans=0, cem=CEMConfig())
-        )
-        results[str(w)] = {
-            "train": summary,
-            "probe": probe,
-            "success_rate": plan["success_rate"],
-            "plan_episodes": plan["episodes"],
-        }
+        results[str(w)] = {"train": summary, "probe": probe, **plan(model)}
         logging.info("lambda=%s: %s", w, json.dumps(results[str(w)]))
     write_json(
         out / "collapse.json",
-        {"data": args.data, "config": args.config, "minutes": args.minutes, "results": results},
+        {"data": args.data, "config": args.config, "minutes": args.minutes, "steps": args.steps,
+         "plan_seeds": args.plan_seeds, "results": results},
     )
     bar_plot(
         out / "collapse_effective_rank",
-        {f"lambda={w}": r["probe"]["effective_rank_fraction"] for w, r in results.items()},
+        {_label(w): r["probe"]["effective_rank_fraction"] for w, r in results.items()},
         "effective rank / latent dim",
         "Latent effective rank with and without SIGReg",
     )
     bar_plot(
         out / "collapse_success",
-        {f"lambda={w}": r["success_rate"] for w, r in results.items()},
+        {_label(w): r["success_rate"] for w, r in results.items()},
         "planning success rate",
         "Planning success with and without SIGReg",
     )
     print(json.dumps(results, indent=2))
+
+
+def _label(key: str) -> str:
+    return key if key == "untrained" else f"lambda={key}"
 
 
 if __name__ == "__main__":
