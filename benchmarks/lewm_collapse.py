@@ -2,7 +2,8 @@
 effective rank of the latents and planning success. An untrained network of the same shape plans on the same
 episodes too: that is the chance level, what planning with latents that carry no learned information gives.
 
-    PYTHONPATH=src python benchmarks/lewm_collapse.py --data runs/tworoom.h5 --minutes 6 --out runs/collapse
+    PYTHONPATH=src python benchmarks/lewm_collapse.py --data runs/tworoom600h5.h5 --steps 1500 --minutes 30 \
+        --plan-episodes 50 --plan-seeds 0 1 --out runs/collapse
 """
 
 from __future__ import annotations
