@@ -42,8 +42,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[LeWM, dict]:
             "train one with `paperclub lewm train --out DIR` or omit --ckpt to use the shipped one"
         )
     meta = json.loads((path / CONFIG).read_text())
-    # checkpoints written before the latent BatchNorm existed have none
-    model = LeWM(LeWMConfig(**{"latent_batchnorm": False, **meta["model"]}))
+    model = LeWM(LeWMConfig.from_saved(meta["model"]))
     model.load_state_dict(load_file(str(path / WEIGHTS)))
     model.eval()
     return model, meta

@@ -71,7 +71,7 @@ def cmd_train(args) -> int:
     if args.resume:
         saved = _saved_run(out, args)
         data_path = Path(args.data or saved["dataset"])
-        model_cfg = LeWMConfig(**{"latent_batchnorm": False, **saved["model"]})
+        model_cfg = LeWMConfig.from_saved(saved["model"])
         cfg = TrainConfig(**{**saved["train"], "steps": _or(args.steps, saved["train"]["steps"]),
                              "max_minutes": _or(args.max_minutes, saved["train"]["max_minutes"])})
         config_name = saved.get("config_name")

@@ -65,6 +65,11 @@ class LeWMConfig:
         if self.pred_dim % self.pred_heads:
             raise UserError("pred_dim must be divisible by pred_heads")
 
+    @classmethod
+    def from_saved(cls, d: dict) -> LeWMConfig:
+        """The config a checkpoint or run directory recorded; those from before the latent BatchNorm have none."""
+        return cls(**{"latent_batchnorm": False, **d})
+
     @property
     def action_block_dim(self) -> int:
         return self.action_dim * self.frameskip
