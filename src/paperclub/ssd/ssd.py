@@ -287,7 +287,9 @@ def _shutdown(process, channel: Channel | None, polite: bool = True) -> None:
             channel.send({"kind": "stop"})
         except TransportError:
             pass
-    process.join(timeout=2.0)
+    # after "stop" the draft tears down its process group and interpreter: well under a second on an idle machine,
+    # but it once took over 2 s on a loaded 2-core one, so it gets a generous grace period before SIGTERM
+    process.join(timeout=10.0 if polite else 2.0)
     if process.is_alive():
         process.terminate()
         process.join(timeout=2.0)
