@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 from paperclub.atomic import write_json
-from paperclub.ssd import LLM, SamplingParams
-from paperclub.ssd.bench import load_prompts
+from paperclub.ssd import LLM
+from paperclub.ssd.bench import OurSystem, load_prompts
 from paperclub.ssd.ssd_config import SSDConfig
 
 SETTINGS = {
@@ -29,13 +28,9 @@ SETTINGS = {
 
 
 def one_pass(llm: LLM, prompts, new_tokens: int) -> tuple[float, list[list[int]]]:
-    wall, outputs = 0.0, []
-    for i, p in enumerate(prompts):
-        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, seed=i, ignore_eos=True)
-        t0 = time.perf_counter()
-        outputs.append(llm.generate([p], params)[0].token_ids)
-        wall += time.perf_counter() - t0
-    return len(prompts) * new_tokens / wall, outputs
+    """tokens/s and outputs of one pass at batch 1, timed as `paperclub bench` times our modes."""
+    run = OurSystem(llm).run(prompts, 1, new_tokens, 0.0, 0)
+    return len(prompts) * new_tokens / run.wall_s, run.outputs
 
 
 def main() -> None:
