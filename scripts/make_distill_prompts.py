@@ -7,6 +7,11 @@ the split into train / held-out eval is by prompt with a fixed seed. Re-running 
 over 100 other topics and 40 other coding tasks, more arithmetic, and Python functions from the standard library
 (signature and docstring to complete, as in HumanEval, or whole functions to explain). None of its prompts is in
 the eval split, and it has its own random stream, so the two files above do not change.
+
+`distill_extra2.jsonl` (draft version 4) is a random 1500 of 2954 further prompts: the template x topic and
+template x task pairs that none of the files above uses, new code templates, fresh arithmetic, and the "explain"
+prompts for standard-library functions that `distill_extra.jsonl` only asks to complete. None of it is in the eval
+split, and its random stream is its own, so the other files stay byte-identical.
 """
 
 from __future__ import annotations
@@ -184,6 +189,30 @@ def extra_prompts(exclude: set[str]) -> list[dict[str, str]]:
     return rows
 
 
+EXTRA2_SIZE = 1500
+EXTRA2_CODE = ["Write a Rust function that {c}.", "Write a Python function that {c}, with type hints and a docstring.",
+               "Write unit tests in pytest for a function that {c}.", "Write a Go function that {c}.",
+               "What is a simple algorithm for a function that {c}? Then give Python code."]
+
+
+def extra2_prompts(exclude: set[str]) -> list[dict[str, str]]:
+    rng = random.Random(SEED + 2)
+    rows = []
+    for t in TOPICS + EXTRA_TOPICS:
+        rows += [{"kind": "chat", "prompt": p.format(t=t)} for p in CHAT + EXTRA_TEMPLATES]
+        rows += [{"kind": "writing", "prompt": p.format(t=t)} for p in WRITING]
+    for c in CODE_TASKS + EXTRA_CODE_TASKS:
+        rows += [{"kind": "code", "prompt": p.format(c=c)} for p in CODE + EXTRA2_CODE]
+    rows += [{"kind": "math", "prompt": p} for p in math_prompts(rng, 400)]
+    explain = "Explain what this Python function does."
+    rows += [{"kind": "stdlib", "prompt": f"{explain}\n\n```python\n{whole}\n```"}
+             for _, whole in stdlib_functions() if whole]
+    seen = set(exclude)
+    rows = [r for r in rows if not (r["prompt"] in seen or seen.add(r["prompt"]))]
+    rng.shuffle(rows)
+    return rows[:EXTRA2_SIZE]  # a random subset: generating the teacher data costs ~2 s per prompt on 2 cores
+
+
 def write(path: Path, rows: list[dict[str, str]]) -> None:
     with open(path, "w") as f:
         for r in rows:
@@ -208,7 +237,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     write(OUT / "distill_eval.jsonl", rows[:n_eval])
     write(OUT / "distill_train.jsonl", rows[n_eval:])
-    write(OUT / "distill_extra.jsonl", extra_prompts({r["prompt"] for r in rows}))
+    extra = extra_prompts({r["prompt"] for r in rows})
+    write(OUT / "distill_extra.jsonl", extra)
+    write(OUT / "distill_extra2.jsonl", extra2_prompts({r["prompt"] for r in rows + extra}))
 
 
 if __name__ == "__main__":

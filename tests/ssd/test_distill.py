@@ -183,6 +183,13 @@ def test_reuse_data_links_another_runs_teacher_data_and_checks_its_settings(tmp_
         assert (second / "work" / "data" / c.name).stat().st_ino == c.stat().st_ino
     assert torch.equal(torch.load(second / "work" / "vocab_ids.pt"), torch.load(first / "work" / "vocab_ids.pt"))
     assert json.loads((second / "config.json").read_text())["num_hidden_layers"] == 2
+    # continued on fresh data of its own (other prompts, sampled): the draft keeps its vocabulary
+    third = tmp_path / "third"
+    assert distill(target_dir, third, write_prompts(tmp_path / "new.jsonl", n=12, seed=11), "--steps", "3",
+                   "--layers", "2", "--init", str(second), "--data-temperatures", "0.9", "--seed", "3") == 0
+    capsys.readouterr()
+    kept = load_draft(second, load_model(target_dir, dtype=torch.float32)).vocab_ids
+    assert torch.equal(torch.load(third / "work" / "vocab_ids.pt"), kept.cpu())
 
 
 def forced(model, prompt: list[int]) -> torch.Tensor:

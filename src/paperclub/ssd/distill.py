@@ -301,20 +301,22 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
 
     # 2. vocabulary, 3. training (the target in float32 for the draft's fp32 master weights)
     target32 = load_model(target_dir, dtype=torch.float32, max_positions=llm.max_model_len)
+    start = None if cfg.init in ("target", "random") else load_draft(cfg.init, target32, dtype=torch.float32)
     vocab_file = work / "vocab_ids.pt"
     if vocab_file.is_file():
         vocab_ids = torch.load(vocab_file, weights_only=True)
-    else:
-        vocab_ids = select_vocab(examples, target32.cfg.vocab_size, cfg.draft_vocab, eos)
+    else:  # a draft that continues keeps its vocabulary; a new one takes the ids with the most mass in the data
+        vocab_ids = start.vocab_ids.cpu() if start is not None else \
+            select_vocab(examples, target32.cfg.vocab_size, cfg.draft_vocab, eos)
         with atomic_path(vocab_file) as tmp:
             torch.save(vocab_ids, tmp)
-    if cfg.init in ("target", "random"):
+    if start is None:
         draft = init_draft(target32, cfg.layers, vocab_ids, cfg.init_layers, random_init=cfg.init == "random",
                            seed=cfg.seed)
     else:
-        start = load_draft(cfg.init, target32, dtype=torch.float32)
         if not torch.equal(start.vocab_ids.cpu(), vocab_ids):
-            raise UserError(f"--init draft {cfg.init} has another draft vocabulary: start from the target instead")
+            raise UserError(f"--init draft {cfg.init} has another draft vocabulary than this run's data "
+                            f"({vocab_file}): start from the target instead")
         draft = grow_draft(start, target32, cfg.layers, cfg.init_layers)
     state = train(draft, examples, cfg, work / "checkpoint.pt")
 
