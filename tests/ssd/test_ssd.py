@@ -17,6 +17,7 @@ from scipy.stats import chisquare
 
 from paperclub.errors import UserError
 from paperclub.models.draft import load_draft_model
+from paperclub.ssd.adaptive_fanout import FanoutBudget
 from paperclub.ssd.draft_worker import DraftWorker
 from paperclub.ssd.engine import ARDecoder, Engine, EngineConfig
 from paperclub.ssd.runner import ModelRunner
@@ -65,7 +66,7 @@ def ar_draft(runner: ModelRunner, prefix: list[int], k: int, params: SamplingPar
     return tokens, dists
 
 
-@pytest.mark.parametrize("fanout", ["uniform", "geometric"])
+@pytest.mark.parametrize("fanout", ["uniform", "geometric", "adaptive"])
 def test_branch_decoding_caches_what_autoregressive_drafting_gives(dirs, fanout):
     """Every cached branch (k, c) must hold the greedy draft continuation of prefix + spec[:k] + c, over two
     rounds (so the glue and the committed length after a hit are exercised), for a batch of sequences."""
@@ -82,7 +83,8 @@ def test_branch_decoding_caches_what_autoregressive_drafting_gives(dirs, fanout)
     for _ in range(2):
         for s in seqs:
             outcomes = worker.cache.outcomes(s.seq_id)
-            assert len(outcomes) == sum(cfg.fanout_sizes(len(s.pending) - 1, s.after_miss))
+            budget = worker.budget.budget if worker.budget else None
+            assert len(outcomes) == sum(cfg.fanout_sizes(len(s.pending) - 1, s.after_miss, budget))
             for k, c in outcomes:
                 spec = worker.cache._entries[s.seq_id][(k, c)]
                 prefix = history[s.seq_id] + s.pending[1: k + 1] + [c]
@@ -128,8 +130,9 @@ def test_sampled_branches_carry_the_distribution_they_were_sampled_from(dirs):
         (1, SSDConfig(k=3, fallback="jit")),
         (4, SSDConfig(k=3, fallback="fast", fanout="geometric", fanout_size=3)),
         (6, SSDConfig(k=2, fallback="auto", auto_jit_max_batch=3)),
+        (2, SSDConfig(k=3, fallback="jit", fanout="adaptive")),
     ],
-    ids=["batch1-jit", "batch4-fast-geometric", "batch6-auto"],
+    ids=["batch1-jit", "batch4-fast-geometric", "batch6-auto", "batch2-jit-adaptive"],
 )
 def test_greedy_ssd_is_token_identical_to_ar(dirs, batch, config):
     target, _, draft_dir = dirs
@@ -154,6 +157,8 @@ def test_greedy_ssd_is_token_identical_to_ar(dirs, batch, config):
     # clean shutdown: the draft exited on its own (exit code 0), no child left
     assert process.exitcode == 0 and not process.is_alive()
     assert torch.get_num_threads() == threads  # the target's SSD thread count stayed inside its steps
+    if config.fanout == "adaptive":  # every sequence saw the budget, within its bounds
+        assert all(config.k + 1 <= s.stats["fanout_budget"] <= config.max_branches for s in ssd)
 
 
 # ---- sampled SSD: the rule with cached drafts is exact ----------------------------------------------------------
@@ -307,6 +312,13 @@ def test_config_is_validated_and_fanouts_are_sane():
     geo = SSDConfig(k=4, fanout="geometric", fanout_size=4, geometric_alpha=0.5, geometric_budget=12)
     assert geo.fanout_sizes(4, after_miss=False) == [4, 3, 2, 1, 1]
     assert geo.fanout_sizes(0, after_miss=True) == [geo.miss_fanout]
+    ada = SSDConfig(k=4, fanout="adaptive", fanout_size=3, miss_fanout=4)
+    assert ada.fanout_sizes(4, after_miss=False, budget=5) == [1, 1, 1, 1, 1]
+    assert ada.fanout_sizes(4, after_miss=False, budget=8) == [2, 2, 2, 1, 1]  # the rest to the likeliest k
+    assert ada.fanout_sizes(4, after_miss=False, budget=20) == [3] * 5  # capped at F
+    assert ada.fanout_sizes(4, after_miss=True, budget=20) == [4] * 5  # after a miss, at the miss fan-out
+    assert ada.fanout_sizes(0, after_miss=True, budget=7) == [4]
+    assert ada.fanout_sizes(0, after_miss=False, budget=2) == [2]
     assert SSDConfig(fallback="auto", auto_jit_max_batch=2).fallback_for(2) == "jit"
     assert SSDConfig(fallback="auto", auto_jit_max_batch=2).fallback_for(3) == "fast"
     with pytest.raises(UserError, match="target_threads"):
@@ -318,6 +330,33 @@ def test_config_is_validated_and_fanouts_are_sane():
     assert SSDConfig(draft_threads=4).target_threads_for(available=2, current=2) == 1
     assert SSDConfig(target_threads=3).target_threads_for(available=2, current=2) == 3  # as asked
     assert SSDConfig(draft_device="cuda").target_threads_for(available=2, current=2) is None
+
+
+def simulate_budget(config: SSDConfig, verify_s: float, per_branch_s: float, rounds: int = 80):
+    """A draft whose build takes per_branch_s per branch (one sequence), racing a verification of verify_s:
+    the budget after each round, and how long the target waited in each."""
+    budget, budgets, late = FanoutBudget(config), [], []
+    for _ in range(rounds):
+        build = per_branch_s * budget.budget
+        budget.built(build, budget.budget, 1)
+        late.append(max(0.0, build - verify_s))
+        budgets.append(budget.outcome_arrived(verify_s - build))
+    return budgets, late
+
+
+def test_adaptive_budget_fits_the_build_into_the_verification():
+    config = SSDConfig(k=4, fanout="adaptive", fanout_size=3, miss_fanout=4)  # budget in [5, 20], starts at 15
+    budgets, late = simulate_budget(config, verify_s=4e-3, per_branch_s=0.5e-3)  # 8 branches fit
+    assert budgets[-1] in (6, 7, 8) and max(budgets[-40:]) <= 8
+    assert sum(late[-40:]) == 0 and late[0] > 0  # late at first (15 branches), never once it settled
+    assert simulate_budget(config, verify_s=4e-3, per_branch_s=0.01e-3)[0][-1] == 20  # a fast draft: the cap
+    budgets, _ = simulate_budget(config, verify_s=4e-3, per_branch_s=2e-3)  # too slow even for one each
+    assert budgets[-1] == 5 and min(budgets) == 5
+    # room again (the target got slower): the budget grows back, one branch at a time
+    b = FanoutBudget(config)
+    b.budget, b.unit_s = 5, 0.5e-3
+    grown = [b.outcome_arrived(10e-3) for _ in range(30)]
+    assert all(y - x <= 1 for x, y in zip(grown, grown[1:], strict=False)) and grown[-1] == 20
 
 
 def test_target_threads_apply_inside_the_block_only():

@@ -29,9 +29,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="weights/activations")
     g = p.add_argument_group("SSD (with --mode ssd)")
     # defaults (None) are SSDConfig's: it stays the one place they are written
-    g.add_argument("--fanout", default=None, choices=["uniform", "geometric"],
-                   help="how many bonus tokens to pre-draft per accepted length: uniform F, or spread like the "
-                        "outcome probabilities (default uniform)")
+    g.add_argument("--fanout", default=None, choices=["uniform", "geometric", "adaptive"],
+                   help="how many bonus tokens to pre-draft per accepted length: uniform F, spread like the "
+                        "outcome probabilities, or as many as the draft builds while the target verifies "
+                        "(default uniform)")
     g.add_argument("--fanout-size", type=int, default=None,
                    help="F: candidates per accepted length (the cap for geometric)")
     g.add_argument("--miss-fanout", type=int, default=None, help="candidates per length right after a miss")

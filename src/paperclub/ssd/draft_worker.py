@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from paperclub.models.draft import load_draft_model
 from paperclub.models.llama import AttentionMeta
+from paperclub.ssd.adaptive_fanout import FanoutBudget
 from paperclub.ssd.kv_cache import slot_range
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.saguaro import cache_aware
@@ -63,6 +64,7 @@ class DraftWorker:
         self.runner, self.config, self.k = runner, config, config.k
         self.seqs: dict[int, DraftSeq] = {}
         self.cache = SpeculationCache()
+        self.budget = FanoutBudget(config) if config.fanout == "adaptive" else None
 
     # ---- sequences come and go -------------------------------------------------------------------------------
 
@@ -143,9 +145,17 @@ class DraftWorker:
     # ---- 2-4. build the speculation cache for the round the target is verifying now -----------------------------
 
     def build(self, seqs: list[DraftSeq]) -> None:
+        t0 = time.monotonic()
         dists = self.glue_forward(seqs)
         branches = self.pick_bonus_candidates(seqs, dists)
         self.decode_branches(seqs, branches)
+        if self.budget is not None:
+            self.budget.built(time.monotonic() - t0, sum(map(len, branches)), len(seqs))
+
+    def outcome_arrived(self, margin_s: float) -> None:
+        """The target sent its outcome `margin_s` after the last build ended (negative: it waited for it)."""
+        if self.budget is not None:
+            self.budget.outcome_arrived(margin_s)
 
     def glue_forward(self, seqs: list[DraftSeq]) -> torch.Tensor:
         """2. One forward over each sequence's [bonus, spec_1..spec_n]: (B, n_max + 1, V) logits, row k = the
@@ -159,7 +169,7 @@ class DraftWorker:
         out = []
         for b, s in enumerate(seqs):
             n = len(s.pending) - 1
-            sizes = self.config.fanout_sizes(n, s.after_miss)
+            sizes = self.config.fanout_sizes(n, s.after_miss, self.budget.budget if self.budget else None)
             best = dists[b, : n + 1].topk(min(max(sizes) + 1, dists.shape[-1]), dim=-1).indices.tolist()
             branches = []
             for k, size in enumerate(sizes):
@@ -230,8 +240,10 @@ def serve_forever(channel: Channel, worker: DraftWorker) -> None:
             seqs = worker.add(msg["seqs"])
         elif msg["kind"] == "step":
             t0 = time.monotonic()
+            worker.outcome_arrived(msg["t_send"] - build_end)
             rows, q = worker.serve(msg["outcomes"], msg["fallback"])
-            timing = {"serve_s": time.monotonic() - t0, "build_s": build_s, "build_end": build_end}
+            timing = {"serve_s": time.monotonic() - t0, "build_s": build_s, "build_end": build_end,
+                      "budget": worker.budget.budget if worker.budget else None}
             channel.send({"kind": "answer", "rows": rows, "timing": timing}, [q] if q is not None else [])
             seqs = [worker.seqs[i] for i, _, _ in msg["outcomes"]]
             build_s = 0.0

@@ -98,7 +98,8 @@ class SSDDecoder:
         fallback = self.config.fallback_for(len(seqs))
         outcomes = [(s.request_id, *self._outcome[s.request_id]) for s in seqs]
         t_send = time.monotonic()
-        self._send({"kind": "step", "outcomes": outcomes, "fallback": fallback, "finished": self._take_finished()})
+        self._send({"kind": "step", "outcomes": outcomes, "fallback": fallback, "finished": self._take_finished(),
+                    "t_send": t_send})
         answer, tensors = self._recv(self.config.recv_timeout_s)
         waited = time.monotonic() - t_send
         timing = answer["timing"]
@@ -131,6 +132,8 @@ class SSDDecoder:
             self._outcome[s.request_id] = (n, t)
             emitted.append(r["tokens"][:n] + [t])
             self._count(s.stats, r, n, waited, hidden)
+            if timing["budget"] is not None:  # the adaptive fan-out's branches per sequence, as of this round
+                s.stats["fanout_budget"] = timing["budget"]
         self._count(self.stats, None, sum(num_accepted), waited, hidden, rows)
         return emitted
 
