@@ -24,6 +24,7 @@ SETTINGS = {
     "uniform F=2, miss 2": {"fanout_size": 2, "miss_fanout": 2},
     "uniform F=1, miss 1": {"fanout_size": 1, "miss_fanout": 1},
     "geometric budget 8": {"fanout": "geometric", "geometric_budget": 8},
+    "adaptive, F <= 3, miss 4": {"fanout": "adaptive"},
 }
 
 
@@ -67,6 +68,8 @@ def main() -> None:
             r |= {"cache_hit_rate": s["cache_hit_rate"], "tokens_per_round": s["tokens_per_round"],
                   "target_wait_ms_per_round": 1e3 * s["wait_s"] / s["rounds"],
                   "hidden_ms_per_round": 1e3 * s["hidden_s"] / s["rounds"]}
+            if "adaptive_fanout" in s:  # the F the adaptive fan-out ran last
+                r["adaptive_fanout_last"] = s["adaptive_fanout"]
         results[name] = r
         print(f"{name:32s} {r['tokens_per_s']:6.1f} tok/s  " + "  ".join(
             f"{k}={v:.3f}" for k, v in r.items() if isinstance(v, float) and k != "tokens_per_s"))

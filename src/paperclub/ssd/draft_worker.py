@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from paperclub.models.draft import load_draft_model
 from paperclub.models.llama import AttentionMeta
-from paperclub.ssd.adaptive_fanout import FanoutBudget
+from paperclub.ssd.adaptive_fanout import AdaptiveFanout
 from paperclub.ssd.kv_cache import slot_range
 from paperclub.ssd.runner import ModelRunner
 from paperclub.ssd.saguaro import cache_aware
@@ -64,7 +64,8 @@ class DraftWorker:
         self.runner, self.config, self.k = runner, config, config.k
         self.seqs: dict[int, DraftSeq] = {}
         self.cache = SpeculationCache()
-        self.budget = FanoutBudget(config) if config.fanout == "adaptive" else None
+        self.fanout = AdaptiveFanout(config) if config.fanout == "adaptive" else None
+        self._last_step: tuple[float, tuple[int, ...]] | None = None  # (sent, sequences) of the last step
 
     # ---- sequences come and go -------------------------------------------------------------------------------
 
@@ -145,17 +146,21 @@ class DraftWorker:
     # ---- 2-4. build the speculation cache for the round the target is verifying now -----------------------------
 
     def build(self, seqs: list[DraftSeq]) -> None:
-        t0 = time.monotonic()
         dists = self.glue_forward(seqs)
         branches = self.pick_bonus_candidates(seqs, dists)
         self.decode_branches(seqs, branches)
-        if self.budget is not None:
-            self.budget.built(time.monotonic() - t0, sum(map(len, branches)), len(seqs))
 
-    def outcome_arrived(self, margin_s: float) -> None:
-        """The target sent its outcome `margin_s` after the last build ended (negative: it waited for it)."""
-        if self.budget is not None:
-            self.budget.outcome_arrived(margin_s)
+    def step_arrived(self, sent: float | None, outcomes: list[tuple[int, int, int]], fallback: str = "jit") -> None:
+        """Time the round that just ended for the adaptive fan-out (`sent`: the target's clock, None after a
+        prefill): counted only if the previous step was for the same sequences. With the jit fallback a hit and
+        a miss emit the same tokens, so the unit is a sequence-round (less noisy than tokens); with the fast
+        fallback a miss emits fewer, so the unit is a token."""
+        ids = tuple(i for i, _, _ in outcomes)
+        if self.fanout is not None and sent is not None and self._last_step is not None \
+                and self._last_step[1] == ids:
+            units = sum(k + 1 for _, k, _ in outcomes) if fallback == "fast" else len(outcomes)
+            self.fanout.round_done(sent - self._last_step[0], units)
+        self._last_step = None if sent is None else (sent, ids)
 
     def glue_forward(self, seqs: list[DraftSeq]) -> torch.Tensor:
         """2. One forward over each sequence's [bonus, spec_1..spec_n]: (B, n_max + 1, V) logits, row k = the
@@ -169,7 +174,7 @@ class DraftWorker:
         out = []
         for b, s in enumerate(seqs):
             n = len(s.pending) - 1
-            sizes = self.config.fanout_sizes(n, s.after_miss, self.budget.budget if self.budget else None)
+            sizes = self.config.fanout_sizes(n, s.after_miss, self.fanout.level if self.fanout else None)
             best = dists[b, : n + 1].topk(min(max(sizes) + 1, dists.shape[-1]), dim=-1).indices.tolist()
             branches = []
             for k, size in enumerate(sizes):
@@ -238,12 +243,13 @@ def serve_forever(channel: Channel, worker: DraftWorker) -> None:
             return
         if msg["kind"] == "add":
             seqs = worker.add(msg["seqs"])
+            worker.step_arrived(None, [])  # the next round includes a prefill: not a plain round
         elif msg["kind"] == "step":
             t0 = time.monotonic()
-            worker.outcome_arrived(msg["t_send"] - build_end)
+            worker.step_arrived(msg["t_send"], msg["outcomes"], msg["fallback"])
             rows, q = worker.serve(msg["outcomes"], msg["fallback"])
             timing = {"serve_s": time.monotonic() - t0, "build_s": build_s, "build_end": build_end,
-                      "budget": worker.budget.budget if worker.budget else None}
+                      "fanout": worker.fanout.level if worker.fanout else None}
             channel.send({"kind": "answer", "rows": rows, "timing": timing}, [q] if q is not None else [])
             seqs = [worker.seqs[i] for i, _, _ in msg["outcomes"]]
             build_s = 0.0

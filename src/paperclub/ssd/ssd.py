@@ -132,9 +132,11 @@ class SSDDecoder:
             self._outcome[s.request_id] = (n, t)
             emitted.append(r["tokens"][:n] + [t])
             self._count(s.stats, r, n, waited, hidden)
-            if timing["budget"] is not None:  # the adaptive fan-out's branches per sequence, as of this round
-                s.stats["fanout_budget"] = timing["budget"]
+            if timing["fanout"] is not None:  # the F the adaptive fan-out ran this round
+                s.stats["adaptive_fanout"] = timing["fanout"]
         self._count(self.stats, None, sum(num_accepted), waited, hidden, rows)
+        if timing["fanout"] is not None:
+            self.stats["adaptive_fanout"] = timing["fanout"]
         return emitted
 
     def release(self, seq: Sequence) -> None:

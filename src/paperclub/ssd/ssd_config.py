@@ -7,10 +7,9 @@ bets on F_k bonus candidates for each k = 0..K; the fan-out policy picks the F_k
 * ``geometric``: spread a budget of branches like the outcome probabilities of a draft whose tokens are
   accepted independently with rate alpha (P(k) = alpha^k (1 - alpha) for k < K, P(K) = alpha^K), each F_k
   capped at F and at least 1: likely outcomes get more candidates.
-* ``adaptive``: a budget of B branches per sequence, set while decoding so that the draft's cache build ends
-  before the target's next outcome arrives (`adaptive_fanout.FanoutBudget`); B is spread over k = 0..n, one each
-  first, the rest to the lowest k, each F_k capped at F (after a miss at ``miss_fanout``). The best fixed F
-  depends on how fast the draft builds against how fast the target verifies, i.e. on the machine.
+* ``adaptive``: uniform, with F chosen while decoding from 1..``fanout_size`` by the seconds per emitted token
+  each value gives on this machine (`adaptive_fanout.AdaptiveFanout`); after a miss, F plus
+  (``miss_fanout`` - ``fanout_size``), capped at ``miss_fanout``.
 * after a miss, the next round's cache is built with its own fan-out ``miss_fanout`` at every k (a fast
   fallback leaves a single k = 0 position, where the wider bet pays).
 """
@@ -88,13 +87,14 @@ class SSDConfig:
             return self.fallback
         return "jit" if batch_size <= self.auto_jit_max_batch else "fast"
 
-    def fanout_sizes(self, num_spec: int, after_miss: bool, budget: int | None = None) -> list[int]:
-        """F_k for k = 0..num_spec, for a round that drafted `num_spec` tokens (`budget`: the adaptive policy's
-        branches per sequence; None means its cap)."""
+    def fanout_sizes(self, num_spec: int, after_miss: bool, level: int | None = None) -> list[int]:
+        """F_k for k = 0..num_spec, for a round that drafted `num_spec` tokens (`level`: the F the adaptive policy
+        runs now; None means ``fanout_size``)."""
         if self.fanout == "adaptive":
-            cap = self.miss_fanout if after_miss else self.fanout_size
-            each, rest = divmod(self.max_branches if budget is None else budget, num_spec + 1)
-            return [max(1, min(cap, each + (k < rest))) for k in range(num_spec + 1)]
+            f = self.fanout_size if level is None else level
+            if after_miss:
+                f = max(1, min(self.miss_fanout, f + self.miss_fanout - self.fanout_size))
+            return [f] * (num_spec + 1)
         if after_miss:
             return [self.miss_fanout] * (num_spec + 1)
         if self.fanout == "uniform":
