@@ -30,7 +30,7 @@ FALLBACKS = ("jit", "fast", "auto")
 class SSDConfig:
     k: int = 4  # draft tokens per round
     fanout: str = "uniform"  # "uniform" | "geometric" | "adaptive"
-    fanout_size: int = 3  # F: candidates per k (uniform) or the cap per k (geometric)
+    fanout_size: int = 3  # F: candidates per k (uniform), the cap per k (geometric), the largest F tried (adaptive)
     geometric_alpha: float = 0.7  # assumed acceptance rate of the geometric policy
     geometric_budget: int = 12  # branches per sequence the geometric policy spreads over k = 0..K
     miss_fanout: int = 4  # candidates per k when building the cache right after a miss
