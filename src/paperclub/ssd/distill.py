@@ -70,7 +70,8 @@ class DistillConfig:
     checkpoint_every_s: float = 120.0
     seed: int = 0
     threads: int = 1
-    bf16: bool = True  # bf16 autocast for training (fp32 master weights)
+    # bf16 autocast for training (fp32 master weights); "auto": where matmuls in bf16 are native (see `use_bf16`)
+    bf16: bool | str = "auto"
     prompts: str | None = None  # JSONL of prompts; None: the shipped instruction set + HumanEval
     eval_temperatures: list[float] = field(default_factory=lambda: [0.0, 0.7])
     # one continuation per prompt per entry: 0 = greedy, > 0 = sampled (repeat a temperature for more samples)
@@ -101,6 +102,19 @@ class DistillConfig:
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    """Whether to train with bf16 autocast. "auto": on CUDA, and on CPUs with bf16 matmul instructions
+    (AVX512-BF16 or AMX); elsewhere (e.g. AVX2 only) torch's bf16 matmuls are emulated and one training step of
+    the default draft took 67 s instead of a few."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type != "cpu":
+        return True
+    from paperclub.nn.cpu_kernels import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def lr_at(cfg: DistillConfig, step: int, elapsed: float) -> float:
@@ -217,7 +231,8 @@ def train(draft: DraftLM, examples: list[Example], cfg: DistillConfig, ckpt: Pat
     # bf16 autocast (AMX/AVX512-BF16 matmuls) with fp32 master weights; the residual stream is bf16 as in
     # bf16 inference, so the shared embedding is read as bf16 during training
     shared_embed = draft.embed
-    act_dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    bf16 = use_bf16(cfg.bf16, draft.device)
+    act_dtype = torch.bfloat16 if bf16 else torch.float32
     draft.embed = torch.nn.Embedding.from_pretrained(shared_embed.weight.detach().to(act_dtype), freeze=True)
     draft.train()
     last_ckpt = time.perf_counter()
@@ -229,7 +244,7 @@ def train(draft: DraftLM, examples: list[Example], cfg: DistillConfig, ckpt: Pat
             lr = lr_at(cfg, state.step, state.elapsed_s)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with torch.autocast(draft.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(draft.device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = train_forward(draft, batch["tokens"], batch["lengths"].tolist(), act_dtype)
             loss = distill_loss(logits.float(), batch)
             opt.zero_grad(set_to_none=True)

@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=None, help="draft tokens per round for the evaluation (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--train-dtype", default=None, choices=["auto", "bfloat16", "float32"],
+                   help="training precision: bf16 autocast with fp32 master weights, or fp32 throughout (default "
+                        "auto: bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16, AMX), else fp32, "
+                        "since CPUs without them run bf16 matmuls many times slower)")
     p.add_argument("--extra-prompts", default=None,
                    help="JSONL of training-only prompts (one greedy continuation each, never held out)")
     p.add_argument("--reuse-data", default=None,
@@ -78,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "time_budget_s": parse_duration(args.time_budget) if args.time_budget else None,
         "batch_size": args.batch_size, "lr": args.lr, "max_new_tokens": args.max_new_tokens,
         "eval_prompts": args.eval_prompts, "k": args.k, "threads": args.threads, "seed": args.seed,
+        "bf16": {"auto": "auto", "bfloat16": True, "float32": False}.get(args.train_dtype),
         "init_layers": parse_layers(args.init_layers) if args.init_layers else None,
         "data_temperatures": parse_temperatures(args.data_temperatures) if args.data_temperatures else None,
         "prompts": str(Path(args.prompts).resolve()) if args.prompts else None,
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in given.items() if v is not None}
     base = saved_config(out) if args.resume else {}
     # on resume the saved settings hold; only the budget (steps, time) and evaluation may be changed
-    changeable = {"steps", "time_budget_s", "eval_prompts", "threads"}
+    changeable = {"steps", "time_budget_s", "eval_prompts", "threads", "bf16"}
     for key, value in given.items():
         if args.resume and key not in changeable and base.get(key) != value:
             raise UserError(f"--resume cannot change {key} (saved {base.get(key)!r}, given {value!r}): "
