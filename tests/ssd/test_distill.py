@@ -317,3 +317,17 @@ def test_training_precision_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(ck, "cpu_flags", lambda: frozenset({"amx_bf16", "amx_tile"}))
     assert use_bf16("auto", cpu) is True and use_bf16(False, cpu) is False
     assert use_bf16("auto", torch.device("cuda")) is True
+
+
+def test_training_only_prompt_sets_never_contain_a_held_out_prompt():
+    data = Path(__file__).parents[2] / "src" / "paperclub" / "ssd" / "data"
+
+    def contents(name: str) -> list[str]:
+        return [json.loads(line)["messages"][0]["content"] for line in (data / name).read_text().splitlines()]
+
+    held_out = set(contents("distill_eval.jsonl"))
+    assert len(held_out) == 79
+    for name in ("distill_train.jsonl", "distill_extra.jsonl", "distill_extra2.jsonl"):
+        prompts = contents(name)
+        assert prompts and not held_out & set(prompts), name
+    assert not set(contents("distill_extra.jsonl")) & set(contents("distill_extra2.jsonl"))
