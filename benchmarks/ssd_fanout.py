@@ -20,11 +20,11 @@ from paperclub.ssd.bench import OurSystem, load_prompts
 from paperclub.ssd.ssd_config import SSDConfig
 
 SETTINGS = {
-    "uniform F=3, miss 4 (default)": {},
-    "uniform F=2, miss 2": {"fanout_size": 2, "miss_fanout": 2},
-    "uniform F=1, miss 1": {"fanout_size": 1, "miss_fanout": 1},
+    "uniform F=3, miss 4": {"fanout": "uniform"},
+    "uniform F=2, miss 2": {"fanout": "uniform", "fanout_size": 2, "miss_fanout": 2},
+    "uniform F=1, miss 1": {"fanout": "uniform", "fanout_size": 1, "miss_fanout": 1},
     "geometric budget 8": {"fanout": "geometric", "geometric_budget": 8},
-    "adaptive, F <= 3, miss 4": {"fanout": "adaptive"},
+    "adaptive, F <= 3, miss 4 (default)": {"fanout": "adaptive"},
 }
 
 

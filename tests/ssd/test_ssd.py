@@ -128,12 +128,12 @@ def test_sampled_branches_carry_the_distribution_they_were_sampled_from(dirs):
 @pytest.mark.parametrize(
     "batch, config",
     [
-        (1, SSDConfig(k=3, fallback="jit")),
+        (1, SSDConfig(k=3, fallback="jit", fanout="uniform")),
         (4, SSDConfig(k=3, fallback="fast", fanout="geometric", fanout_size=3)),
         (6, SSDConfig(k=2, fallback="auto", auto_jit_max_batch=3)),
         (2, SSDConfig(k=3, fallback="jit", fanout="adaptive")),
     ],
-    ids=["batch1-jit", "batch4-fast-geometric", "batch6-auto", "batch2-jit-adaptive"],
+    ids=["batch1-jit-uniform", "batch4-fast-geometric", "batch6-auto", "batch2-jit-adaptive"],
 )
 def test_greedy_ssd_is_token_identical_to_ar(dirs, batch, config):
     target, _, draft_dir = dirs

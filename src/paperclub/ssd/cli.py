@@ -32,7 +32,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fanout", default=None, choices=["uniform", "geometric", "adaptive"],
                    help="how many bonus tokens to pre-draft per accepted length: uniform F, spread like the "
                         "outcome probabilities, or the F in 1..--fanout-size that decodes fastest on this machine, "
-                        "timed while decoding (default uniform)")
+                        "timed while decoding (default adaptive)")
     g.add_argument("--fanout-size", type=int, default=None,
                    help="F: candidates per accepted length (the cap for geometric)")
     g.add_argument("--miss-fanout", type=int, default=None, help="candidates per length right after a miss")

@@ -29,7 +29,8 @@ FALLBACKS = ("jit", "fast", "auto")
 @dataclass
 class SSDConfig:
     k: int = 4  # draft tokens per round
-    fanout: str = "uniform"  # "uniform" | "geometric" | "adaptive"
+    # "adaptive" (default: times F = 1..fanout_size on this machine and runs the fastest) | "uniform" | "geometric"
+    fanout: str = "adaptive"
     fanout_size: int = 3  # F: candidates per k (uniform), the cap per k (geometric), the largest F tried (adaptive)
     geometric_alpha: float = 0.7  # assumed acceptance rate of the geometric policy
     geometric_budget: int = 12  # branches per sequence the geometric policy spreads over k = 0..K
