@@ -4,7 +4,7 @@ A wider bet (larger F) raises the speculation cache's hit rate, so fewer rounds 
 makes the cache build longer. The build runs while the target verifies, and that only pays if it is hidden. A
 draft on hardware of its own can afford a wide bet. A draft that shares a small CPU with the target finishes
 late, so the target waits for it, and it competes with the verification for memory bandwidth. On a 2-core
-AMD EPYC, F = 1 decoded 1.32x faster than F = 3, the default chosen on a 2-core Xeon with AMX. No fixed F is
+AMD EPYC, F = 1 decoded 1.2-1.3x faster than F = 3, the fixed default chosen earlier on a Xeon with AMX. No F is
 right everywhere, so the draft measures.
 
 The measure is what the user gets: seconds of wall time per emitted token, from the target's own clock. Each
