@@ -228,8 +228,8 @@ def train(draft: DraftLM, examples: list[Example], cfg: DistillConfig, ckpt: Pat
     if state.step:
         log.info("resuming training at step %d (%.0fs trained)", state.step, state.elapsed_s)
     batcher = Batcher(examples, draft.vocab_ids.cpu(), draft.cfg.vocab_size, cfg)
-    # bf16 autocast (AMX/AVX512-BF16 matmuls) with fp32 master weights; the residual stream is bf16 as in
-    # bf16 inference, so the shared embedding is read as bf16 during training
+    # where bf16 matmuls are native (`use_bf16`): bf16 autocast with fp32 master weights, the residual stream in
+    # bf16 as in bf16 inference, so the shared embedding is read as bf16; elsewhere fp32 throughout
     shared_embed = draft.embed
     bf16 = use_bf16(cfg.bf16, draft.device)
     act_dtype = torch.bfloat16 if bf16 else torch.float32
