@@ -190,6 +190,14 @@ def test_reuse_data_links_another_runs_teacher_data_and_checks_its_settings(tmp_
     capsys.readouterr()
     kept = load_draft(second, load_model(target_dir, dtype=torch.float32)).vocab_ids
     assert torch.equal(torch.load(third / "work" / "vocab_ids.pt"), kept.cpu())
+    # reusing the second run's data brings its training-only chunks along, and a further extra set adds to them
+    fourth = tmp_path / "fourth"
+    more = write_prompts(tmp_path / "more.jsonl", n=3, seed=13)
+    assert distill(target_dir, fourth, prompts, "--steps", "2", "--layers", "2", "--init", str(second),
+                   "--reuse-data", str(second), "--extra-prompts", str(more)) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["examples"] == 14 + 5 + 3
+    (lent,) = (fourth / "work" / "reused-extra").glob("chunk-*.pt")
+    assert lent.stat().st_ino == (second / "work" / "extra" / "chunk-0000.pt").stat().st_ino
 
 
 def forced(model, prompt: list[int]) -> torch.Tensor:
@@ -327,7 +335,9 @@ def test_training_only_prompt_sets_never_contain_a_held_out_prompt():
 
     held_out = set(contents("distill_eval.jsonl"))
     assert len(held_out) == 79
-    for name in ("distill_train.jsonl", "distill_extra.jsonl", "distill_extra2.jsonl"):
+    names = ("distill_train.jsonl", "distill_extra.jsonl", "distill_extra2.jsonl", "distill_extra3.jsonl")
+    for name in names:
         prompts = contents(name)
         assert prompts and not held_out & set(prompts), name
-    assert not set(contents("distill_extra.jsonl")) & set(contents("distill_extra2.jsonl"))
+    for i, a in enumerate(names[1:], 1):  # each extra set is new to the sets before it
+        assert not set(contents(a)) & set().union(*(contents(b) for b in names[:i])), a

@@ -5,7 +5,7 @@ Pipeline (each phase resumable; everything lives under `<out>/work/`):
 1. data: the target's greedy continuations of the training prompts (its own generations, as speculative
    decoding sees them; `data_temperatures` adds sampled ones) and of each `extra_prompts` line (training only),
    and, at every position of prompt + continuation, its top-k next-token distribution; `reuse_data` links
-   another run's finished data instead of regenerating it;
+   another run's finished data (its training-only chunks too) instead of regenerating it;
 2. vocabulary: the `draft_vocab` target ids that carry the most next-token mass in that data;
 3. training: the draft (a few target layers on the target's frozen embedding, a head over the draft
    vocabulary) minimises the cross-entropy to the target's renormalised top-k distribution (= forward KL up to
@@ -309,6 +309,8 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     if cfg.extra_prompts:  # their own chunk directory, so --reuse-data never mixes them with the main set
         paths += build_chunks(llm, read_prompts(cfg.extra_prompts), work / "extra", cfg.chunk_size,
                               cfg.max_new_tokens, cfg.topk, temperatures=(0.0,), seed=cfg.seed)
+    if cfg.reuse_data:
+        paths += sorted((work / REUSED_EXTRA).glob("chunk-*.pt"))
     examples = load_examples(paths)
     eos = set(llm.model.cfg.eos_token_ids) | set(llm.tokenizer.eos_token_ids)
     eval_ids = [llm.encode(p) for p in eval_prompts]
@@ -387,17 +389,29 @@ def link_teacher_data(other: Path, work: Path, cfg: DistillConfig) -> None:
     if diff:
         raise UserError(f"--reuse-data {other} was made with other data settings: "
                         + ", ".join(f"{k} {theirs.get(k)!r} (here {mine[k]!r})" for k in diff))
-    files = sorted((other / "work" / "data").glob("chunk-*.pt")) + [other / "work" / "vocab_ids.pt"]
-    (work / "data").mkdir(parents=True, exist_ok=True)
-    for src in files:
-        dst = work / ("data" if src.name.startswith("chunk-") else "") / src.name
+    main = sorted((other / "work" / "data").glob("chunk-*.pt"))
+    extra = extra_chunks(other / "work")  # its training-only chunks (and those it reused in turn), one flat list
+    links = [(src, work / "data" / src.name) for src in main]
+    links += [(other / "work" / "vocab_ids.pt", work / "vocab_ids.pt")]
+    links += [(src, work / REUSED_EXTRA / f"chunk-{i:04d}.pt") for i, src in enumerate(extra)]
+    for src, dst in links:
+        dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_file() and not dst.exists():
             try:
                 dst.hardlink_to(src)
             except OSError:
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
-    log.info("reusing %d teacher-data chunks from %s", len(files) - 1, other)
+    log.info("reusing %d teacher-data chunks (%d of them training-only) from %s", len(main) + len(extra),
+             len(extra), other)
+
+
+REUSED_EXTRA = "reused-extra"
+
+
+def extra_chunks(work: Path) -> list[Path]:
+    """A run's training-only teacher-data chunks: its --extra-prompts and those another run's --reuse-data lent it."""
+    return sorted((work / REUSED_EXTRA).glob("chunk-*.pt")) + sorted((work / "extra").glob("chunk-*.pt"))
 
 
 def prepare_out(out: Path, resume: bool, force: bool) -> None:

@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extra-prompts", default=None,
                    help="JSONL of training-only prompts (one greedy continuation each, never held out)")
     p.add_argument("--reuse-data", default=None,
-                   help="another distill --out made with the same data settings: link its teacher data")
+                   help="another distill --out made with the same data settings: link its teacher data, including "
+                        "that of its --extra-prompts (only --extra-prompts given here are generated)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="delete an existing --out first")
     p.set_defaults(func=run)
