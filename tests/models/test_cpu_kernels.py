@@ -278,3 +278,24 @@ def test_argmax_is_torch_argmax(kernels):
         assert torch.equal(kernels.argmax(short), short.argmax(-1)), v
     logits = (torch.randn(64, 4096, generator=g) * 3).round()  # many ties among the largest values
     assert torch.equal(kernels.argmax(logits), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_final_rmsnorm_matches_torch_and_is_batch_invariant(kernels, dtype):
+    """The model's final norm, as `layers` applies it: torch's RMSNorm up to the sum's order, each row alone the same
+    to the bit as in a batch."""
+    from paperclub.nn.rmsnorm import RMSNorm
+
+    g = torch.Generator().manual_seed(8)
+    norm = RMSNorm(96, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(96, generator=g))
+    norm = norm.to(dtype)
+    x = (torch.randn(3, 7, 96, generator=g) * 4).to(dtype)
+    out = kernels.rmsnorm(x, norm.weight.detach(), 1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    with torch.no_grad():
+        torch.testing.assert_close(out.float(), norm(x).float(), atol=tol, rtol=tol)
+    assert torch.equal(kernels.rmsnorm(x[1:2, 3:4].contiguous(), norm.weight.detach(), 1e-5), out[1:2, 3:4])
+    with pytest.raises(RuntimeError, match="rmsnorm: a contiguous x"):
+        kernels.rmsnorm(x, norm.weight.detach()[:64], 1e-5)

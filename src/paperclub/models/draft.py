@@ -125,8 +125,7 @@ class DraftLM(Llama):
 def full_vocab_logits(sub: torch.Tensor, vocab_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """float32 logits (..., vocab_size) from logits over `vocab_ids` only: -inf (probability 0) everywhere else."""
     full = torch.full((*sub.shape[:-1], vocab_size), -math.inf, dtype=torch.float32, device=sub.device)
-    full[..., vocab_ids] = sub.float()
-    return full
+    return full.index_copy_(-1, vocab_ids, sub.float())
 
 
 def draft_config(target_cfg: ModelConfig, num_layers: int) -> ModelConfig:

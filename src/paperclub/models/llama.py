@@ -166,23 +166,38 @@ class Llama(nn.Module):
         if fused and meta.lengths is not None:
             return self._forward_packed(tokens, positions, k_caches, v_caches, meta)
         x = self.embed(tokens)
-        cos = self.rope_cos[positions].to(x.dtype)[:, :, None]  # (B, T, 1, hd)
-        sin = self.rope_sin[positions].to(x.dtype)[:, :, None]
+        cos_table, sin_table = self.rope_tables(x.dtype)
+        cos, sin = cos_table[positions][:, :, None], sin_table[positions][:, :, None]  # (B, T, 1, hd)
         if fused:
-            return self.norm(self._fused_layers(x, cos, sin, k_caches, v_caches, meta, meta.write_index))
+            return self._fused_layers(x, cos, sin, k_caches, v_caches, meta, meta.write_index)
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         return self.norm(x)
+
+    def rope_tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cos/sin tables in the activations' dtype. On the CPU the cast copies are kept (a decode step then
+        indexes them directly); they are rebuilt when the float32 tables change (`set_rope`, `.to`)."""
+        cos, sin = self.rope_cos, self.rope_sin
+        if cos.dtype == dtype or cos.device.type != "cpu":
+            return cos.to(dtype), sin.to(dtype)
+        kept = self.__dict__.get("_rope_cast")
+        if kept is None or kept[0] is not cos or kept[1].dtype != dtype:
+            kept = (cos, cos.to(dtype), sin.to(dtype))
+            self.__dict__["_rope_cast"] = kept
+        return kept[1], kept[2]
 
     def runs_fused(self, k_cache: torch.Tensor) -> bool:
         """Whether forwards run as one compiled call (`nn/kernels/block_cpu.cpp`), which also takes ragged rows."""
         return len(self.layers) > 0 and self.layers[0]._fused(self.embed.weight, k_cache)
 
     def _fused_layers(self, x, cos, sin, k_caches, v_caches, meta: AttentionMeta, write_index, cu_seqlens=None):
-        """Every block in one compiled call."""
-        return cpu_kernel().layers(x.contiguous(), self._block_params(), list(k_caches), list(v_caches), cos, sin,
-                                   meta.slots, write_index, meta.kv_len, meta.mask, self.cfg.num_heads,
-                                   self.cfg.rms_norm_eps, cu_seqlens)
+        """Every block, then the final norm, in one compiled call."""
+        w = self.norm.weight
+        in_kernel = w.dtype == x.dtype and self.norm.eps == self.cfg.rms_norm_eps
+        out = cpu_kernel().layers(x.contiguous(), self._block_params(), list(k_caches), list(v_caches), cos, sin,
+                                  meta.slots, write_index, meta.kv_len, meta.mask, self.cfg.num_heads,
+                                  self.cfg.rms_norm_eps, cu_seqlens, w if in_kernel else None)
+        return out if in_kernel else self.norm(out)
 
     def _forward_packed(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
         """`forward` for rows padded to T with only `meta.lengths[b]` real tokens each (a batched prefill): the real
@@ -193,10 +208,11 @@ class Llama(nn.Module):
         cu = torch.tensor([0, *itertools.accumulate(meta.lengths)])
         x = self.embed(tokens.view(-1)[real])  # (N, D)
         pos = positions.reshape(-1)[real]
-        cos, sin = self.rope_cos[pos].to(x.dtype), self.rope_sin[pos].to(x.dtype)
+        cos_table, sin_table = self.rope_tables(x.dtype)
+        cos, sin = cos_table[pos], sin_table[pos]
         x = self._fused_layers(x, cos, sin, k_caches, v_caches, meta, meta.write_index.reshape(-1)[real], cu)
         out = x.new_zeros(B * T, x.shape[-1])
-        out[real] = self.norm(x)
+        out[real] = x
         return out.view(B, T, -1)
 
     def _block_params(self) -> list[torch.Tensor | None]:
@@ -206,9 +222,13 @@ class Llama(nn.Module):
         key = self.layers[0]._fused_key
         if getattr(self, "_block_params_key", None) != key:
             self._block_raw = [t for layer in self.layers for t in layer.raw_tensors()]
+            per_layer = len(self._block_raw) // len(self.layers)
+            self._block_matrices = [i for i in range(len(self._block_raw)) if i % per_layer in Block.MATRICES]
             self._block_params_key = key
-        per_layer = len(self._block_raw) // len(self.layers)
-        return [packed(t) if i % per_layer in Block.MATRICES else t for i, t in enumerate(self._block_raw)]
+        params = list(self._block_raw)
+        for i in self._block_matrices:
+            params[i] = packed(params[i])
+        return params
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits for the given hidden states (..., D)."""

@@ -86,7 +86,7 @@ def causal_meta(
     """
     B, T = len(slots), max(lengths)
     start = torch.tensor(starts, device=device)
-    write = start[:, None] + torch.arange(T, device=device)[None, :]  # (B, T)
+    write = start[:, None] if T == 1 else start[:, None] + torch.arange(T, device=device)[None, :]  # (B, T)
     S = int(max(s + T for s in starts))
     if B == 1 and T == 1 and (window is None or S <= window):
         mask = None  # one new token attends to everything before it: S = start + 1

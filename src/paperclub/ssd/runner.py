@@ -73,7 +73,9 @@ class ModelRunner:
         meta, positions = causal_meta(slots, starts, lengths, self.device, self.cfg.sliding_window)
         tokens = torch.tensor([c + [0] * (T - len(c)) for c in chunks], device=self.device)
         hidden = self.model(tokens, positions, self.cache.k, self.cache.v, meta)
-        if last_only:
+        if last_only and min(lengths) == T:  # (a decode step: a view, no gather)
+            hidden = hidden[:, -1]
+        elif last_only:
             last = torch.tensor(lengths, device=self.device) - 1
             hidden = hidden[torch.arange(len(chunks), device=self.device), last]
         return self.model.logits(hidden)

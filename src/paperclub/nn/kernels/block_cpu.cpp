@@ -236,13 +236,32 @@ torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qk
   return out.view(x.sizes());
 }
 
-// All decoder blocks of a model in one call. params: per layer, in this order, [attn_norm, w_qkv, b_qkv, q_norm,
+// The model's final norm: rmsnorm over the last dimension of a contiguous bf16 or float32 x, weight w of x's dtype.
+torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor w, double eps) {
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(x.is_contiguous() && w.scalar_type() == x.scalar_type() && w.dim() == 1 && w.numel() == D &&
+                  D % 8 == 0,
+              "rmsnorm: a contiguous x whose last dimension (a multiple of 8) is the weight's, of the same dtype");
+  auto wc = w.contiguous();
+  auto y = torch::empty_like(x);
+  const int64_t rows = D ? x.numel() / D : 0;
+  if (x.scalar_type() == torch::kBFloat16) {
+    using T = at::BFloat16;
+    rmsnorm_rows(x.data_ptr<T>(), D, wc.data_ptr<T>(), y.data_ptr<T>(), D, rows, D, (float)eps);
+  } else {
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "rmsnorm: bf16 or fp32");
+    rmsnorm_rows(x.data_ptr<float>(), D, wc.data_ptr<float>(), y.data_ptr<float>(), D, rows, D, (float)eps);
+  }
+  return y;
+}
+
+// All decoder blocks of a model in one call, then the final norm if one is given. params: per layer, in this order, [attn_norm, w_qkv, b_qkv, q_norm,
 // k_norm, w_o, b_o, mlp_norm, w_gate_up, w_down] (None where a layer has no such tensor).
 torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> params,
                      std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches, torch::Tensor cos,
                      torch::Tensor sin, torch::Tensor slots, torch::Tensor write_index, int64_t S,
                      c10::optional<torch::Tensor> mask, int64_t num_heads, double eps,
-                     c10::optional<torch::Tensor> cu_seqlens) {
+                     c10::optional<torch::Tensor> cu_seqlens, c10::optional<torch::Tensor> final_norm) {
   constexpr size_t kPerLayer = 10;
   TORCH_CHECK(params.size() == kPerLayer * k_caches.size() && k_caches.size() == v_caches.size(),
               "layers: one set of parameters and caches per layer");
@@ -251,5 +270,5 @@ torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> 
     x = block(x, *p[0], *p[1], p[2], p[3], p[4], *p[5], p[6], *p[7], *p[8], *p[9], cos, sin, k_caches[l],
               v_caches[l], slots, write_index, S, mask, num_heads, eps, cu_seqlens);
   }
-  return x;
+  return final_norm.has_value() && final_norm->defined() ? rmsnorm(x, *final_norm, eps) : x;
 }

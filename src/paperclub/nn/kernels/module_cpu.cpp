@@ -22,7 +22,8 @@ torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> 
                      std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches, torch::Tensor cos,
                      torch::Tensor sin, torch::Tensor slots, torch::Tensor write_index, int64_t S,
                      c10::optional<torch::Tensor> mask, int64_t num_heads, double eps,
-                     c10::optional<torch::Tensor> cu_seqlens);  // block_cpu.cpp
+                     c10::optional<torch::Tensor> cu_seqlens, c10::optional<torch::Tensor> final_norm);
+torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor w, double eps);  // block_cpu.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "batch-invariant linear (AMX tiles for bf16 where the CPU has them)");
@@ -37,7 +38,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layers", &layers, "all decoder blocks of a model, one after the other", py::arg("x"), py::arg("params"),
         py::arg("k_caches"), py::arg("v_caches"), py::arg("cos"), py::arg("sin"), py::arg("slots"),
         py::arg("write_index"), py::arg("S"), py::arg("mask"), py::arg("num_heads"), py::arg("eps"),
-        py::arg("cu_seqlens") = py::none());
+        py::arg("cu_seqlens") = py::none(), py::arg("final_norm") = py::none());
+  m.def("rmsnorm", &rmsnorm, "w * rmsnorm(x) over the last dimension, as the blocks' norms compute it",
+        py::arg("x"), py::arg("w"), py::arg("eps"));
   m.def("block", &block, "one Llama decoder block: norms, projections, rope, cache write, attention, MLP", py::arg("x"),
         py::arg("attn_norm"), py::arg("w_qkv"), py::arg("b_qkv"), py::arg("q_norm"), py::arg("k_norm"), py::arg("w_o"),
         py::arg("b_o"), py::arg("mlp_norm"), py::arg("w_gate_up"), py::arg("w_down"), py::arg("cos"), py::arg("sin"),
