@@ -130,3 +130,17 @@ def test_config_refuses_unsupported_architecture():
         ModelConfig.from_hf({"model_type": "gpt2"})
     with pytest.raises(UserError, match="unsupported rope scaling 'yarn'"):
         ModelConfig.from_hf({**BASE, "model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 2}})
+
+
+def test_rope_tables_in_the_activation_dtype_follow_the_float32_tables():
+    """The bf16 copies a CPU decode step indexes are the float32 tables cast, rebuilt when those change."""
+    cfg = ModelConfig(vocab_size=50, hidden_size=64, intermediate_size=96, num_layers=1, num_heads=4, num_kv_heads=2,
+                      head_dim=16, max_position_embeddings=64)
+    model = Llama(cfg, max_positions=16)
+    cos, sin = model.rope_tables(torch.bfloat16)
+    assert torch.equal(cos, model.rope_cos.to(torch.bfloat16)) and torch.equal(sin, model.rope_sin.to(torch.bfloat16))
+    assert model.rope_tables(torch.bfloat16)[0] is cos  # kept, not cast again
+    model.set_rope(32)
+    cos32, _ = model.rope_tables(torch.bfloat16)
+    assert cos32.shape[0] == 32 and torch.equal(cos32, model.rope_cos.to(torch.bfloat16))
+    assert model.rope_tables(torch.float32)[0] is model.rope_cos
