@@ -255,8 +255,9 @@ torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor w, double eps) {
   return y;
 }
 
-// All decoder blocks of a model in one call, then the final norm if one is given. params: per layer, in this order, [attn_norm, w_qkv, b_qkv, q_norm,
-// k_norm, w_o, b_o, mlp_norm, w_gate_up, w_down] (None where a layer has no such tensor).
+// All decoder blocks of a model in one call, then the final norm if one is given. params: per layer, in this order,
+// [attn_norm, w_qkv, b_qkv, q_norm, k_norm, w_o, b_o, mlp_norm, w_gate_up, w_down] (None where a layer has no such
+// tensor).
 torch::Tensor layers(torch::Tensor x, std::vector<c10::optional<torch::Tensor>> params,
                      std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches, torch::Tensor cos,
                      torch::Tensor sin, torch::Tensor slots, torch::Tensor write_index, int64_t S,
