@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from paperclub.atomic import write_json
+from paperclub.engine import LLM, SamplingParams
 from paperclub.models.default_model import ensure_default_model
-from paperclub.ssd import LLM, SamplingParams
 
 PROMPTS = [
     [{"role": "user", "content": "Describe how a bicycle works to a ten-year-old."}],
@@ -77,7 +77,7 @@ def hf_batch1(hf, ids: list[int], n: int) -> float:
 def peak_rss_mb(model_dir: Path, dtype: str, n: int) -> float:
     # VmHWM, not ru_maxrss: the latter survives fork+exec and would report this (parent) process's peak
     code = (
-        "from paperclub.ssd import LLM, SamplingParams\n"
+        "from paperclub.engine import LLM, SamplingParams\n"
         f"llm = LLM(model={str(model_dir)!r}, dtype={dtype!r})\n"
         f"llm.generate(['Tell me about the moon.'], SamplingParams(max_tokens={n}, ignore_eos=True))\n"
         "print(next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')) / 1024)\n"

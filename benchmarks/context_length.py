@@ -19,7 +19,7 @@ import time
 import torch
 
 from paperclub.atomic import write_json
-from paperclub.ssd import LLM, SamplingParams
+from paperclub.engine import LLM, SamplingParams
 
 
 def decode_step_ms(llm: LLM, context: int, batch: int, steps: int = 24) -> float:

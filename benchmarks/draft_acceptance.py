@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/draft_acceptance.py OLD_DRAFT_DIR NEW_DRAFT_DIR --json benchmarks/results/drafts.json
 
-The same simulation `paperclub distill` reports at the end of a run (`paperclub.ssd.acceptance`), with one seed
+The same simulation `paperclub distill` reports at the end of a run (`paperclub.distill.acceptance`), with one seed
 for every draft, against the embedded default target in bf16 on this machine, so that two drafts trained on
 different machines or with different seeds compare like for like. Step costs are medians of 40 decode steps,
 measured round-robin (target, then each draft) three times; the ratio is the median over those rounds.
@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from paperclub.atomic import write_json
+from paperclub.distill.acceptance import evaluate_acceptance, step_cost
+from paperclub.distill.dataset import builtin_prompts
+from paperclub.engine.llm import LLM
 from paperclub.models.draft import load_draft
-from paperclub.ssd.acceptance import evaluate_acceptance, step_cost
-from paperclub.ssd.distill_data import builtin_prompts
-from paperclub.ssd.llm import LLM
 
 
 def main() -> None:

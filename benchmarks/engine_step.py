@@ -17,7 +17,7 @@ import time
 import torch
 
 from paperclub.atomic import write_json
-from paperclub.ssd import LLM, SamplingParams
+from paperclub.engine import LLM, SamplingParams
 
 PROMPTS = [
     [{"role": "user", "content": "Describe how a bicycle works to a ten-year-old."}],

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_common as common  # noqa: E402
 
 from paperclub.atomic import write_json  # noqa: E402
-from paperclub.ssd.engine import ARDecoder  # noqa: E402
-from paperclub.ssd.runner import ModelRunner  # noqa: E402
+from paperclub.engine.decoder import ARDecoder  # noqa: E402
+from paperclub.engine.runner import ModelRunner  # noqa: E402
 
 
 def hf_run(hf, prompts: list[list[int]], max_tokens: int) -> tuple[float, list[list[int]]]:

@@ -8,11 +8,11 @@ import time
 
 import torch
 
+from paperclub.engine.sampling import SamplingParams
+from paperclub.engine.scheduler import Engine, EngineConfig
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import Llama
 from paperclub.models.loader import load_hf_weights
-from paperclub.ssd.engine import Engine, EngineConfig
-from paperclub.ssd.sampling import SamplingParams
 
 # meta-llama/Meta-Llama-3-8B's config.json, shapes only
 LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,

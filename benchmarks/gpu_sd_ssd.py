@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import common_prefix, engine_run, hf_random_llama, machine, ours_from_hf, sync  # noqa: E402
 
 from paperclub.atomic import write_json  # noqa: E402
+from paperclub.engine.decoder import ARDecoder  # noqa: E402
+from paperclub.engine.llm import speculation_stats  # noqa: E402
+from paperclub.engine.runner import ModelRunner  # noqa: E402
 from paperclub.models.loader import load_model  # noqa: E402
-from paperclub.ssd.engine import ARDecoder  # noqa: E402
-from paperclub.ssd.llm import speculation_stats  # noqa: E402
-from paperclub.ssd.runner import ModelRunner  # noqa: E402
-from paperclub.ssd.speculative import SpeculativeDecoder  # noqa: E402
-from paperclub.ssd.ssd import SSDDecoder  # noqa: E402
-from paperclub.ssd.ssd_config import SSDConfig  # noqa: E402
+from paperclub.speculative.config import SSDConfig  # noqa: E402
+from paperclub.speculative.sd import SpeculativeDecoder  # noqa: E402
+from paperclub.speculative.ssd import SSDDecoder  # noqa: E402
 
 
 def save_shallow_draft(hf, layers: int, out: Path) -> None:

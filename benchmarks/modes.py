@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/modes.py --prompts 4 --repeats 3 --json benchmarks/results/modes.json
 
-Prompts are the first N of the draft's held-out evaluation set (`paperclub/ssd/data/distill_eval.jsonl`).
+Prompts are the first N of the draft's held-out evaluation set (`paperclub/distill/data/distill_eval.jsonl`).
 Modes run round-robin per repeat so machine noise hits them alike; tokens/s includes prefill.
 """
 
@@ -12,14 +12,13 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
-import paperclub.ssd
 from paperclub.atomic import write_json
-from paperclub.ssd import LLM, SamplingParams
-from paperclub.ssd.cli import read_prompts_jsonl
+from paperclub.distill.dataset import prompt_set_path
+from paperclub.engine import LLM, SamplingParams
+from paperclub.engine.cli import read_prompts_jsonl
 
-EVAL = Path(paperclub.ssd.__file__).parent / "data" / "distill_eval.jsonl"
+EVAL = prompt_set_path("distill_eval")
 
 
 def main() -> None:

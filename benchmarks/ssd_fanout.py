@@ -15,9 +15,9 @@ import json
 import statistics
 
 from paperclub.atomic import write_json
-from paperclub.ssd import LLM
-from paperclub.ssd.bench import OurSystem, load_prompts
-from paperclub.ssd.ssd_config import SSDConfig
+from paperclub.bench.bench import OurSystem, load_prompts
+from paperclub.engine import LLM
+from paperclub.speculative.config import SSDConfig
 
 SETTINGS = {
     "uniform F=3, miss 4": {"fanout": "uniform"},

@@ -11,9 +11,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from paperclub.engine import LLM, SamplingParams
 from paperclub.nn.cpu_kernels import cpu_kernel
 from paperclub.nn.linear import packed
-from paperclub.ssd import LLM, SamplingParams
 
 
 def median_ms(f, n: int = 20) -> float:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/step_cost.py [--draft DIR] [--repeats 8] [--json out.json]
 
-Each repeat times the target, then the draft, with `paperclub.ssd.acceptance.step_cost` (median of 40
+Each repeat times the target, then the draft, with `paperclub.distill.acceptance.step_cost` (median of 40
 `ModelRunner.append` steps after 128 tokens); the figure is the median over repeats. To compare two versions of the
 engine side by side, run it alternately from two checkouts (PYTHONPATH=<other checkout>/src, and another
 TORCH_EXTENSIONS_DIR so the two kernel builds do not share a cache).
@@ -17,9 +17,9 @@ import statistics
 import torch
 
 from paperclub.atomic import write_json
+from paperclub.distill.acceptance import step_cost
+from paperclub.engine.llm import LLM
 from paperclub.models.draft import default_draft_dir, load_draft
-from paperclub.ssd.acceptance import step_cost
-from paperclub.ssd.llm import LLM
 
 
 def main() -> None:

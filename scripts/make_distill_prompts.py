@@ -1,4 +1,4 @@
-"""Write the prompt sets `paperclub distill` trains and evaluates on (src/paperclub/ssd/data/*.jsonl).
+"""Write the prompt sets `paperclub distill` trains and evaluates on (src/paperclub/distill/data/*.jsonl).
 
 Instructions come from templates crossed with topics (chat, code, math, writing) plus the HumanEval prompts;
 the split into train / held-out eval is by prompt with a fixed seed. Re-running reproduces the files exactly.

@@ -16,9 +16,9 @@ from paperclub.errors import UserError
 # Every system's CLI module; its `register` adds the actual sub-commands.
 SYSTEMS = [
     "paperclub.models.cli",
-    "paperclub.ssd.cli",
-    "paperclub.ssd.distill_cli",
-    "paperclub.ssd.bench_cli",
+    "paperclub.engine.cli",
+    "paperclub.distill.cli",
+    "paperclub.bench.cli",
     "paperclub.worldmodel.cli",
 ]
 

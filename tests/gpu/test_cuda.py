@@ -10,16 +10,17 @@ import os
 import pytest
 import torch
 
+from paperclub.engine.decoder import ARDecoder
+from paperclub.engine.runner import ModelRunner
+from paperclub.engine.sampling import SamplingParams
+from paperclub.engine.scheduler import Engine, EngineConfig
 from paperclub.models.llama import Llama
 from paperclub.models.loader import load_model
-from paperclub.ssd.engine import ARDecoder, Engine, EngineConfig
-from paperclub.ssd.runner import ModelRunner
-from paperclub.ssd.sampling import SamplingParams
-from paperclub.ssd.speculative import SpeculativeDecoder
-from paperclub.ssd.ssd import SSDDecoder
-from paperclub.ssd.ssd_config import SSDConfig
+from paperclub.speculative.config import SSDConfig
+from paperclub.speculative.sd import SpeculativeDecoder
+from paperclub.speculative.ssd import SSDDecoder
 from tests.conftest import ARCH_CONFIGS, make_pair, save_target_and_draft
-from tests.ssd.test_speculative import run
+from tests.speculative.test_sd import run
 
 # PAPERCLUB_TEST_DEVICE=cpu runs the same checks on the CPU (how this file is checked on machines without a GPU)
 CUDA = torch.device(os.environ.get("PAPERCLUB_TEST_DEVICE", "cuda"))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from paperclub.engine.kv_cache import KVCache, causal_meta
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import AttentionMeta, Llama
-from paperclub.ssd.kv_cache import KVCache, causal_meta
 from tests.conftest import ARCH_CONFIGS, BASE, make_pair
 
 transformers = pytest.importorskip("transformers")

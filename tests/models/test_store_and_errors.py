@@ -12,7 +12,8 @@ import pytest
 from paperclub.cli import main
 from paperclub.errors import UserError
 from paperclub.models import default_model
-from paperclub.models.store import list_models, paperclub_home, resolve_model, validate_model_dir
+from paperclub.models.resolve import resolve_model
+from paperclub.models.store import list_models, paperclub_home, validate_model_dir
 from paperclub.models.tokenizer import Tokenizer
 
 

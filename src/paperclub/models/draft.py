@@ -214,7 +214,7 @@ def default_draft_dir() -> Path:
     """The draft shipped for the embedded default target (SmolLM2-135M-Instruct)."""
     from importlib import resources
 
-    return Path(str(resources.files("paperclub.ssd").joinpath("drafts", DEFAULT_DRAFT)))
+    return Path(str(resources.files("paperclub.models").joinpath("drafts", DEFAULT_DRAFT)))
 
 
 def default_draft_for(target_dir: str | Path) -> Path | None:

@@ -4,7 +4,7 @@ One forward takes a (B, T) block of tokens, their rope positions and where each 
 cache; attention reads the first S cache entries of each row's slot under a (B, T, S) boolean mask. The same
 call therefore serves prefill (ragged prompts padded to T), decode (T = 1), verification (T = K + 1) and
 branch decoding (tokens of many branches appended after a shared prefix, with a tree mask and per-branch
-positions). The model never decides what is in the cache: the runtime (`paperclub.ssd.kv_cache`) does.
+positions). The model never decides what is in the cache: the runtime (`paperclub.engine.kv_cache`) does.
 """
 
 from __future__ import annotations

@@ -1,18 +1,17 @@
-"""The inference engine: AR, speculative decoding (SD) and speculative speculative decoding (SSD)."""
+"""Former home of the inference engine, kept as a re-export for code written against it.
 
-from paperclub.ssd.sampling import SamplingParams
+Use `paperclub.engine` (LLM, SamplingParams) and `paperclub.speculative` (SSDConfig) instead.
+"""
+
+import warnings
 
 __all__ = ["LLM", "SamplingParams", "RequestOutput", "SSDConfig"]
 
 
 def __getattr__(name: str):
-    # LLM pulls in model loading and the tokenizer: import it on first use so `paperclub.ssd` stays light
-    if name in ("LLM", "RequestOutput"):
-        from paperclub.ssd import llm
+    if name not in __all__:
+        raise AttributeError(name)
+    warnings.warn(f"paperclub.ssd.{name} moved: import it from paperclub.engine", DeprecationWarning, stacklevel=2)
+    import paperclub.engine
 
-        return getattr(llm, name)
-    if name == "SSDConfig":
-        from paperclub.ssd.ssd_config import SSDConfig
-
-        return SSDConfig
-    raise AttributeError(name)
+    return getattr(paperclub.engine, name)

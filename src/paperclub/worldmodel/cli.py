@@ -11,20 +11,9 @@ from pathlib import Path
 
 from paperclub.atomic import write_json
 from paperclub.errors import UserError
+from paperclub.worldmodel.defaults import ENV_DEFAULTS, or_default
 
 log = logging.getLogger(__name__)
-
-ENV_DEFAULTS = {  # per-environment defaults shared by collect/train/plan
-    # horizon: CEM's action blocks; Push-T's goals are 2 blocks ahead, and a 5-block horizon lets CEM find plans
-    # that fool the model (30% against 59% with 3 blocks over 150 episodes: BENCHMARKS.md)
-    "tworoom": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 25, "max_steps": 50, "horizon": 5},
-    "pusht": {"episodes": 300, "steps": 100, "frameskip": 5, "goal_offset": 10, "max_steps": 30, "horizon": 3},
-}
-
-
-def _or(value, default):
-    return default if value is None else value
-
 
 def _torch_threads(n: int) -> None:
     import torch
@@ -42,8 +31,8 @@ def cmd_collect(args) -> int:
     d = ENV_DEFAULTS[args.env]
     cfg = CollectConfig(
         env=args.env,
-        episodes=_or(args.episodes, d["episodes"]),
-        steps=_or(args.steps, d["steps"]),
+        episodes=or_default(args.episodes, d["episodes"]),
+        steps=or_default(args.steps, d["steps"]),
         seed=args.seed,
         image_size=args.image_size,
         explore=args.explore,
@@ -72,13 +61,13 @@ def cmd_train(args) -> int:
         saved = _saved_run(out, args)
         data_path = Path(args.data or saved["dataset"])
         model_cfg = LeWMConfig.from_saved(saved["model"])
-        cfg = TrainConfig(**{**saved["train"], "steps": _or(args.steps, saved["train"]["steps"]),
-                             "max_minutes": _or(args.max_minutes, saved["train"]["max_minutes"])})
+        cfg = TrainConfig(**{**saved["train"], "steps": or_default(args.steps, saved["train"]["steps"]),
+                             "max_minutes": or_default(args.max_minutes, saved["train"]["max_minutes"])})
         config_name = saved.get("config_name")
     else:
         defaults = {f.name: f.default for f in fields(TrainConfig)} | CLI_TRAIN_DEFAULTS
         for key in ("config", "steps", "batch_size", "lr", "sigreg_weight", "sigreg_directions", "eval_every", "seed"):
-            setattr(args, key, _or(getattr(args, key), defaults[key]))
+            setattr(args, key, or_default(getattr(args, key), defaults[key]))
         data_path, model_cfg, cfg = _new_run(args, out)
         config_name = args.config
     data = load(data_path)
@@ -135,7 +124,7 @@ def _new_run(args, out: Path):
             collect(
                 CollectConfig(
                     env=args.env,
-                    episodes=_or(args.episodes, 16 if tiny else d["episodes"]),
+                    episodes=or_default(args.episodes, 16 if tiny else d["episodes"]),
                     steps=d["steps"] if not tiny else 60,
                     seed=args.seed,
                 ),
@@ -145,7 +134,7 @@ def _new_run(args, out: Path):
     data = load(data_path)
     model_cfg = preset(
         args.config,
-        frameskip=_or(args.frameskip, d["frameskip"]),
+        frameskip=or_default(args.frameskip, d["frameskip"]),
         action_dim=int(data.actions.shape[1]),
         image_size=int(data.frames.shape[1]),
         **({"latent_dim": args.latent_dim} if args.latent_dim is not None else {}),

@@ -34,7 +34,7 @@ def _sidecar(json_path: str | None, suffix: str) -> Path | None:
 def cmd_plan(args) -> int:
     import torch
 
-    from paperclub.worldmodel.cli import ENV_DEFAULTS, _or
+    from paperclub.worldmodel.defaults import ENV_DEFAULTS, or_default
     from paperclub.worldmodel.patch_baseline import PatchWM, matched_config
     from paperclub.worldmodel.planner import CEMConfig, PlanConfig, evaluate_planning
     from paperclub.worldmodel.plots import bar_plot
@@ -45,14 +45,14 @@ def cmd_plan(args) -> int:
     cfg = PlanConfig(
         episodes=args.episodes,
         seed=args.seed,
-        goal_offset=_or(args.goal_offset, d["goal_offset"]),
-        max_steps=_or(args.max_steps, d["max_steps"]),
+        goal_offset=or_default(args.goal_offset, d["goal_offset"]),
+        max_steps=or_default(args.max_steps, d["max_steps"]),
         baseline_plans=args.baseline_plans,
         cem=CEMConfig(
             samples=args.samples,
             elites=args.elites,
             iterations=args.iterations,
-            horizon=_or(args.horizon, d["horizon"]),
+            horizon=or_default(args.horizon, d["horizon"]),
             execute=args.execute,
         ),
     )

@@ -1,0 +1,214 @@
+"""`paperclub generate`, `paperclub chat` and `paperclub demo`: the inference engine from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from paperclub.atomic import write_json
+from paperclub.errors import UserError
+
+DEMO_PROMPTS = [
+    [{"role": "user", "content": "Explain in two sentences why the sky is blue."}],
+    [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}],
+    [{"role": "user", "content": "What is 17 * 23? Show your steps."}],
+]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="HF model directory, .gguf file or cached name (default: embedded)")
+    p.add_argument("--mode", default="auto", choices=["auto", "ar", "sd", "ssd"],
+                   help="decoding algorithm (auto: sd when --draft is given, else ar)")
+    p.add_argument("--draft", default=None, help="draft model for sd (default: the shipped draft of the default model)")
+    p.add_argument("--k", type=int, default=5, help="draft tokens per round (sd, ssd)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="weights/activations")
+    g = p.add_argument_group("SSD (with --mode ssd)")
+    # defaults (None) are SSDConfig's: it stays the one place they are written
+    g.add_argument("--fanout", default=None, choices=["uniform", "geometric", "adaptive"],
+                   help="how many bonus tokens to pre-draft per accepted length: uniform F, spread like the "
+                        "outcome probabilities, or the F in 1..--fanout-size that decodes fastest on this machine, "
+                        "timed while decoding (default adaptive)")
+    g.add_argument("--fanout-size", type=int, default=None,
+                   help="F: candidates per accepted length (the cap for geometric)")
+    g.add_argument("--miss-fanout", type=int, default=None, help="candidates per length right after a miss")
+    g.add_argument("--fallback", default=None, choices=["auto", "jit", "fast"],
+                   help="on a cache miss: jit drafts now, fast emits the bonus token only, auto (default) picks by "
+                        "batch size")
+    g.add_argument("--saguaro-c", type=float, default=None,
+                   help="cache-aware sampling: scale the draft's top-F probabilities by C in (0, 1) (default off)")
+    g.add_argument("--draft-threads", type=int, default=None, help="torch threads of the draft process")
+    g.add_argument("--target-threads", type=int, default=None,
+                   help="torch threads of the target while SSD runs (default: the cores left to it by the draft)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate per prompt")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def sampling_params(args: argparse.Namespace):
+    from paperclub.engine.sampling import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, stop=list(args.stop))
+
+
+SSD_FLAGS = ("fanout", "fanout_size", "miss_fanout", "fallback", "saguaro_c", "draft_threads", "target_threads")
+
+
+def ssd_config(args: argparse.Namespace):
+    from paperclub.engine.llm import resolve_dtype
+    from paperclub.speculative.config import SSDConfig
+
+    given = {name: getattr(args, name) for name in SSD_FLAGS if getattr(args, name) is not None}
+    return SSDConfig(k=args.k, draft_dtype=resolve_dtype(args.dtype), **given)
+
+
+def make_llm(args: argparse.Namespace, **kwargs: Any):
+    from paperclub.engine.llm import LLM
+
+    config = ssd_config(args)  # validated whatever the mode: a bad option is an error, not silently unused
+    return LLM(model=args.model, draft=args.draft, mode=args.mode, k=args.k, device=args.device, dtype=args.dtype,
+               ssd_config=config, **kwargs)
+
+
+def read_prompts_jsonl(path: str) -> list[Any]:
+    """Each line: {"prompt": "raw text"} or {"messages": [{"role": ..., "content": ...}, ...]}."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"prompts file {path} not found")
+    prompts: list[Any] = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}): each line must be one JSON object") from e
+        if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+            prompts.append(obj["prompt"])
+        elif isinstance(obj, dict) and isinstance(obj.get("messages"), list) and obj["messages"]:
+            msgs = obj["messages"]
+            if not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                       and isinstance(m.get("content"), str) for m in msgs):
+                raise UserError(f'{path}:{n}: every message needs string "role" and "content" fields')
+            prompts.append(msgs)
+        else:
+            raise UserError(f'{path}:{n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+    if not prompts:
+        raise UserError(f"{path} holds no prompts")
+    return prompts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompts: list[Any] = list(args.prompt)
+    if args.prompts:
+        prompts += read_prompts_jsonl(args.prompts)
+    if not prompts:
+        raise UserError("give a prompt, or --prompts FILE.jsonl")
+    params = sampling_params(args)
+    llm = make_llm(args, max_num_seqs=args.batch_size)
+    if len(prompts) == 1 and not args.json and not args.no_stream:
+        for piece in llm.stream(prompts[0], params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        m = llm.last_output.metrics
+        print(f"\n[{m['generated_tokens']} tokens, {m['tokens_per_s']:.1f} tok/s]", file=sys.stderr)
+        return 0
+    outputs = llm.generate(prompts, params, use_tqdm=sys.stderr.isatty())
+    stats = llm.last_stats
+    if args.json:
+        write_json(args.json, {
+            "target": str(llm.model_dir),
+            "draft": str(llm.draft_dir) if llm.draft_dir else None,
+            "mode": llm.mode,
+            "outputs": [{"token_ids": o.token_ids, "text": o.text} for o in outputs],
+            "tokens_per_s": stats["tokens_per_s"],
+        })
+    else:
+        for o in outputs:
+            print(f"--- [{o.index}] ({len(o.token_ids)} tokens, {o.finish_reason})\n{o.text}")
+    print(f"[{stats['generated_tokens']} tokens in {stats['wall_s']:.2f}s: {stats['tokens_per_s']:.1f} tok/s]",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = make_llm(args, max_num_seqs=1)
+    params = sampling_params(args)
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    print("paperclub chat: type a message; /reset clears the history, /exit or Ctrl-D leaves.", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        history.append({"role": "user", "content": line})
+        sys.stdout.write("assistant> ")
+        reply = []
+        for piece in llm.stream(history, params):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        m = llm.last_output.metrics
+        print(f"\n  [{m['generated_tokens']} tokens, {m['tokens_per_s']:.1f} tok/s]", file=sys.stderr)
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    llm = make_llm(args, max_num_seqs=1)
+    print(f"model: {llm.model_dir} ({llm.dtype}, {llm.device}), loaded in {time.perf_counter() - t0:.1f}s\n")
+    params = sampling_params(args)
+    total_tokens, total_time = 0, 0.0
+    for chat in DEMO_PROMPTS:
+        print(f"user> {chat[-1]['content']}\nassistant> ", end="", flush=True)
+        for piece in llm.stream(chat, params):
+            print(piece, end="", flush=True)
+        m = llm.last_output.metrics
+        total_tokens += int(m["generated_tokens"])
+        total_time += m["elapsed_s"]
+        print(f"\n  [{m['generated_tokens']} tokens, {m['tokens_per_s']:.1f} tok/s]\n")
+    print(f"overall: {total_tokens} tokens in {total_time:.1f}s = {total_tokens / total_time:.1f} tok/s")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="generate text (AR or speculative decoding)",
+                       description="Generate completions for prompts given on the command line or in a JSONL file.")
+    g.add_argument("prompt", nargs="*", help="raw text prompt(s)")
+    g.add_argument("--prompts", help='JSONL file: {"prompt": ...} or {"messages": [...]} per line')
+    g.add_argument("--json", help="write {target, outputs, tokens_per_s} to this file")
+    g.add_argument("--batch-size", type=int, default=16, help="max sequences decoded together (default 16)")
+    g.add_argument("--no-stream", action="store_true", help="do not stream a single prompt's output")
+    add_model_args(g)
+    add_sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive streaming chat")
+    c.add_argument("--system", default=None, help="system prompt")
+    add_model_args(c)
+    add_sampling_args(c, max_new_tokens=512)
+    c.set_defaults(func=cmd_chat)
+
+    d = sub.add_parser("demo", help="the main job: stream answers to sample prompts and print tokens/s")
+    add_model_args(d)
+    add_sampling_args(d)
+    d.set_defaults(func=cmd_demo)

@@ -1,0 +1,63 @@
+"""The decoding algorithm an engine step runs, and the simplest one: autoregressive decoding.
+
+The engine loop (`scheduler.py`) does not know how tokens are produced: it hands the running sequences to a
+`Decoder` and appends what comes back. AR is here; speculative decoding (SD) and SSD implement the same protocol in
+`paperclub.speculative`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from paperclub.engine.runner import ModelRunner
+from paperclub.engine.sampling import next_tokens
+from paperclub.engine.sequence import Sequence
+
+
+class Decoder(Protocol):
+    """A decoding algorithm. `prefill` returns each new sequence's first token, `step` each running
+    sequence's new tokens (one or more); `release` forgets a finished sequence."""
+
+    runner: ModelRunner
+    lookahead: int  # cache positions a step may write past a sequence's length
+
+    def prefill(self, seqs: list[Sequence]) -> list[list[int]]: ...
+
+    def step(self, seqs: list[Sequence]) -> list[list[int]]: ...
+
+    def release(self, seq: Sequence) -> None: ...
+
+
+class ARDecoder:
+    """Autoregressive decoding: one target forward per token."""
+
+    lookahead = 1
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+
+    def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
+        for s in seqs:
+            s.slot = self.runner.cache.allocate()
+        logits = self.runner.append([s.slot for s in seqs], [0] * len(seqs), [s.prompt_ids for s in seqs], True)
+        for s in seqs:
+            s.num_cached = len(s.prompt_ids)
+        return self._sample(logits, seqs)
+
+    def step(self, seqs: list[Sequence]) -> list[list[int]]:
+        logits = self.runner.append(
+            [s.slot for s in seqs], [s.num_cached for s in seqs], [[s.output_ids[-1]] for s in seqs], True
+        )
+        for s in seqs:
+            s.num_cached += 1
+        return self._sample(logits, seqs)
+
+    def release(self, seq: Sequence) -> None:
+        self.runner.cache.release(seq.slot)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[list[int]]:
+        tokens = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        return [[t] for t in tokens.tolist()]

@@ -1,0 +1,254 @@
+"""The public API: `LLM(...)`, `SamplingParams(...)`, `llm.generate(...)`, `llm.stream(...)`.
+
+    from paperclub.engine import LLM, SamplingParams
+    llm = LLM()                                   # the embedded default model
+    out = llm.generate(["The capital of France is"], SamplingParams(max_tokens=32))
+    print(out[0].text, out[0].metrics["tokens_per_s"])
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from paperclub.device import resolve_device
+from paperclub.engine.decoder import ARDecoder
+from paperclub.engine.runner import ModelRunner
+from paperclub.engine.sampling import SamplingParams
+from paperclub.engine.scheduler import Engine, EngineConfig
+from paperclub.engine.sequence import Sequence as Seq
+from paperclub.errors import UserError
+from paperclub.models.draft import default_draft_for, load_draft_model
+from paperclub.models.loader import load_model
+from paperclub.models.resolve import resolve_model
+from paperclub.models.tokenizer import Tokenizer
+from paperclub.nn.cpu_kernels import cpu_kernel
+from paperclub.speculative.config import SSDConfig
+from paperclub.speculative.sd import SpeculativeDecoder
+from paperclub.speculative.ssd import SSDDecoder
+
+log = logging.getLogger(__name__)
+
+Chat = list[dict[str, str]]
+Prompt = str | Chat | list[int]
+DEFAULT_MAX_MODEL_LEN = 8192
+
+
+@dataclass
+class RequestOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    finish_reason: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16  # half the bytes per decode step; every CPU kernel build and recent GPU runs it
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use auto, bfloat16 or float32")
+    return DTYPES[dtype]
+
+
+MODES = ("auto", "ar", "sd", "ssd")
+
+
+def speculation_stats(seqs: list[Seq]) -> dict[str, float]:
+    """Aggregate acceptance rate and tokens per target forward over finished speculative requests."""
+    rounds = sum(s.stats.get("rounds", 0) for s in seqs)
+    if not rounds:
+        return {}
+    accepted = sum(s.stats["accepted"] for s in seqs)
+    return {"acceptance_rate": accepted / sum(s.stats["drafted"] for s in seqs),
+            "tokens_per_round": (accepted + rounds) / rounds}
+
+
+class LLM:
+    """An engine over one target model and, for speculative modes, one draft model.
+
+    mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), "ssd" (speculative
+    speculative decoding: the draft runs in its own process and pre-drafts the likely outcomes; `ssd_config`
+    tunes fan-out, fallback and threads), or "auto" (SD when a draft is given, else AR)."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        draft: str | Path | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        mode: str = "auto",
+        k: int = 5,
+        max_num_seqs: int = 16,
+        max_model_len: int | None = None,
+        ssd_config: SSDConfig | None = None,
+    ):
+        if mode not in MODES:
+            raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if k < 1:
+            raise UserError(f"k (draft tokens per round) must be >= 1, got {k}")
+        self.model_dir = resolve_model(model)
+        self.tokenizer = Tokenizer.from_dir(self.model_dir)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        t0 = time.perf_counter()
+        if self.device.type == "cpu":
+            cpu_kernel()  # build/load the CPU kernels now, so the first generation's timing does not include it
+        self.model = load_model(self.model_dir, self.device, self.dtype, max_positions=None)
+        cfg = self.model.cfg
+        self.max_model_len = min(max_model_len or DEFAULT_MAX_MODEL_LEN, cfg.max_position_embeddings)
+        self.model.set_rope(self.max_model_len)
+        log.info("loaded %s in %.1fs", self.model_dir, time.perf_counter() - t0)
+        if self.tokenizer.vocab_size > cfg.vocab_size:
+            raise UserError(
+                f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
+                "the tokenizer does not belong to this model"
+            )
+        eos = set(cfg.eos_token_ids) | self.tokenizer.eos_token_ids
+        self.draft_dir = self._pick_draft(draft, mode, self.model_dir)
+        self.mode = "ar" if self.draft_dir is None else ("ssd" if mode == "ssd" else "sd")
+        self.k = k
+        target = ModelRunner(self.model, self.max_model_len)
+        if self.mode == "ar":
+            decoder = ARDecoder(target)
+        elif self.mode == "ssd":
+            config = ssd_config or SSDConfig(k=k, draft_dtype=self.dtype)
+            decoder = SSDDecoder(target, self.draft_dir, self.model_dir, config)
+        else:
+            self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype, self.model)
+            self.draft_model.set_rope(self.max_model_len)
+            decoder = SpeculativeDecoder(target, ModelRunner(self.draft_model, self.max_model_len), k=k)
+        self.engine = Engine(
+            decoder,
+            tokenizer=self.tokenizer,
+            eos_token_ids=eos,
+            config=EngineConfig(max_num_seqs=max_num_seqs),
+        )
+        # After loading, the interpreter holds ~300k long-lived objects (mostly torch's modules and functions).
+        # A full garbage collection walks all of them (0.1 s on a 2-core Xeon) and can fall in the middle of a
+        # generation; frozen, they are skipped by every later collection. (vLLM does the same.)
+        gc.collect()
+        gc.freeze()
+
+    @staticmethod
+    def _pick_draft(draft: str | Path | None, mode: str, target_dir: Path) -> Path | None:
+        """auto is AR unless a draft is given: the shipped default draft accepts too few tokens to beat AR yet
+        (see BENCHMARKS.md); `mode="sd"` uses it when no draft is given."""
+        if mode == "ar":
+            return None
+        if draft is not None:
+            return Path(draft) if Path(draft).is_dir() else resolve_model(draft)
+        if mode in ("sd", "ssd"):
+            found = default_draft_for(target_dir)
+            if found is None:
+                raise UserError(f"mode {mode} needs a draft model: pass --draft DIR (a small model with the target's "
+                                "tokenizer)")
+            return found
+        return None
+
+    def close(self) -> None:
+        """Stop the SSD draft process, if any (also done at interpreter exit)."""
+        close = getattr(self.engine.decoder, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- prompts -------------------------------------------------------------------------------------
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids for a raw text prompt, a chat ([{"role", "content"}], rendered with the model's chat
+        template and the generation prompt) or a list of token ids (used as is)."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
+            return list(prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+            for m in prompt:
+                if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise UserError('each chat message needs string "role" and "content" fields')
+            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        raise UserError("a prompt must be a string, a list of chat messages, or a list of token ids")
+
+    @staticmethod
+    def _as_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+        if isinstance(prompts, str):
+            return [prompts]
+        if isinstance(prompts, list) and prompts and isinstance(prompts[0], dict | int):
+            return [prompts]  # one chat, or one list of token ids
+        return list(prompts)
+
+    # -- generation ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (batched, continuous batching); outputs in input order.
+        `self.last_stats` holds the aggregate: generated tokens, wall time, tokens/s (prefill included)."""
+        items = self._as_list(prompts)
+        plist = self._params_list(params, len(items))
+        ids = [self.encode(p) for p in items]
+        t0 = time.perf_counter()
+        seqs = [self.engine.add_request(i, p) for i, p in zip(ids, plist, strict=True)]
+        total = sum(p.max_tokens for p in plist)
+        with tqdm(total=total, disable=not use_tqdm, unit="tok", desc="generate") as bar:
+            while self.engine.has_unfinished():
+                before = sum(len(s.output_ids) for s in seqs)
+                self.engine.step()
+                bar.update(sum(len(s.output_ids) for s in seqs) - before)
+        wall = time.perf_counter() - t0
+        n = sum(len(s.output_ids) for s in seqs)
+        self.last_stats = {"generated_tokens": n, "wall_s": wall, "tokens_per_s": n / wall if wall else 0.0,
+                           "mode": self.mode, **speculation_stats(seqs)}
+        return [self._output(i, s) for i, s in enumerate(seqs)]
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield the text of one generation piece by piece as it is produced."""
+        seq = self.engine.add_request(self.encode(prompt), params or SamplingParams())
+        emitted = 0
+        try:
+            while not seq.finished:
+                self.engine.step()
+                if len(seq.text) > emitted:
+                    yield seq.text[emitted:]
+                    emitted = len(seq.text)
+        finally:
+            if not seq.finished:  # the caller stopped early: drop the request
+                self.engine.abort(seq)
+        self.last_output = self._output(0, seq)
+
+    @staticmethod
+    def _params_list(params: Any, n: int) -> list[SamplingParams]:
+        if params is None:
+            return [SamplingParams() for _ in range(n)]
+        if isinstance(params, SamplingParams):
+            return [params] * n
+        params = list(params)
+        if len(params) != n:
+            raise UserError(f"got {len(params)} SamplingParams for {n} prompts: give one, or one per prompt")
+        return params
+
+    @staticmethod
+    def _output(index: int, s: Seq) -> RequestOutput:
+        return RequestOutput(index, s.text, list(s.output_ids), list(s.prompt_ids), s.finish_reason, s.metrics())
