@@ -149,3 +149,29 @@ def test_uneven_batched_prefill_equals_one_prompt_at_a_time(pair, dtype):
             torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
     finally:
         model.float()
+
+
+def test_the_kv_cache_grows_with_the_sequences_and_keeps_what_it_holds(pair, monkeypatch):
+    """A request asking for many tokens reserves only RESERVE_AHEAD positions past its length; the cache then
+    doubles as the sequences grow, and the tokens are those of a run that reserved everything up front."""
+    import paperclub.engine.scheduler as scheduler
+
+    _, model, _ = pair
+    params = SamplingParams(max_tokens=150, ignore_eos=True)
+    prompts = [[1, 2, 3], [5] * 20]
+    upfront = Engine(ARDecoder(ModelRunner(model, 256)))
+    want = [upfront.add_request(p, params) for p in prompts]
+    while upfront.has_unfinished():
+        upfront.step()
+    monkeypatch.setattr(scheduler, "RESERVE_AHEAD", 8)
+    engine = Engine(ARDecoder(ModelRunner(model, 256)))
+    seqs = [engine.add_request(p, params) for p in prompts]
+    engine.step()
+    cache = engine.decoder.runner.cache
+    capacities = [cache.capacity]
+    while engine.has_unfinished():
+        engine.step()
+        capacities.append(cache.capacity)
+    assert capacities[0] == 64 and max(capacities) == 256  # grew (64 -> 128 -> 256) instead of starting at 256
+    assert sorted(set(capacities)) == [64, 128, 256]
+    assert [s.output_ids for s in seqs] == [w.output_ids for w in want]

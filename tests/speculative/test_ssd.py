@@ -402,3 +402,30 @@ def test_draft_seed_differs_from_the_target_seed():
     a = make_generator(_draft_seed(s))
     assert not torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=make_generator(42)))
 
+
+
+@pytest.mark.parametrize("when", ["decoding", "before_prefill"])
+def test_a_lost_draft_falls_back_to_ar_when_asked_and_stays_exact(dirs, when):
+    """With `draft_fallback` the running requests finish without the draft, token-identical to AR (greedy)."""
+    target, _, draft_dir = dirs
+    params = SamplingParams(max_tokens=40)
+    prompts = PROMPTS[:3]
+    ar = run(ARDecoder(ModelRunner(target, 256)), prompts, params)
+    decoder = SSDDecoder(ModelRunner(target, 256), draft_dir, config=SSDConfig(k=2, recv_timeout_s=5.0))
+    engine = Engine(decoder, config=EngineConfig(draft_fallback=True))
+    pid = decoder.process.pid
+    if when == "before_prefill":
+        os.kill(pid, signal.SIGKILL)
+        decoder.process.join(5)
+    seqs = [engine.add_request(p, params) for p in prompts]
+    steps = 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+        if when == "decoding" and steps == 3:
+            os.kill(pid, signal.SIGKILL)
+    assert [s.output_ids for s in seqs] == [a.output_ids for a in ar]
+    assert engine.draft_fallbacks == 1 and isinstance(engine.decoder, ARDecoder)
+    assert engine.decoder.runner.cache.free_slots == engine.decoder.runner.cache.num_slots  # every slot came back
+    assert not os.path.exists(f"/proc/{pid}")
+    decoder.close()

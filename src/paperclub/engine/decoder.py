@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from paperclub.engine.runner import ModelRunner
-from paperclub.engine.sampling import next_tokens
+from paperclub.engine.sampling import next_tokens, record_logprobs
 from paperclub.engine.sequence import Sequence
 
 
@@ -60,4 +60,6 @@ class ARDecoder:
     @staticmethod
     def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[list[int]]:
         tokens = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        return [[t] for t in tokens.tolist()]
+        emitted = [[t] for t in tokens.tolist()]
+        record_logprobs(seqs, logits, emitted)
+        return emitted

@@ -50,6 +50,8 @@ class RequestOutput:
     prompt_token_ids: list[int]
     finish_reason: str | None
     metrics: dict[str, float] = field(default_factory=dict)
+    # with SamplingParams(logprobs=n): per token, (its logprob, the n most likely (token id, logprob))
+    logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
@@ -84,7 +86,8 @@ class LLM:
 
     mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), "ssd" (speculative
     speculative decoding: the draft runs in its own process and pre-drafts the likely outcomes; `ssd_config`
-    tunes fan-out, fallback and threads), or "auto" (SD when a draft is given, else AR)."""
+    tunes fan-out, fallback and threads), or "auto" (SD when a draft is given, else AR). `draft_fallback`: when
+    the SSD draft process is lost, go on decoding AR instead of failing the running requests (the server does)."""
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class LLM:
         max_num_seqs: int = 16,
         max_model_len: int | None = None,
         ssd_config: SSDConfig | None = None,
+        draft_fallback: bool = False,
     ):
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -137,7 +141,7 @@ class LLM:
             decoder,
             tokenizer=self.tokenizer,
             eos_token_ids=eos,
-            config=EngineConfig(max_num_seqs=max_num_seqs),
+            config=EngineConfig(max_num_seqs=max_num_seqs, draft_fallback=draft_fallback),
         )
         # After loading, the interpreter holds ~300k long-lived objects (mostly torch's modules and functions).
         # A full garbage collection walks all of them (0.1 s on a 2-core Xeon) and can fall in the middle of a
@@ -251,4 +255,5 @@ class LLM:
 
     @staticmethod
     def _output(index: int, s: Seq) -> RequestOutput:
-        return RequestOutput(index, s.text, list(s.output_ids), list(s.prompt_ids), s.finish_reason, s.metrics())
+        return RequestOutput(index, s.text, list(s.output_ids), list(s.prompt_ids), s.finish_reason, s.metrics(),
+                             list(s.logprobs) if s.params.logprobs is not None else None)

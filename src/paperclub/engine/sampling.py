@@ -16,6 +16,8 @@ import torch
 from paperclub.errors import UserError
 from paperclub.nn.cpu_kernels import cpu_kernel
 
+MAX_LOGPROBS = 20
+
 
 @dataclass
 class SamplingParams:
@@ -27,6 +29,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: int | None = None  # record each token's log-probability and this many top alternatives (0..20)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -42,6 +45,8 @@ class SamplingParams:
             (self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings"),
             (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids >= 0"),
+            (self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS),
+             f"logprobs must be an integer in [0, {MAX_LOGPROBS}] or None, got {self.logprobs!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -117,3 +122,25 @@ def next_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: 
     if all(p.greedy for p in params):
         return greedy_tokens(logits)
     return sample(filtered_probs(logits, params), generators)
+
+
+def record_logprobs(seqs: list, logits: torch.Tensor, emitted: list[list[int]]) -> None:
+    """For each row whose request asked for logprobs, append to `seq.logprobs` one (logprob, top) per emitted token:
+    its log-probability under the model's raw distribution at that position (before temperature, top-k and top-p,
+    as vLLM reports them) and the `params.logprobs` most likely (token, logprob) pairs.
+
+    logits: (B, V) when each row emitted one token, or (B, T, V) with row b's tokens at positions 0..len-1."""
+    for i, (seq, tokens) in enumerate(zip(seqs, emitted, strict=True)):
+        n = seq.params.logprobs
+        if n is None or not tokens:
+            continue
+        rows = logits[i] if logits.dim() == 3 else logits[i : i + 1]
+        lp = torch.log_softmax(rows[: len(tokens)].float(), dim=-1)
+        chosen = lp.gather(1, torch.tensor(tokens, device=lp.device)[:, None]).squeeze(1).tolist()
+        if n:
+            values, ids = lp.topk(n, dim=-1)
+            tops = [list(zip(r_ids, r_vals, strict=True)) for r_ids, r_vals in zip(ids.tolist(), values.tolist(),
+                                                                                   strict=True)]
+        else:
+            tops = [[] for _ in tokens]
+        seq.logprobs.extend(zip(chosen, tops, strict=True))

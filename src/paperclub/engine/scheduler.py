@@ -16,15 +16,21 @@ from dataclasses import dataclass
 from paperclub.engine.decoder import Decoder
 from paperclub.engine.sampling import SamplingParams
 from paperclub.engine.sequence import Sequence, Status
-from paperclub.errors import UserError
+from paperclub.errors import DraftLost, UserError
 
 log = logging.getLogger(__name__)
+
+
+# KV positions reserved beyond a sequence's current length: the cache grows as sequences do (doubling), so a
+# request asking for the whole context does not take memory for it up front
+RESERVE_AHEAD = 256
 
 
 @dataclass
 class EngineConfig:
     max_num_seqs: int = 16
     prefill_token_budget: int = 4096  # prompt tokens prefilled together in one step
+    draft_fallback: bool = False  # on a lost draft, go on without it (AR) instead of failing the requests
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -40,8 +46,10 @@ class Engine:
         self.max_len = decoder.runner.max_positions
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.draft_fallbacks = 0  # times a lost draft was replaced by decoding without it
 
-    def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+    def check_prompt(self, prompt_ids: list[int]) -> None:
+        """Raise a UserError if the engine cannot take this prompt (empty, ids outside the vocabulary, too long)."""
         if not prompt_ids:
             raise UserError("the prompt is empty: give at least one token of text")
         vocab = self.decoder.runner.cfg.vocab_size
@@ -52,9 +60,16 @@ class Engine:
             raise UserError(
                 f"the prompt has {len(prompt_ids)} tokens but the context window allows {room}: shorten the prompt"
             )
+
+    def room_for(self, prompt_len: int) -> int:
+        """How many tokens a prompt of `prompt_len` tokens leaves room to generate."""
+        return max(0, self.max_len - self.decoder.lookahead - prompt_len)
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        self.check_prompt(prompt_ids)
         seq = Sequence(list(prompt_ids), params)
         if self.tokenizer is not None:
-            seq.decoder = self.tokenizer.stream_decoder(skip_special_tokens=True)
+            seq.detokenizer = self.tokenizer.stream_decoder(skip_special_tokens=True)
         self.waiting.append(seq)
         return seq
 
@@ -75,14 +90,15 @@ class Engine:
         batch = self._schedule_prefill()
         if batch:
             self._reserve(self.running + batch)
-            new_tokens = self.decoder.prefill(batch)
+            new_tokens = self._run_decoder("prefill", batch)
             now = time.perf_counter()
             for s in batch:
                 s.status, s.t_first_token = Status.RUNNING, now
             self.running += batch
         else:
             batch = list(self.running)
-            new_tokens = self.decoder.step(batch)
+            self._reserve(batch)
+            new_tokens = self._run_decoder("step", batch)
         for seq, tokens in zip(batch, new_tokens, strict=True):
             self._append(seq, tokens)
         for seq in batch:
@@ -102,16 +118,30 @@ class Engine:
             batch.append(self.waiting.popleft())
         return batch
 
+    def _run_decoder(self, method: str, batch: list[Sequence]) -> list[list[int]]:
+        try:
+            return getattr(self.decoder, method)(batch)
+        except DraftLost as e:
+            fallback = getattr(self.decoder, "fallback", None)
+            if not self.config.draft_fallback or fallback is None:
+                raise
+            log.warning("%s Going on without the draft for the %d running requests.", e, len(batch))
+            self.decoder = fallback()
+            self.draft_fallbacks += 1
+            return getattr(self.decoder, method)(batch)
+
     def _reserve(self, seqs: list[Sequence]) -> None:
-        need = max(s.length + s.params.max_tokens - len(s.output_ids) for s in seqs) + self.decoder.lookahead + 1
+        """Cache room for the sequences' next RESERVE_AHEAD tokens (or up to their max_tokens, if fewer)."""
+        ahead = max(s.length + min(RESERVE_AHEAD, s.params.max_tokens - len(s.output_ids)) for s in seqs)
+        need = ahead + self.decoder.lookahead + 1
         self.decoder.runner.reserve(len(seqs), min(need, self.max_len))
 
     def _append(self, seq: Sequence, tokens: list[int]) -> None:
         params = seq.params
         for token in tokens:
             seq.output_ids.append(token)
-            if seq.decoder is not None:
-                delta = seq.decoder.push(token)
+            if seq.detokenizer is not None:
+                delta = seq.detokenizer.push(token)
                 seq.text += delta
                 if params.stop and self._hit_stop_string(seq, len(delta)):
                     self._finish(seq, "stop", flush=False)  # the text is already cut at the stop string
@@ -135,5 +165,6 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: str, flush: bool = True) -> None:
         seq.status, seq.finish_reason, seq.t_finish = Status.FINISHED, reason, time.perf_counter()
-        if flush and seq.decoder is not None:
-            seq.text += seq.decoder.flush()
+        del seq.logprobs[len(seq.output_ids):]  # a decoder may have emitted tokens past the stop
+        if flush and seq.detokenizer is not None:
+            seq.text += seq.detokenizer.flush()

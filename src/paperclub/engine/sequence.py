@@ -28,16 +28,17 @@ class Sequence:
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
-    finish_reason: str | None = None  # "stop" | "length"
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
     slot: int = -1
     num_cached: int = 0  # tokens whose K/V are in the cache: the runtime's length for this slot
     text: str = ""
-    decoder: Any = None  # incremental detokenizer, if the engine has a tokenizer
+    detokenizer: Any = None  # incremental detokenizer (`StreamDecoder`), if the engine has a tokenizer
     generator: torch.Generator = field(init=False)
     t_arrival: float = field(default_factory=time.perf_counter)
     t_first_token: float | None = None
     t_finish: float | None = None
     stats: dict[str, float] = field(default_factory=dict)  # mode-specific counters (rounds, accepted, ...)
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)  # per output token
 
     def __post_init__(self) -> None:
         self.generator = make_generator(self.params.seed)

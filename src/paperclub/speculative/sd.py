@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from paperclub.engine.runner import ModelRunner
-from paperclub.engine.sampling import filtered_probs, greedy_tokens, next_tokens, sample
+from paperclub.engine.sampling import filtered_probs, greedy_tokens, next_tokens, record_logprobs, sample
 from paperclub.engine.sequence import Sequence
-from paperclub.speculative.verify import Verdict, judge
+from paperclub.speculative.verify import judge
 
 
 class DraftProposer:
@@ -93,26 +93,25 @@ class SpeculativeDecoder:
         self.proposer.prefill(seqs)
         self.proposer.reserve(self.runner.cache.capacity)
         first = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        return [[t] for t in first.tolist()]
+        emitted = [[t] for t in first.tolist()]
+        record_logprobs(seqs, logits, emitted)
+        return emitted
 
     def step(self, seqs: list[Sequence]) -> list[list[int]]:
+        self.proposer.reserve(self.runner.cache.capacity)  # the target's cache may have grown since prefill
         draft, q = self.proposer.propose(seqs)
-        verdict = self.verify(seqs, draft, q)
-        self.proposer.accept(seqs, verdict.num_accepted)
-        return self.finish_round(seqs, draft.tolist(), verdict)
-
-    def verify(self, seqs: list[Sequence], draft: torch.Tensor, q: torch.Tensor | None) -> Verdict:
         chunks = [[s.output_ids[-1]] + d for s, d in zip(seqs, draft.tolist(), strict=True)]
         logits = self.runner.append([s.slot for s in seqs], [s.num_cached for s in seqs], chunks, False)
-        return judge(seqs, draft, q, logits)
-
-    def finish_round(self, seqs: list[Sequence], draft: list[list[int]], verdict: Verdict) -> list[list[int]]:
+        verdict = judge(seqs, draft, q, logits)
+        self.proposer.accept(seqs, verdict.num_accepted)
         for s, n in zip(seqs, verdict.num_accepted, strict=True):
             s.num_cached += 1 + n  # the last token and the accepted drafts; the rest is rolled back
             s.stats["rounds"] += 1
             s.stats["drafted"] += self.k
             s.stats["accepted"] += n
-        return verdict.emitted(draft)
+        emitted = verdict.emitted(draft.tolist())
+        record_logprobs(seqs, logits, emitted)
+        return emitted
 
     def release(self, seq: Sequence) -> None:
         self.runner.cache.release(seq.slot)

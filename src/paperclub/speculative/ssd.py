@@ -29,10 +29,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from paperclub.engine.decoder import ARDecoder
 from paperclub.engine.runner import ModelRunner
-from paperclub.engine.sampling import next_tokens
+from paperclub.engine.sampling import next_tokens, record_logprobs
 from paperclub.engine.sequence import Sequence
-from paperclub.errors import UserError
+from paperclub.errors import DraftLost, UserError
 from paperclub.speculative.config import SSDConfig
 from paperclub.speculative.draft_worker import draft_process_main
 from paperclub.speculative.transport import TARGET, Channel, TransportError
@@ -77,20 +78,22 @@ class SSDDecoder:
 
     def _prefill(self, seqs: list[Sequence]) -> list[list[int]]:
         self._check_alive()
-        for s in seqs:
-            s.slot = self.runner.cache.allocate()
-            s.stats.update(dict.fromkeys(COUNTERS, 0.0))
         # the draft prefills the prompts and speculates on the first token while the target prefills
         new = [{"id": s.request_id, "prompt": s.prompt_ids, "params": s.params, "seed": _draft_seed(s)}
                for s in seqs]
         self._send({"kind": "add", "seqs": new, "finished": self._take_finished()})
+        for s in seqs:  # (after the send: a lost draft leaves no slot behind for the fallback to take over)
+            s.slot = self.runner.cache.allocate()
+            s.stats.update(dict.fromkeys(COUNTERS, 0.0))
         logits = self.runner.append([s.slot for s in seqs], [0] * len(seqs), [s.prompt_ids for s in seqs], True)
         for s in seqs:
             s.num_cached = len(s.prompt_ids)
         first = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
         for s, t in zip(seqs, first, strict=True):
             self._outcome[s.request_id] = (0, t)
-        return [[t] for t in first]
+        emitted = [[t] for t in first]
+        record_logprobs(seqs, logits, emitted)
+        return emitted
 
     def _step(self, seqs: list[Sequence]) -> list[list[int]]:
         self._check_alive()
@@ -137,7 +140,14 @@ class SSDDecoder:
         self._count(self.stats, None, sum(num_accepted), waited, hidden, rows)
         if timing["fanout"] is not None:
             self.stats["adaptive_fanout"] = timing["fanout"]
+        record_logprobs(seqs, logits, emitted)
         return emitted
+
+    def fallback(self) -> ARDecoder:
+        """A decoder that carries on without the draft: AR over the same target runner and cache. Every running
+        sequence is in the state AR expects (its last token not yet in the cache) because a lost draft is noticed
+        before the target's forward of a round."""
+        return ARDecoder(self.runner)
 
     def release(self, seq: Sequence) -> None:
         self.runner.cache.release(seq.slot)
@@ -245,11 +255,11 @@ class SSDDecoder:
         self._error = why
         self._finalizer.detach()
         _shutdown(self.process, self.channel, polite=False)
-        raise UserError(f"SSD: {why}. The request cannot continue; rerun, or use --mode sd or --mode ar.")
+        raise DraftLost(f"SSD: {why}. The request cannot continue; rerun, or use --mode ar.")
 
     def _check_alive(self) -> None:
         if self._error is not None:
-            raise UserError(f"SSD: the draft process is gone ({self._error}); create a new engine")
+            raise DraftLost(f"SSD: the draft process is gone ({self._error}); create a new engine")
 
     def close(self) -> None:
         """Stop the draft process (politely, then by force) and tear the process group down. Idempotent."""
