@@ -44,3 +44,20 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """Raise a UserError now, before any work, if `path` could not be written later: it is a directory, a parent
+    is a regular file, or the nearest existing directory is not writable."""
+    from paperclub.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory: give a file path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be written: no write permission in {parent}")

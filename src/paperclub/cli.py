@@ -19,6 +19,7 @@ SYSTEMS = [
     "paperclub.engine.cli",
     "paperclub.distill.cli",
     "paperclub.bench.cli",
+    "paperclub.serve.cli",
     "paperclub.worldmodel.cli",
 ]
 

@@ -20,3 +20,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda was asked for but no CUDA GPU is visible: use --device cpu")
     return dev
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux): every measured figure names it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
