@@ -175,3 +175,20 @@ def test_the_kv_cache_grows_with_the_sequences_and_keeps_what_it_holds(pair, mon
     assert capacities[0] == 64 and max(capacities) == 256  # grew (64 -> 128 -> 256) instead of starting at 256
     assert sorted(set(capacities)) == [64, 128, 256]
     assert [s.output_ids for s in seqs] == [w.output_ids for w in want]
+
+
+def test_an_idle_engine_gives_its_kv_cache_back(pair):
+    _, model, _ = pair
+    engine = make_engine(model, max_num_seqs=4)
+    params = SamplingParams(max_tokens=10, ignore_eos=True)
+    first = [engine.add_request([1, 2, 3 + i], params) for i in range(4)]
+    engine.step()
+    engine.release_memory()  # busy: nothing is freed
+    assert engine.decoder.runner.cache.num_slots >= 4
+    run_all(engine, first)
+    engine.release_memory()
+    cache = engine.decoder.runner.cache
+    assert (cache.num_slots, cache.capacity, cache.nbytes()) == (0, 0, 0)
+    again = [engine.add_request([1, 2, 3 + i], params) for i in range(4)]
+    run_all(engine, again)
+    assert [s.output_ids for s in again] == [s.output_ids for s in first]

@@ -60,6 +60,16 @@ class KVCache:
         self._free.append(slot)
         self._free.sort()
 
+    def reset(self) -> bool:
+        """Give the memory back when no slot is in use (an idle server); the next `ensure` allocates anew.
+        Returns whether it did."""
+        if not self.k or len(self._free) != self.num_slots:
+            return False
+        self.k, self.v, self._free = [], [], []
+        self.num_slots, self.capacity = 0, 0
+        self.generation += 1
+        return True
+
     @property
     def free_slots(self) -> int:
         return len(self._free)

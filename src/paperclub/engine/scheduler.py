@@ -8,6 +8,7 @@ Post-processing applies stop conditions token by token, so a decoder may emit se
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections import deque
@@ -19,6 +20,14 @@ from paperclub.engine.sequence import Sequence, Status
 from paperclub.errors import DraftLost, UserError
 
 log = logging.getLogger(__name__)
+
+
+def trim_heap() -> None:
+    """Ask glibc to return free heap pages to the OS (freed KV tensors below the mmap threshold stay otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 # KV positions reserved beyond a sequence's current length: the cache grows as sequences do (doubling), so a
@@ -84,6 +93,18 @@ class Engine:
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
+
+    def release_memory(self) -> None:
+        """When nothing is running, free the KV caches (they grew for the busiest moment) and return the freed
+        heap to the OS. CUDA caches stay: their CUDA graphs hold the tensors' addresses."""
+        if self.has_unfinished():
+            return
+        freed = False
+        for runner in (self.decoder.runner, getattr(getattr(self.decoder, "proposer", None), "runner", None)):
+            if runner is not None and runner.device.type == "cpu":
+                freed |= runner.cache.reset()
+        if freed:
+            trim_heap()
 
     def step(self) -> list[Sequence]:
         """One engine step. Returns the sequences that received tokens (finished ones included)."""
