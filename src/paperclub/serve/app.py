@@ -192,10 +192,14 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(server: Server) -> FastAPI:
+def create_app(server: Server, engine_thread: bool = True) -> FastAPI:
+    """The ASGI app. `engine_thread`: start the engine loop in a thread with the app (False: the caller runs
+    `server.loop.run()` in its own thread, as `paperclub serve` does in the main thread)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        server.loop.start()
+        if engine_thread:
+            server.loop.start()
         try:
             yield
         finally:

@@ -6,8 +6,10 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 
 from paperclub.errors import UserError
 
@@ -48,13 +50,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         name = args.served_model_name or llm.model_dir.name
         server = Server(llm, ServeConfig(model_name=name, api_key=api_key, max_queue=args.max_queue))
-        app = create_app(server)
+        app = create_app(server, engine_thread=False)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=args.verbose > 0,
                                 timeout_graceful_shutdown=args.drain_timeout, lifespan="on")
         uv = DrainingServer(config, server, args.drain_timeout)
+        http = threading.Thread(target=uv.run, name="paperclub-http", daemon=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn installs handlers only in the main thread
+            signal.signal(sig, uv.handle_exit)
+        http.start()
         log.warning("serving %s (%s, mode %s) on http://%s:%d  (chat page at /, API at /v1)", name, llm.dtype,
                     llm.mode, args.host, args.port)
-        uv.run()
+        server.loop.run()  # the engine in this, the main, thread until the app's shutdown stops it
+        http.join()
     finally:
         llm.close()
     return 0
