@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from paperclub.atomic import atomic_path, write_json
+from paperclub.atomic import atomic_path, check_writable, write_json
 from paperclub.errors import UserError
 
 
@@ -28,6 +28,9 @@ def _names(text: str) -> list[str]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from paperclub.bench.bench import BenchSettings, run_bench, summary_lines
 
+    check_writable(args.json, "--json")  # before minutes of benchmarking, not after
+    if args.plot:
+        check_writable(args.plot, "--plot")
     settings = BenchSettings(
         prompts=args.prompts, num_prompts=args.num_prompts, modes=args.modes, peers=args.peers, k=args.k,
         max_new_tokens=args.max_new_tokens, temperatures=args.temperature, batch_sizes=args.batch_size,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from paperclub.atomic import write_json
+from paperclub.atomic import check_writable, write_json
 from paperclub.errors import UserError
 
 DEMO_PROMPTS = [
@@ -115,6 +115,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts += read_prompts_jsonl(args.prompts)
     if not prompts:
         raise UserError("give a prompt, or --prompts FILE.jsonl")
+    if args.json:
+        check_writable(args.json, "--json")  # before the model loads, not after the generation
     params = sampling_params(args)
     llm = make_llm(args, max_num_seqs=args.batch_size)
     if len(prompts) == 1 and not args.json and not args.no_stream:
@@ -122,7 +124,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
         m = llm.last_output.metrics
-        print(f"\n[{m['generated_tokens']} tokens, {m['tokens_per_s']:.1f} tok/s]", file=sys.stderr)
+        print(f"\n[{m['generated_tokens']} tokens, {m['tokens_per_s']:.1f} tok/s, "
+              f"{finish_note(llm.last_output, params.max_tokens)}]", file=sys.stderr)
         return 0
     outputs = llm.generate(prompts, params, use_tqdm=sys.stderr.isatty())
     stats = llm.last_stats
@@ -131,15 +134,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "target": str(llm.model_dir),
             "draft": str(llm.draft_dir) if llm.draft_dir else None,
             "mode": llm.mode,
-            "outputs": [{"token_ids": o.token_ids, "text": o.text} for o in outputs],
+            "outputs": [{"token_ids": o.token_ids, "text": o.text, "finish_reason": o.finish_reason}
+                        for o in outputs],
             "tokens_per_s": stats["tokens_per_s"],
         })
     else:
         for o in outputs:
-            print(f"--- [{o.index}] ({len(o.token_ids)} tokens, {o.finish_reason})\n{o.text}")
+            print(f"--- [{o.index}] ({len(o.token_ids)} tokens, {finish_note(o, params.max_tokens)})\n{o.text}")
+    for o in outputs:
+        if o.finish_reason == "context":
+            print(f"note: prompt {o.index} stopped at the context limit after {len(o.token_ids)} of "
+                  f"{params.max_tokens} tokens (shorten the prompt or pass a smaller --max-new-tokens)",
+                  file=sys.stderr)
     print(f"[{stats['generated_tokens']} tokens in {stats['wall_s']:.2f}s: {stats['tokens_per_s']:.1f} tok/s]",
           file=sys.stderr)
     return 0
+
+
+def finish_note(output, max_tokens: int) -> str:
+    """Why a generation stopped, in words: stop (EOS or a stop string), length, or the context limit."""
+    n = len(output.token_ids)
+    return {"stop": "stopped", "length": f"reached --max-new-tokens {max_tokens}",
+            "context": f"context window full after {n} of {max_tokens} tokens"}.get(output.finish_reason,
+                                                                                  str(output.finish_reason))
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

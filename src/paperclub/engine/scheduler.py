@@ -170,8 +170,11 @@ class Engine:
             if (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
                 self._finish(seq, "stop")
                 return
-            if len(seq.output_ids) >= params.max_tokens or seq.length + self.decoder.lookahead >= self.max_len:
+            if len(seq.output_ids) >= params.max_tokens:
                 self._finish(seq, "length")
+                return
+            if seq.length + self.decoder.lookahead >= self.max_len:
+                self._finish(seq, "context")  # the context window is full before max_tokens
                 return
 
     @staticmethod

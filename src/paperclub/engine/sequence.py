@@ -28,7 +28,7 @@ class Sequence:
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" (max_tokens) | "context" (window full) | "abort"
     slot: int = -1
     num_cached: int = 0  # tokens whose K/V are in the cache: the runtime's length for this slot
     text: str = ""

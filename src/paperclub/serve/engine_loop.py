@@ -218,8 +218,11 @@ class EngineLoop:
         if seq.params.logprobs is not None:
             logprobs = [self._logprob_entry(t, *seq.logprobs[i])
                         for i, t in enumerate(tokens, start=choice.sent_tokens) if i < len(seq.logprobs)]
-        delta = Delta(choice.index, text[choice.sent_chars:end], list(tokens), logprobs,
-                      seq.finish_reason if seq.finished else None, len(seq.prompt_ids), len(seq.output_ids))
+        finish = None
+        if seq.finished:  # OpenAI's vocabulary: a full context window is a "length" stop too
+            finish = "length" if seq.finish_reason == "context" else seq.finish_reason
+        delta = Delta(choice.index, text[choice.sent_chars:end], list(tokens), logprobs, finish, len(seq.prompt_ids),
+                      len(seq.output_ids))
         first = choice.sent_tokens == 0
         choice.sent_tokens, choice.sent_chars = len(seq.output_ids), end
         self._observe(choice, now, first, len(tokens))

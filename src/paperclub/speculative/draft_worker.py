@@ -26,6 +26,7 @@ next glue, which rewrites the chosen branch's K/V contiguously after the prefix.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import torch.distributed as dist
 from paperclub.engine.kv_cache import slot_range
 from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import SamplingParams, filtered_probs, greedy_tokens, make_generator, sample
+from paperclub.errors import UserError
 from paperclub.models.draft import load_draft_model
 from paperclub.models.llama import AttentionMeta
 from paperclub.speculative.config import SSDConfig
@@ -263,6 +265,7 @@ def serve_forever(channel: Channel, worker: DraftWorker) -> None:
 
 def draft_process_main(port: int, draft_dir: str, target_dir: str | None, config: SSDConfig, max_len: int) -> None:
     """Entry point of the spawned draft process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the target's to handle: it stops us
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(config.draft_threads)
     store = dist.TCPStore("127.0.0.1", port, 2, False, timeout=timedelta(seconds=config.startup_timeout_s))
@@ -279,7 +282,8 @@ def draft_process_main(port: int, draft_dir: str, target_dir: str | None, config
     except TransportError as e:
         log.warning("SSD draft process: the target is gone (%s); exiting", e)
     except Exception as e:  # report to the target, which raises it as a UserError
-        log.error("SSD draft process failed: %s", traceback.format_exc())
+        if not isinstance(e, UserError):  # a bug: keep its traceback (bad input is the target's one line)
+            log.error("SSD draft process failed: %s", traceback.format_exc())
         try:
             channel.send({"kind": "error", "message": f"{type(e).__name__}: {e}"})
         except TransportError:

@@ -102,7 +102,7 @@ class SSDDecoder:
         outcomes = [(s.request_id, *self._outcome[s.request_id]) for s in seqs]
         t_send = time.monotonic()
         self._send({"kind": "step", "outcomes": outcomes, "fallback": fallback, "finished": self._take_finished(),
-                    "t_send": t_send})
+                    "t_send": t_send}, answered=True)
         answer, tensors = self._recv(self.config.recv_timeout_s)
         waited = time.monotonic() - t_send
         timing = answer["timing"]
@@ -206,6 +206,10 @@ class SSDDecoder:
         )
         self.process.start()
         self.channel: Channel | None = None
+        # "clean" is False from the moment a message goes out until the exchange it starts is over: an interrupt
+        # (Ctrl-C) in between leaves half a message or an unread answer on the channel, and the draft is then
+        # stopped by force at shutdown, since it would read a polite "stop" as the rest of that message
+        self._link = {"clean": True}
         self._finalizer = weakref.finalize(self, _shutdown, self.process, None)
         deadline = time.monotonic() + cfg.startup_timeout_s
         while not self._store.check(["draft_up"]):
@@ -220,7 +224,7 @@ class SSDDecoder:
             time.sleep(0.02)
         self.channel = Channel.connect(self._store, TARGET, timedelta(seconds=cfg.startup_timeout_s))
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _shutdown, self.process, self.channel)
+        self._finalizer = weakref.finalize(self, _shutdown, self.process, self.channel, True, self._link)
         ready, _ = self._recv(cfg.startup_timeout_s)
         if ready["vocab_size"] != self.runner.cfg.vocab_size:
             self._fail(f"the draft's vocabulary has {ready['vocab_size']} tokens but the target's has "
@@ -230,17 +234,22 @@ class SSDDecoder:
                        f"{self.runner.max_positions}: lower the context length or pick another draft")
         log.info("SSD draft process %d ready (k=%d, fanout=%s)", self.process.pid, cfg.k, cfg.fanout)
 
-    def _send(self, msg: dict) -> None:
+    def _send(self, msg: dict, answered: bool = False) -> None:
+        """Send one message; `answered`: the exchange ends with the answer `_recv` reads."""
+        self._link["clean"] = False
         try:
             self.channel.send(msg, timeout_s=self.config.recv_timeout_s)
         except TransportError as e:
             self._lost(e, self.config.recv_timeout_s)
+        self._link["clean"] = not answered
 
     def _recv(self, timeout_s: float) -> tuple[dict, list[torch.Tensor]]:
+        self._link["clean"] = False
         try:
             msg, tensors = self.channel.recv(timeout_s)
         except TransportError as e:
             self._lost(e, timeout_s)
+        self._link["clean"] = True
         if msg["kind"] == "error":
             self._fail(f"the draft process failed: {msg['message']}")
         return msg, tensors
@@ -294,12 +303,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _shutdown(process, channel: Channel | None, polite: bool = True) -> None:
+def _shutdown(process, channel: Channel | None, polite: bool = True, link: dict | None = None) -> None:
+    if link is not None and not link["clean"]:
+        polite = False  # interrupted mid-exchange: see SSDDecoder._link
     if not polite:
         process.kill()
     elif channel is not None and process.is_alive():
         try:
-            channel.send({"kind": "stop"})
+            channel.send({"kind": "stop"}, timeout_s=2.0)  # never the connection's long default timeout
         except TransportError:
             pass
     # after "stop" the draft tears down its process group and interpreter: well under a second on an idle machine,
