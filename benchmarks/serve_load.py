@@ -4,7 +4,8 @@
         --out benchmarks/results/serve/load_amd.json [--peer llamacpp] [--offline]
 
 For each server (ours; `llamacpp` = llama-cpp-python's OpenAI server, `$PAPERCLUB_LLAMACPP_PYTHON -m
-llama_cpp.server`, on the BF16 GGUF of the same weights that `paperclub bench` writes) and each concurrency, one
+llama_cpp.server`, on the BF16 GGUF of the same weights that `paperclub bench` writes; `transformers` =
+`transformers serve` with continuous batching on the same model directory, bf16) and each concurrency, one
 `paperclub loadtest` (greedy, the mismatch check on). The servers take turns per concurrency, each started fresh,
 so machine noise hits them alike. Our server's RSS is read when idle (after its warm-up request) and again
 after each load. `--offline` also times `LLM.generate` on the same prompts one at a time (batch 1), the figure
@@ -89,7 +90,13 @@ def start(name: str, args, log_dir: Path) -> Served:
         gguf = bf16_gguf_for(ensure_default_model())
         cmd = [python, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                "--n_ctx", "4096", "--n_threads", str(os.cpu_count()), "--n_batch", "512",
-               "--model_alias", "smol"]
+               "--model_alias", "smol", "--interrupt_requests", "False"]
+    elif name == "transformers":  # `transformers serve` with its continuous batching (paged attention)
+        from paperclub.models.default_model import ensure_default_model
+
+        cmd = [str(Path(sys.executable).parent / "transformers"), "serve", str(ensure_default_model()), "--host",
+               "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "bfloat16", "--continuous-batching",
+               "--log-level", "warning"]
     else:
         raise SystemExit(f"unknown server {name}")
     return Served(name, cmd, port, log_dir / f"{name}.log")
@@ -122,7 +129,9 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for name, runs in result["servers"].items():
         cs = sorted(int(c) for c in runs)
-        get = lambda key: [runs[str(c)][key] for c in cs]  # noqa: E731
+        def get(key: str, runs=runs, cs=cs) -> list[float]:
+            return [runs[str(c)][key] for c in cs]
+
         axes[0].plot(cs, get("output_tokens_per_s"), "o-", label=name)
         axes[1].plot(cs, get("ttft_p50_s"), "o-", label=f"{name} p50")
         axes[1].plot(cs, get("ttft_p99_s"), "o--", label=f"{name} p99")
@@ -150,7 +159,7 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--mode", default="ar")
-    ap.add_argument("--peer", action="append", default=[], help="llamacpp (repeatable)")
+    ap.add_argument("--peer", action="append", default=[], help="llamacpp or transformers (repeatable)")
     ap.add_argument("--offline", action="store_true", help="also time LLM.generate at batch 1")
     ap.add_argument("--offline-repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/serve/load.json")

@@ -119,6 +119,7 @@ class Client:
         out = Outcome(index, ok=False)
         pieces: list[str] = []
         chunks = 0
+        finished = False  # a finish_reason was seen: a stream that ends after it without [DONE] is complete too
         t0 = last = time.perf_counter()
         try:
             async with self.http.stream("POST", self.url, json=body) as r:
@@ -139,6 +140,7 @@ class Client:
                     if event.get("usage"):
                         out.tokens = event["usage"]["completion_tokens"]
                     for choice in event.get("choices", []):
+                        finished = finished or choice.get("finish_reason") is not None
                         text = (choice.get("delta") or {}).get("content")
                         if text:
                             now = time.perf_counter()
@@ -149,6 +151,9 @@ class Client:
                             last = now
                             chunks += 1
                             pieces.append(text)
+            out.ok = out.ok or finished
+            if not out.ok:
+                out.error = "the stream ended without a finish_reason"
         except (httpx.HTTPError, json.JSONDecodeError) as e:
             out.error = f"{type(e).__name__}: {e}"
         finally:
