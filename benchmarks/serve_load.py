@@ -7,10 +7,10 @@ For each server (ours; `llamacpp` = llama-cpp-python's OpenAI server, `$PAPERCLU
 llama_cpp.server`, on the BF16 GGUF of the same weights that `paperclub bench` writes; `transformers` =
 `transformers serve` with continuous batching on the same model directory, bf16) and each concurrency, one
 `paperclub loadtest` (greedy, the mismatch check on). The servers take turns per concurrency, each started fresh,
-so machine noise hits them alike. Our server's RSS is read when idle (after its warm-up request) and again
-after each load. `--offline` also times `LLM.generate` on the same prompts one at a time (batch 1), the figure
-the served batch-1 tokens/s is compared with. Writes OUT.json and OUT.png (throughput, TTFT and ITL percentiles
-against concurrency).
+so machine noise hits them alike. Each server's RSS is read when idle (after its warm-up request, which also packs
+the CPU kernels' weights) and again 3 s after each load. `--offline` also times `LLM.generate` on the same prompts
+one at a time (batch 1), the figure the served batch-1 tokens/s is compared with. Writes OUT.json and OUT.png
+(throughput, TTFT and ITL percentiles against concurrency).
 """
 
 from __future__ import annotations
@@ -127,16 +127,17 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for name, runs in result["servers"].items():
+    for (name, runs), color in zip(result["servers"].items(), ("C0", "C1", "C2", "C3"), strict=False):
         cs = sorted(int(c) for c in runs)
+
         def get(key: str, runs=runs, cs=cs) -> list[float]:
             return [runs[str(c)][key] for c in cs]
 
-        axes[0].plot(cs, get("output_tokens_per_s"), "o-", label=name)
-        axes[1].plot(cs, get("ttft_p50_s"), "o-", label=f"{name} p50")
-        axes[1].plot(cs, get("ttft_p99_s"), "o--", label=f"{name} p99")
-        axes[2].plot(cs, [1e3 * x for x in get("itl_p50_s")], "o-", label=f"{name} p50")
-        axes[2].plot(cs, [1e3 * x for x in get("itl_p99_s")], "o--", label=f"{name} p99")
+        axes[0].plot(cs, get("output_tokens_per_s"), "o-", color=color, label=name)
+        axes[1].plot(cs, get("ttft_p50_s"), "o-", color=color, label=f"{name} p50")
+        axes[1].plot(cs, get("ttft_p99_s"), "o--", color=color, alpha=0.6, label=f"{name} p99")
+        axes[2].plot(cs, [1e3 * x for x in get("itl_p50_s")], "o-", color=color, label=f"{name} p50")
+        axes[2].plot(cs, [1e3 * x for x in get("itl_p99_s")], "o--", color=color, alpha=0.6, label=f"{name} p99")
     for ax, title, unit in zip(axes, ("output tokens/s", "time to first token", "inter-token latency"),
                                ("tok/s", "s", "ms"), strict=True):
         ax.set_xscale("log", base=2)
@@ -146,6 +147,7 @@ def plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
     fig.suptitle(f"paperclub serve under load ({result['cpu']}, {result['date']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -163,7 +165,11 @@ def main() -> None:
     ap.add_argument("--offline", action="store_true", help="also time LLM.generate at batch 1")
     ap.add_argument("--offline-repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/serve/load.json")
+    ap.add_argument("--replot", action="store_true", help="only redraw OUT.png from OUT.json")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return
     out = Path(args.out)
     log_dir = out.parent / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +185,7 @@ def main() -> None:
                 test = LoadTest(served.url, c, args.duration, args.max_tokens, num_prompts=args.num_prompts,
                                 max_requests=100_000)
                 r = run_loadtest(test)
+                time.sleep(3)  # the engine frees its KV cache when it goes idle, after the last response
                 r["rss_idle_mb"], r["rss_after_mb"] = idle, rss_mb(served.process.pid)
                 r["alive_after"] = httpx.get(served.url.removesuffix("/v1") + "/health", timeout=5).status_code \
                     if name == "paperclub" else served.process.poll() is None

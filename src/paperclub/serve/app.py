@@ -209,7 +209,7 @@ def create_app(server: Server, engine_thread: bool = True) -> FastAPI:
     app.state.server = server
     cfg = server.config
 
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: no thread-pool hop per request
         if server.draining:
             raise api.APIError(503, "the server is shutting down: retry on another replica", type="server_error",
                                code="draining")
