@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paperclub {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        ssd = sys.modules.get("paperclub.speculative.ssd")  # loaded only if SSD ran
+        if ssd is not None:
+            ssd.kill_drafts()
         print("interrupted", file=sys.stderr)
         return 130
 

@@ -137,7 +137,7 @@ def test_safetensors_header_is_valid_for_the_reference_reader(tiny, tmp_path):
 def test_non_gguf_file_is_a_user_error(tmp_path):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"this is not a gguf file at all" * 10)
-    with pytest.raises(UserError, match="not a readable GGUF file"):
+    with pytest.raises(UserError, match="not a GGUF file"):
         convert_gguf(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -147,3 +147,12 @@ def test_unsupported_architecture_is_a_user_error(tmp_path):
     path = write_tiny_gguf(tmp_path / "g.gguf", spec, hf_state_dict(TinySpec()))
     with pytest.raises(UserError, match="architecture 'gpt2' is not supported"):
         convert_gguf(path, tmp_path / "out")
+
+
+def test_a_truncated_gguf_says_so(tmp_path, tiny):
+    _, _, path = tiny
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated or corrupt") as e:
+        convert_gguf(cut, tmp_path / "out")
+    assert "reshape" not in str(e.value) and not (tmp_path / "out").exists()

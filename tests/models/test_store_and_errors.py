@@ -160,7 +160,7 @@ def test_non_gguf_file(home, tmp_path):
         resolve_model(str(f))
     g = tmp_path / "weights.gguf"
     g.write_bytes(b"\0" * 64)
-    with pytest.raises(UserError, match="not a readable GGUF file"):
+    with pytest.raises(UserError, match="not a GGUF file"):
         resolve_model(str(g))
     assert not (home / "models" / "weights").exists()
 

@@ -58,6 +58,16 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> 
 def sampling_params(args: argparse.Namespace):
     from paperclub.engine.sampling import SamplingParams
 
+    # checked here too so that a message names the flag typed, not SamplingParams' field
+    for ok, message in [
+        (args.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"),
+        (args.temperature >= 0, f"--temperature must be >= 0, got {args.temperature}"),
+        (args.top_k >= 0, f"--top-k must be >= 0 (0 = off), got {args.top_k}"),
+        (0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
+        (all(args.stop), "--stop must not be empty"),
+    ]:
+        if not ok:
+            raise UserError(message)
     return SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, seed=args.seed, stop=list(args.stop))
 
@@ -118,6 +128,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, "--json")  # before the model loads, not after the generation
     params = sampling_params(args)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     llm = make_llm(args, max_num_seqs=args.batch_size)
     if len(prompts) == 1 and not args.json and not args.no_stream:
         for piece in llm.stream(prompts[0], params):
@@ -159,6 +171,23 @@ def finish_note(output, max_tokens: int) -> str:
                                                                                   str(output.finish_reason))
 
 
+def fit_history(llm, history: list[dict[str, str]], max_new_tokens: int) -> tuple[list[dict[str, str]], int]:
+    """The longest suffix of the conversation (the system message kept) whose prompt leaves room for
+    `max_new_tokens`, and how many messages were dropped; a UserError if the last message alone does not fit."""
+    system = history[:1] if history and history[0]["role"] == "system" else []
+    turns = history[len(system):]
+    for start in range(len(turns)):
+        if turns[start]["role"] != "user":
+            continue  # a conversation restarts at a user message
+        kept = system + turns[start:]
+        n = len(llm.encode(kept))
+        if n + max_new_tokens <= llm.engine.room_for(0):
+            return kept, start
+    n = len(llm.encode(system + turns[-1:]))
+    raise UserError(f"this message is {n} tokens with the prompt around it, and with --max-new-tokens "
+                    f"{max_new_tokens} it does not fit the {llm.max_model_len}-token context: send a shorter one")
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     llm = make_llm(args, max_num_seqs=1)
     params = sampling_params(args)
@@ -177,15 +206,25 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if line == "/reset":
             history = history[:1] if args.system else []
             continue
-        history.append({"role": "user", "content": line})
+        try:
+            kept, dropped = fit_history(llm, history + [{"role": "user", "content": line}], params.max_tokens)
+        except UserError as e:  # this message only: the conversation goes on
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        if dropped:
+            print(f"(the conversation outgrew the context: the {dropped} oldest messages are left out)",
+                  file=sys.stderr)
+        history = kept
         sys.stdout.write("assistant> ")
         reply = []
         for piece in llm.stream(history, params):
             reply.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
-        m = llm.last_output.metrics
-        print(f"\n  [{m['generated_tokens']} tokens, {m['tokens_per_s']:.1f} tok/s]", file=sys.stderr)
+        out = llm.last_output
+        m = out.metrics
+        print(f"\n  [{m['generated_tokens']} tokens, {m['tokens_per_s']:.1f} tok/s, "
+              f"{finish_note(out, params.max_tokens)}]", file=sys.stderr)
         history.append({"role": "assistant", "content": "".join(reply)})
 
 

@@ -156,7 +156,13 @@ class LLM:
         if mode == "ar":
             return None
         if draft is not None:
-            return Path(draft) if Path(draft).is_dir() else resolve_model(draft)
+            if Path(draft).is_dir():
+                return Path(draft)
+            try:
+                return resolve_model(draft)
+            except UserError as e:
+                raise UserError(f"draft model {str(draft)!r} not found: pass --draft DIR, a draft saved by "
+                                f"`paperclub distill` or a model with the target's tokenizer ({e})") from None
         if mode in ("sd", "ssd"):
             found = default_draft_for(target_dir)
             if found is None:

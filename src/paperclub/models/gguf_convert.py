@@ -125,12 +125,15 @@ def open_gguf(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass an existing .gguf file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic); check the path")
     try:
         return gguf.GGUFReader(path, "r")
-    except Exception as e:
-        raise UserError(
-            f"{path} is not a readable GGUF file ({e}); check the path, or re-download it"
-        ) from None
+    except Exception:
+        raise UserError(f"{path} is truncated or corrupt: its GGUF header or tensors do not fit the file; "
+                        "re-download it") from None
 
 
 def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> HFConfig:
