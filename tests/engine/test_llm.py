@@ -83,13 +83,13 @@ def test_cli_malformed_jsonl_is_one_line_exit_2(tmp_path, capsys, content, messa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "temperature must be"),
-    (["--top-p", "0"], "top_p must be in (0, 1]"),
-    (["--max-new-tokens", "0"], "max_tokens must be >= 1"),
+    (["--temperature", "-1"], "--temperature must be"),  # messages name the flag typed
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (["--model", "/nonexistent/model"], "not found"),
-    (["--mode", "ssd", "--saguaro-c", "1.5"], "saguaro_c must be in (0, 1)"),
-    (["--mode", "ssd", "--target-threads", "0"], "target_threads must be an integer >= 1"),
-    (["--fanout-size", "0"], "fanout_size must be an integer >= 1"),
+    (["--mode", "ssd", "--saguaro-c", "1.5"], "--saguaro-c must be in (0, 1)"),
+    (["--mode", "ssd", "--target-threads", "0"], "--target-threads must be an integer >= 1"),
+    (["--fanout-size", "0"], "--fanout-size must be an integer >= 1"),
 ])
 def test_cli_bad_arguments_are_one_line_exit_2(capsys, args, message):
     assert main(["generate", "hello", *args]) == 2

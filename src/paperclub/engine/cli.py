@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,13 @@ def ssd_config(args: argparse.Namespace):
     from paperclub.speculative.config import SSDConfig
 
     given = {name: getattr(args, name) for name in SSD_FLAGS if getattr(args, name) is not None}
-    return SSDConfig(k=args.k, draft_dtype=resolve_dtype(args.dtype), **given)
+    try:
+        return SSDConfig(k=args.k, draft_dtype=resolve_dtype(args.dtype), **given)
+    except UserError as e:  # SSDConfig names its fields; the user typed flags
+        message = str(e)
+        for name in (*SSD_FLAGS, "k"):
+            message = re.sub(rf"(?<![\w-]){name}(?!\w)", "--" + name.replace("_", "-"), message)
+        raise UserError(message) from None
 
 
 def make_llm(args: argparse.Namespace, **kwargs: Any):

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -326,47 +326,47 @@ def create_app(server: Server, engine_thread: bool = True) -> FastAPI:
     return BodyLimit(app, cfg.max_body_bytes)
 
 
-async def chat_chunks(stream: RequestStream, head: dict[str, Any], want_logprobs: bool, include_usage: bool,
-                      prompt_tokens: int) -> AsyncIterator[str]:
-    base = {**head, "object": "chat.completion.chunk"}
+async def sse_chunks(stream: RequestStream, base: dict[str, Any], include_usage: bool, prompt_tokens: int,
+                     choice: Callable[[Delta], dict[str, Any]], first: list[dict[str, Any]] = ()) -> AsyncIterator[str]:
+    """The SSE events of a streamed request: `first` choices, then one event per delta that carries something
+    (`choice(delta)` is its body), an error event for a choice the engine failed, and the usage last if asked."""
     extra = {"usage": None} if include_usage else {}
-    for i in range(stream.num_choices):
-        yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}], **extra})
+    for body in first:
+        yield sse({**base, "choices": [body], **extra})
     completion = [0] * stream.num_choices
     async for d in stream.deltas():
         if d.error:
             yield sse(api.error_body(d.error, type="server_error"))
             continue
         completion[d.index] = d.completion_tokens
-        if not d.text and d.finish_reason is None and not (want_logprobs and d.logprobs):
-            continue  # tokens whose text is held back (a partial character or a possible stop string)
-        choice = {"index": d.index, "delta": {"content": d.text} if d.text else {},
-                  "logprobs": api.chat_logprobs(d.logprobs or []) if want_logprobs else None,
-                  "finish_reason": d.finish_reason}
-        yield sse({**base, "choices": [choice], **extra})
+        if d.text or d.finish_reason is not None or d.logprobs:  # else its text is held back (a partial
+            yield sse({**base, "choices": [choice(d)], **extra})  # character or a possible stop string)
     if include_usage:
         yield sse({**base, "choices": [], "usage": api.usage(prompt_tokens, sum(completion))})
 
 
-async def completion_chunks(stream: RequestStream, head: dict[str, Any], want_logprobs: bool, include_usage: bool,
-                            prompt_tokens: int) -> AsyncIterator[str]:
-    base = {**head, "object": "text_completion"}
-    extra = {"usage": None} if include_usage else {}
-    completion = [0] * stream.num_choices
-    offsets = [0] * stream.num_choices
-    async for d in stream.deltas():
-        if d.error:
-            yield sse(api.error_body(d.error, type="server_error"))
-            continue
-        completion[d.index] = d.completion_tokens
-        if not d.text and d.finish_reason is None and not (want_logprobs and d.logprobs):
-            continue
+def chat_chunks(stream: RequestStream, head: dict[str, Any], want_logprobs: bool, include_usage: bool,
+                prompt_tokens: int) -> AsyncIterator[str]:
+    def choice(d: Delta) -> dict[str, Any]:
+        return {"index": d.index, "delta": {"content": d.text} if d.text else {},
+                "logprobs": api.chat_logprobs(d.logprobs or []) if want_logprobs else None,
+                "finish_reason": d.finish_reason}
+
+    first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+             for i in range(stream.num_choices)]
+    return sse_chunks(stream, {**head, "object": "chat.completion.chunk"}, include_usage, prompt_tokens, choice,
+                      first)
+
+
+def completion_chunks(stream: RequestStream, head: dict[str, Any], want_logprobs: bool, include_usage: bool,
+                      prompt_tokens: int) -> AsyncIterator[str]:
+    offsets = [0] * stream.num_choices  # where each choice's next token starts in its text
+
+    def choice(d: Delta) -> dict[str, Any]:
         logprobs = None
         if want_logprobs:
             logprobs = api.completion_logprobs(d.logprobs or [], offsets[d.index])
             offsets[d.index] += sum(len(e["token"]) for e in d.logprobs or [])
-        yield sse({**base, "choices": [{"index": d.index, "text": d.text, "logprobs": logprobs,
-                                        "finish_reason": d.finish_reason}], **extra})
-    if include_usage:
-        yield sse({**base, "choices": [], "usage": api.usage(prompt_tokens, sum(completion))})
+        return {"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}
+
+    return sse_chunks(stream, {**head, "object": "text_completion"}, include_usage, prompt_tokens, choice)
