@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 API_KEY = "sk-test-key"
+START_TIMEOUT_S = 600  # a cold start compiles the CPU kernels first: minutes on 2 cores
 
 
 def free_port() -> int:
@@ -60,7 +61,7 @@ def start_server(model_dir: Path, log: Path, *args: str) -> ServerProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     server = ServerProcess(process, port, log)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()}")
@@ -71,7 +72,7 @@ def start_server(model_dir: Path, log: Path, *args: str) -> ServerProcess:
             pass
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError(f"the server did not come up in 120 s:\n{log.read_text()}")
+    raise RuntimeError(f"the server did not come up in {START_TIMEOUT_S} s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")

@@ -149,6 +149,23 @@ def joined(deltas: list[Delta]) -> tuple[str, list[dict[str, Any]], str | None, 
     return text, logprobs, deltas[-1].finish_reason, deltas[-1].completion_tokens
 
 
+async def respond(server: Server, request: Request, req: api._Request, stream: RequestStream, id_prefix: str,
+                  obj: str, prompt_tokens: int, want_logprobs: bool, chunks, choice) -> Any:
+    """The response to a submitted request: SSE events (`chunks`) when streamed, else one body whose choices
+    `choice(text, logprobs)` builds once every choice has finished."""
+    head = {"id": api.new_id(id_prefix), "object": None, "created": api.now(), "model": server.config.model_name}
+    if req.stream:
+        usage = req.stream_options is not None and req.stream_options.include_usage
+        events = chunks(stream, head, want_logprobs, usage, prompt_tokens)
+        return StreamingResponse(stream_events(server, stream, events), media_type="text/event-stream")
+    choices, completion = [], 0
+    for i, deltas in enumerate(await collect(server, stream, request)):
+        text, logprobs, finish, n = joined(deltas)
+        completion += n
+        choices.append({"index": i, **choice(text, logprobs), "finish_reason": finish})
+    return {**head, "object": obj, "choices": choices, "usage": api.usage(prompt_tokens, completion)}
+
+
 def error_response(e: api.APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
@@ -275,23 +292,13 @@ def create_app(server: Server, engine_thread: bool = True) -> FastAPI:
         ids = server.prompt_ids(req.chat(), "messages")
         params = [server.sampling(req, len(ids), req.token_limit(), req.num_logprobs(), i) for i in range(req.n)]
         stream = server.submit([ids] * req.n, params)
-        rid, created = api.new_id("chatcmpl"), api.now()
-        head = {"id": rid, "object": None, "created": created, "model": cfg.model_name}
-        want_logprobs = req.logprobs
-        if req.stream:
-            usage = req.stream_options is not None and req.stream_options.include_usage
-            return StreamingResponse(stream_events(server, stream, chat_chunks(stream, head, want_logprobs, usage,
-                                                                               len(ids))),
-                                     media_type="text/event-stream")
-        per_choice = await collect(server, stream, request)
-        choices, completion = [], 0
-        for i, deltas in enumerate(per_choice):
-            text, logprobs, finish, n = joined(deltas)
-            completion += n
-            choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                            "logprobs": api.chat_logprobs(logprobs) if want_logprobs else None,
-                            "finish_reason": finish})
-        return {**head, "object": "chat.completion", "choices": choices, "usage": api.usage(len(ids), completion)}
+
+        def choice(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"message": {"role": "assistant", "content": text},
+                    "logprobs": api.chat_logprobs(logprobs) if req.logprobs else None}
+
+        return await respond(server, request, req, stream, "chatcmpl", "chat.completion", len(ids), req.logprobs,
+                             chat_chunks, choice)
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(req: api.CompletionRequest, request: Request):
@@ -303,25 +310,13 @@ def create_app(server: Server, engine_thread: bool = True) -> FastAPI:
                 ids.append(p)
                 params.append(server.sampling(req, len(p), req.max_tokens, req.logprobs, j))
         stream = server.submit(ids, params)
-        rid, created = api.new_id("cmpl"), api.now()
-        head = {"id": rid, "object": None, "created": created, "model": cfg.model_name}
-        prompt_tokens = sum(len(p) for p in prompts)
         want_logprobs = req.logprobs is not None
-        if req.stream:
-            usage = req.stream_options is not None and req.stream_options.include_usage
-            return StreamingResponse(stream_events(server, stream, completion_chunks(stream, head, want_logprobs,
-                                                                                     usage, prompt_tokens)),
-                                     media_type="text/event-stream")
-        per_choice = await collect(server, stream, request)
-        choices, completion = [], 0
-        for i, deltas in enumerate(per_choice):
-            text, logprobs, finish, n = joined(deltas)
-            completion += n
-            choices.append({"index": i, "text": text,
-                            "logprobs": api.completion_logprobs(logprobs) if want_logprobs else None,
-                            "finish_reason": finish})
-        return {**head, "object": "text_completion", "choices": choices,
-                "usage": api.usage(prompt_tokens, completion)}
+
+        def choice(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"text": text, "logprobs": api.completion_logprobs(logprobs) if want_logprobs else None}
+
+        return await respond(server, request, req, stream, "cmpl", "text_completion", sum(len(p) for p in prompts),
+                             want_logprobs, completion_chunks, choice)
 
     return BodyLimit(app, cfg.max_body_bytes)
 
