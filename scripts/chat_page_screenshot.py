@@ -35,12 +35,18 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "paperclub.cli", "serve", "--port", str(port)])
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
+        deadline = time.monotonic() + 600  # a cold start compiles the CPU kernels first
+        while True:
+            if server.poll() is not None:
+                sys.exit(f"the server exited with {server.returncode}")
+            if time.monotonic() > deadline:
+                sys.exit("the server did not come up in 600 s")
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1000, "height": 700})
