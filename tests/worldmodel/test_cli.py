@@ -44,7 +44,9 @@ def test_train_and_probe_contract(cli_ckpt, tmp_path, capsys):
         == 0
     )
     r = json.loads((tmp_path / "p.json").read_text())
-    assert r["latent_dim"] == 32 and 1 <= r["effective_rank"] <= 32
+    # any effective rank lies in [1, latent_dim]; its values are checked in test_train.py
+    assert r["latent_dim"] == 32 and r["num_frames"] == 200 and r["env"] == "tworoom"
+    assert r["effective_rank_fraction"] == pytest.approx(r["effective_rank"] / 32)
 
 
 def test_plan_contract(cli_ckpt, tmp_path):
@@ -82,10 +84,12 @@ def test_plan_contract(cli_ckpt, tmp_path):
     r = json.loads(out.read_text())
     for key in ("success_rate", "episodes", "mean_plan_time_s", "speedup_vs_patch_baseline"):
         assert key in r
-    # A contract test: the speedup is a measured positive ratio. How large it is belongs to the benchmark
-    # (BENCHMARKS.md, full CEM settings); at 16 samples and one iteration it is mostly overhead, and a loaded
-    # machine has put it below 1.
-    assert r["episodes"] == 1 and 0 < r["speedup_vs_patch_baseline"] < float("inf")
+    # A contract test: the speedup is the ratio of the median plan times from the same states. How large it is
+    # belongs to the benchmark (BENCHMARKS.md, full CEM settings); at 16 samples and one iteration it is mostly
+    # overhead, and a loaded machine has put it below 1.
+    assert r["episodes"] == 1 and r["baseline_plans_timed"] == 1
+    speedup = r["baseline_median_plan_time_s"] / r["lewm_median_plan_time_same_states_s"]
+    assert r["speedup_vs_patch_baseline"] == pytest.approx(speedup)
     assert r["config"]["cem"]["execute"] == "best"  # the TwoRoom default (cli_ckpt is a TwoRoom checkpoint)
     assert (tmp_path / "plan_plan_time.png").is_file() and (tmp_path / "plan_plan_time.json").is_file()
 
@@ -201,4 +205,4 @@ def test_vit_config_trains_and_plans(tworoom_data_path, tmp_path):
     assert main(["lewm", "plan", "--ckpt", str(out), "--episodes", "1", "--max-steps", "5", "--baseline-plans",
                  "1", "--json", str(plan), "--quiet"]) == 0
     r = json.loads(plan.read_text())
-    assert r["episodes"] == 1 and r["speedup_vs_patch_baseline"] > 0
+    assert r["episodes"] == 1 and r["baseline_plans_timed"] == 1

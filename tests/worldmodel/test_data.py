@@ -28,12 +28,19 @@ def test_windows_stay_inside_episodes_and_align_actions(tworoom_data, rng):
     episode_of = np.repeat(np.arange(10), 61)
     starts = s.window_starts
     assert np.all(episode_of[starts] == episode_of[starts + 15])
-    f, a = s.window(np.array([7]))
-    assert np.array_equal(f[0, 1], tworoom_data.frames[12])
-    assert np.array_equal(a[0, 1], tworoom_data.actions[12:17].reshape(-1))
-    # consecutive frames in a window are one block of 5 actions apart: at most 5 steps of 0.05 per axis
-    st = tworoom_data.state
-    assert np.all(np.abs(st[starts + 5] - st[starts]) <= 0.25 + 1e-9)
+    for start in (7, starts[-1]):  # frames 5 steps apart from the start, and the blocks of 5 actions between them
+        f, a = s.window(np.array([start]))
+        for j in range(4):
+            assert np.array_equal(f[0, j], tworoom_data.frames[start + 5 * j])
+        for j in range(3):
+            assert np.array_equal(a[0, j], tworoom_data.actions[start + 5 * j : start + 5 * j + 5].reshape(-1))
+    # every sampled window is the window at one of the valid starts (found by its first frame)
+    flat = tworoom_data.frames.reshape(len(tworoom_data.frames), -1)
+    for k in range(len(frames)):
+        candidates = starts[(flat[starts] == frames[k, 0].reshape(-1)).all(axis=1)]
+        f, a = s.window(candidates)
+        same = (f == frames[k]).all(axis=(1, 2, 3, 4)) & (a == actions[k]).all(axis=(1, 2))
+        assert same.any(), k
 
 
 def test_bad_inputs_raise_user_error(tmp_path, tworoom_data):

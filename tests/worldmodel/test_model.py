@@ -15,7 +15,8 @@ def test_shapes_and_batchnorm_projector():
     frames = torch.randn(4, 4, 3, 64, 64)
     pred, z = m(frames, torch.randn(4, 4, 10))
     assert z.shape == (4, 4, 32) and pred.shape == (4, 3, 32)
-    assert prediction_loss(pred, z).ndim == 0
+    # the loss compares prediction i with latent i + 1: (3 - 1)^2 = 4 (against latent i it would be 9)
+    assert prediction_loss(torch.tensor([[[3.0]]]), torch.tensor([[[0.0], [1.0]]])).item() == 4.0
     assert any(isinstance(x, torch.nn.BatchNorm1d) for x in m.projector.modules())
 
 
@@ -83,8 +84,11 @@ def test_rollout_matches_step_by_step_prediction():
 
 
 def test_frames_to_tensor_range_and_layout():
-    x = frames_to_tensor(torch.full((2, 64, 64, 3), 255, dtype=torch.uint8))
-    assert x.shape == (2, 3, 64, 64) and torch.allclose(x, torch.ones_like(x))
+    frames = torch.randint(0, 256, (2, 8, 6, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    frames[0, 0, 0] = torch.tensor([0, 255, 51], dtype=torch.uint8)
+    x = frames_to_tensor(frames)
+    assert x.shape == (2, 3, 8, 6) and torch.allclose(x[0, :, 0, 0], torch.tensor([-1.0, 1.0, -0.6]))
+    assert torch.allclose(x, frames.permute(0, 3, 1, 2).float() / 127.5 - 1)  # pixel (i, j) channel c -> (c, i, j)
 
 
 def test_bad_config_raises_user_error():

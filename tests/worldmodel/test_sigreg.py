@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,9 +53,14 @@ def test_epps_pulley_matches_numerical_integral_for_a_point_mass():
     assert abs(got - expected) / expected < 1e-3
 
 
-def test_weights_are_positive_and_directions_unit():
+def test_weights_integrate_the_gaussian_window_and_directions_are_unit():
+    """The weights are the trapezoid rule (dt = 3/16, halved at both ends) times exp(-t^2/2), doubled for the
+    mirrored half-line: they sum to the integral of exp(-t^2/2) over [-3, 3], sqrt(2 pi) erf(3 / sqrt(2))."""
     t, w = epps_pulley_weights(17, 3.0)
-    assert t[0] == 0 and abs(t[-1] - 3.0) < 1e-6 and (w > 0).all()
+    dt = 3.0 / 16
+    assert t[0] == 0 and abs(t[-1] - 3.0) < 1e-6
+    assert w[0].item() == pytest.approx(dt) and w[1].item() == pytest.approx(2 * dt * math.exp(-(dt**2) / 2))
+    assert w.sum().item() == pytest.approx(math.sqrt(2 * math.pi) * math.erf(3 / math.sqrt(2)), rel=1e-3)
     d = random_directions(16, 100, generator=gen(0))
     assert torch.allclose(d.norm(dim=0), torch.ones(100), atol=1e-5)
 

@@ -15,6 +15,12 @@ def test_effective_rank_extremes():
     assert effective_rank(rng.standard_normal((4000, 16))) > 15
     line = rng.standard_normal((500, 1)) @ rng.standard_normal((1, 16))
     assert effective_rank(line + 1e-6 * rng.standard_normal((500, 16))) < 1.1
+    # hand-computed: variances 3 and 1 on two axes give eigenvalue shares 3/4 and 1/4, so the effective rank is
+    # exp(-(3/4 ln 3/4 + 1/4 ln 1/4)) = (4/3)^(3/4) * 4^(1/4) = 1.7548
+    a, b = 3**0.5 * 1.5**0.5, 1.5**0.5  # +-a on x, +-b on y: sample variances 2a^2/3 = 3 and 2b^2/3 = 1
+    z = np.array([[a, 0, 0], [-a, 0, 0], [0, b, 0], [0, -b, 0]])
+    assert effective_rank(z) == pytest.approx((4 / 3) ** 0.75 * 4**0.25, rel=1e-9)
+    assert effective_rank(np.kron(np.eye(3), [[1.0], [-1.0]])) == pytest.approx(3.0)  # 3 equal axes of 3
 
 
 def test_training_writes_checkpoint_log_and_plot(tiny_ckpt):
@@ -107,3 +113,14 @@ def test_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tworoo
     with pytest.raises(UserError, match="another model configuration"):
         train(preset("tiny", latent_dim=8), TrainConfig(steps=20), tworoom_data, tmp_path / "resumed",
               progress=False, resume=True)
+
+
+def test_resume_refuses_a_trainer_state_without_the_run_in_it(tworoom_data, tmp_path):
+    """A readable torch file that is not a trainer state (another tool's, or a hand-made one) is a UserError too."""
+    import torch
+
+    from paperclub.worldmodel.train import TRAINER_STATE
+
+    torch.save({"steps_done": 3}, tmp_path / TRAINER_STATE)
+    with pytest.raises(UserError, match=r"trainer_state.pt is corrupt \(it lacks elapsed_s, evals"):
+        train(preset("tiny"), TrainConfig(steps=2, batch_size=4), tworoom_data, tmp_path, progress=False, resume=True)

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from paperclub.atomic import write_json
@@ -48,9 +48,12 @@ def cmd_collect(args) -> int:
 CLI_TRAIN_DEFAULTS = {"config": "small", "eval_every": 250}
 FIXED_ON_RESUME = ("config", "batch_size", "lr", "sigreg_weight", "sigreg_directions", "eval_every", "seed",
                    "frameskip", "latent_dim", "episodes")
+# what to do when the run to resume has a corrupt config.json
+RESUME_FIX = "start a new run (without --resume) in another --out"
 
 
 def cmd_train(args) -> int:
+    from paperclub.worldmodel.checkpoint import CONFIG, saved_section
     from paperclub.worldmodel.data import load
     from paperclub.worldmodel.model import LeWMConfig
     from paperclub.worldmodel.train import TrainConfig, train
@@ -59,10 +62,11 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if args.resume:
         saved = _saved_run(out, args)
-        data_path = Path(args.data or saved["dataset"])
-        model_cfg = LeWMConfig.from_saved(saved["model"])
-        cfg = TrainConfig(**{**saved["train"], "steps": or_default(args.steps, saved["train"]["steps"]),
-                             "max_minutes": or_default(args.max_minutes, saved["train"]["max_minutes"])})
+        data_path = Path(args.data or _saved_dataset(saved, out))
+        model_cfg = saved_section(saved, "model", LeWMConfig, out / CONFIG, RESUME_FIX)
+        cfg = saved_section(saved, "train", TrainConfig, out / CONFIG, RESUME_FIX)
+        cfg = replace(cfg, steps=or_default(args.steps, cfg.steps),
+                      max_minutes=or_default(args.max_minutes, cfg.max_minutes))
         config_name = saved.get("config_name")
     else:
         defaults = {f.name: f.default for f in fields(TrainConfig)} | CLI_TRAIN_DEFAULTS
@@ -95,10 +99,12 @@ def cmd_train(args) -> int:
 
 def _saved_run(out: Path, args) -> dict:
     """The config.json of the run in `out`, after checking that --resume can continue it as asked."""
-    path = out / "config.json"
+    from paperclub.worldmodel.checkpoint import CONFIG, read_meta
+
+    path = out / CONFIG
     if not path.is_file():
         raise UserError(f"{path} not found: --resume continues a run saved in --out (leave it out to start one)")
-    saved = json.loads(path.read_text())
+    saved = read_meta(out, RESUME_FIX)
     if saved.get("env") != args.env:
         raise UserError(f"{out} is a {saved.get('env')} run, not {args.env}: pass --env {saved.get('env')}")
     given = [k for k in FIXED_ON_RESUME if getattr(args, k) is not None]
@@ -107,6 +113,13 @@ def _saved_run(out: Path, args) -> dict:
         raise UserError(f"--resume continues with the run's own settings: drop {flags} (only --steps, "
                         "--max-minutes, --data, --device and --threads may change)")
     return saved
+
+
+def _saved_dataset(saved: dict, out: Path) -> str:
+    """The dataset the run in `out` trained on, as its config.json records it."""
+    if not isinstance(saved.get("dataset"), str):
+        raise UserError(f"{out / 'config.json'} records no dataset to resume on: pass --data")
+    return saved["dataset"]
 
 
 def _new_run(args, out: Path):

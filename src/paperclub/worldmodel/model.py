@@ -24,6 +24,10 @@ from torch import nn
 from paperclub.errors import UserError
 from paperclub.nn.adaln import AdaLNZeroBlock
 
+# the LeWMConfig fields that are sizes or counts: all must be at least 1
+SIZES = ("image_size", "feature_dim", "latent_dim", "action_dim", "frameskip", "action_embed_dim", "pred_dim",
+         "pred_depth", "pred_heads", "history", "patch_size", "vit_depth", "vit_heads")
+
 
 @dataclass
 class LeWMConfig:
@@ -48,6 +52,11 @@ class LeWMConfig:
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
+        small = [name for name in SIZES if getattr(self, name) < 1]
+        if not self.channels or min(self.channels) < 1:
+            small.append("channels")
+        if small:  # first: the checks below divide by some of them
+            raise UserError(f"model sizes must be positive: {', '.join(small)}")
         if self.encoder not in ("cnn", "vit"):
             raise UserError(f"encoder must be cnn or vit, got {self.encoder!r}")
         if self.encoder == "cnn":
@@ -58,10 +67,8 @@ class LeWMConfig:
         elif self.image_size % self.patch_size:
             raise UserError(f"image_size {self.image_size} is not a multiple of the ViT patch size "
                             f"{self.patch_size}: collect the data with a matching --image-size")
-        elif self.feature_dim % self.vit_heads or min(self.vit_depth, self.patch_size) < 1:
-            raise UserError("ViT: feature_dim must be divisible by vit_heads; depth and patch size >= 1")
-        if min(self.latent_dim, self.pred_dim, self.feature_dim, self.frameskip, self.history) < 1:
-            raise UserError("all model sizes must be positive")
+        elif self.feature_dim % self.vit_heads:
+            raise UserError("ViT: feature_dim must be divisible by vit_heads")
         if self.pred_dim % self.pred_heads:
             raise UserError("pred_dim must be divisible by pred_heads")
 

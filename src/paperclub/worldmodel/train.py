@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # the step, the random streams (batches, SIGReg directions), the elapsed time and the logs. One file, so the
 # model and the optimizer state it goes with are always from the same step.
 TRAINER_STATE = "trainer_state.pt"
+TRAINER_KEYS = {"steps_done", "elapsed_s", "model_config", "model", "optimizer", "streams", "history", "evals"}
 
 
 @dataclass
@@ -223,6 +224,9 @@ def _restore(out: Path, model: LeWM, model_cfg: LeWMConfig, opt: torch.optim.Opt
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"cannot read {path} ({str(e).splitlines()[0]}): start a new run instead") from e
+    missing = sorted(TRAINER_KEYS - state.keys()) if isinstance(state, dict) else sorted(TRAINER_KEYS)
+    if missing:
+        raise UserError(f"{path} is corrupt (it lacks {', '.join(missing)}): start a new run instead")
     if state["model_config"] != model_cfg.to_dict():
         raise UserError(f"{out} was trained with another model configuration: resume with the same --config, "
                         "--latent-dim and --frameskip, or start a new run")
