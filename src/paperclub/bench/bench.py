@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from paperclub.bench.peers import PEERS, Run, check_peers, make_peers
+from paperclub.device import cpu_model
 from paperclub.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -218,12 +219,7 @@ def target_logits_fn(llm):
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         import transformers

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-MAX_LOGPROBS = 20
+from paperclub.engine.sampling import MAX_LOGPROBS  # one limit for the engine and the API
 
 
 class APIError(Exception):
