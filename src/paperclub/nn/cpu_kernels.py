@@ -16,9 +16,12 @@ speculative decoding can drift from greedy AR on near-ties. Where the kernels ca
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,24 +100,72 @@ def cpu_kernel():
     return load_build(build)
 
 
+BUILD_WAIT_S = 900.0  # how long to wait for another process compiling the same build before giving up on it
+
+
+def build_directory(build: KernelBuild) -> Path:
+    """Where a build is compiled and cached: `$TORCH_EXTENSIONS_DIR` (torch's own setting) or
+    `~/.cache/torch_extensions`, then one folder per torch version and build."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "torch_extensions"
+    return base / f"paperclub-torch{torch.__version__.split('+')[0]}" / build.name
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path, wait_s: float = BUILD_WAIT_S):
+    """Hold an exclusive lock on one build folder while compiling into it.
+
+    torch's own lock is a file whose existence is the lock: a build killed midway (Ctrl-C, a session or CI job
+    cut short) leaves it behind and every later process waits on it forever. An `flock` dies with its process,
+    so under it torch's leftover file is known to be stale and is removed. Raises TimeoutError after `wait_s`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "paperclub.lock", "a+") as f:
+        deadline = time.monotonic() + wait_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process held {folder} for {wait_s:.0f} s") from None
+                if not told:
+                    log.info("waiting for another process compiling the CPU kernels in %s", folder)
+                    told = True
+                time.sleep(0.2)
+        try:
+            stale = folder / "lock"
+            if stale.exists():
+                log.info("removing a lock left by an interrupted kernel build: %s", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @functools.cache
 def load_build(build: KernelBuild):
-    """Compile (once per machine, cached by torch) and import one build; None where it cannot be built. The
-    engine takes `cpu_kernel()`; tests also load the other builds this CPU can run, so that they are checked too."""
+    """Compile (once per machine and torch version, cached) and import one build; None where it cannot be
+    built. The engine takes `cpu_kernel()`; tests also load the other builds this CPU can run, so that they
+    are checked too."""
     from torch.utils import cpp_extension
 
     kernels = Path(__file__).parent / "kernels"
+    folder = build_directory(build)
     log.info("loading the CPU kernels (%s, compiled on first use, about a minute)", build.name)
     try:
-        return cpp_extension.load(
-            name=build.name,
-            sources=[str(kernels / name) for name in build.sources],
-            # -fopenmp: at::parallel_for is an OpenMP pragma in the headers; without it the kernels run serially
-            extra_cflags=["-O3", "-fopenmp", *build.cflags],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as e:  # no compiler, no headers: stay correct, only slower
+        with build_lock(folder):
+            return cpp_extension.load(
+                name=build.name,
+                sources=[str(kernels / name) for name in build.sources],
+                # -fopenmp: at::parallel_for is an OpenMP pragma in the headers; without it the kernels run serially
+                extra_cflags=["-O3", "-fopenmp", *build.cflags],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(folder),
+                verbose=False,
+            )
+    except Exception as e:  # no compiler, no headers, a build that never finished: stay correct, only slower
         log.warning("could not build the CPU kernels (%s): using torch's ops", str(e).splitlines()[0])
         return None
 
