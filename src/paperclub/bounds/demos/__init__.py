@@ -1,0 +1,1 @@
+"""Lecture demos for compression-based generalization: soft inductive bias and double descent."""
