@@ -30,7 +30,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_ssd_stops_on_sigint_within_5s_with_exit_130_and_no_traceback(default_model_dir, tmp_path):
+@pytest.mark.parametrize("wait_s", [0.0, 3.0], ids=["during_draft_startup", "while_decoding"])
+def test_ssd_stops_on_sigint_within_5s_with_exit_130_and_no_traceback(default_model_dir, tmp_path, wait_s):
+    """Start-up once took 12 s to stop on a loaded machine: the wait for the draft's "ready" blocked in gloo's C++
+    code, where no signal handler runs, and a draft interrupted before it was connected was waited for politely."""
     out = tmp_path / "out.json"
     cmd = [sys.executable, "-m", "paperclub.cli", "generate", "--model", str(default_model_dir), "--mode", "ssd",
            "--max-new-tokens", "4000", "--json", str(out), "Once upon a time"]
@@ -39,7 +42,7 @@ def test_ssd_stops_on_sigint_within_5s_with_exit_130_and_no_traceback(default_mo
     while not children(p.pid):  # the draft process is up: the model has loaded
         assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else ""
         time.sleep(0.1)
-    time.sleep(3)  # well into decoding
+    time.sleep(wait_s)
     kids = children(p.pid)
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)
@@ -47,6 +50,9 @@ def test_ssd_stops_on_sigint_within_5s_with_exit_130_and_no_traceback(default_mo
     elapsed = time.monotonic() - t0
     assert p.returncode == 130 and elapsed < 5, (p.returncode, elapsed, err)
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+    gone_by = time.monotonic() + 3  # a killed child may still be tearing down (empty cmdline) for a moment
+    while [k for k in kids if alive(k)] and time.monotonic() < gone_by:
+        time.sleep(0.05)
     assert not [k for k in kids if alive(k)]  # no orphan: neither the draft process nor the resource tracker
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial result file
 

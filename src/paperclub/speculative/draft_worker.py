@@ -276,6 +276,7 @@ def draft_process_main(port: int, draft_dir: str, target_dir: str | None, config
         extra = 2 * (config.k + 1) + config.k * config.max_branches + 8  # glue + branch tokens past a sequence
         worker = DraftWorker(ModelRunner(model, max_len + extra), config)
         cfg = model.cfg
+        store.set("draft_answers", "1")  # the target waits for this where Ctrl-C can reach it, then reads "ready"
         channel.send({"kind": "ready", "vocab_size": cfg.vocab_size,
                       "max_position_embeddings": cfg.max_position_embeddings})
         serve_forever(channel, worker)
@@ -285,6 +286,7 @@ def draft_process_main(port: int, draft_dir: str, target_dir: str | None, config
         if not isinstance(e, UserError):  # a bug: keep its traceback (bad input is the target's one line)
             log.error("SSD draft process failed: %s", traceback.format_exc())
         try:
+            store.set("draft_answers", "1")
             channel.send({"kind": "error", "message": f"{type(e).__name__}: {e}"})
         except TransportError:
             pass

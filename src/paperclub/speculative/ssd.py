@@ -64,8 +64,8 @@ class SSDDecoder:
         if self.target_threads is not None:
             log.info("SSD: the target steps with %d torch threads, the draft process with %d",
                      self.target_threads, self.config.draft_threads)
+        _LIVE.add(self)  # before the draft starts: a Ctrl-C during its start-up must find it to kill
         self._start_draft(Path(draft_dir), target_dir)
-        _LIVE.add(self)
 
     # ---- the Decoder protocol ---------------------------------------------------------------------------------
 
@@ -211,22 +211,18 @@ class SSDDecoder:
         # (Ctrl-C) in between leaves half a message or an unread answer on the channel, and the draft is then
         # stopped by force at shutdown, since it would read a polite "stop" as the rest of that message
         self._link = {"clean": True}
-        self._finalizer = weakref.finalize(self, _shutdown, self.process, None)
+        # until the channel is up there is nobody to say "stop" to: a draft stopped in start-up is killed at once
+        self._finalizer = weakref.finalize(self, _shutdown, self.process, None, False)
         deadline = time.monotonic() + cfg.startup_timeout_s
-        while not self._store.check(["draft_up"]):
-            if not self.process.is_alive():
-                hint = ""
-                if getattr(sys.modules.get("__main__"), "__file__", None):  # run from a script: the usual cause
-                    hint = (" (the draft process is spawned and imports the main script: start SSD under "
-                            "`if __name__ == \"__main__\":`)")
-                self._fail(f"the draft process exited during start-up (exit code {self.process.exitcode}){hint}")
-            if time.monotonic() > deadline:
-                self._fail(f"the draft process did not start within {cfg.startup_timeout_s:.0f} s")
-            time.sleep(0.02)
+        self._await_draft("draft_up", deadline)
         self.channel = Channel.connect(self._store, TARGET, timedelta(seconds=cfg.startup_timeout_s))
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _shutdown, self.process, self.channel, True, self._link)
-        ready, _ = self._recv(cfg.startup_timeout_s)
+        # the draft loads its model now (seconds): wait on the store, in Python, where Ctrl-C can interrupt; a
+        # gloo receive blocks in C++, where no signal handler runs until the message comes
+        self._link["clean"] = False  # until "ready" is read, the draft is not listening for a polite "stop"
+        self._await_draft("draft_answers", deadline)
+        ready, _ = self._recv(max(1.0, deadline - time.monotonic()))
         if ready["vocab_size"] != self.runner.cfg.vocab_size:
             self._fail(f"the draft's vocabulary has {ready['vocab_size']} tokens but the target's has "
                        f"{self.runner.cfg.vocab_size}: pick a draft model with the target's tokenizer")
@@ -234,6 +230,19 @@ class SSDDecoder:
             self._fail(f"the draft supports {ready['max_position_embeddings']} positions but the target runs with "
                        f"{self.runner.max_positions}: lower the context length or pick another draft")
         log.info("SSD draft process %d ready (k=%d, fanout=%s)", self.process.pid, cfg.k, cfg.fanout)
+
+    def _await_draft(self, key: str, deadline: float) -> None:
+        """Poll the store until the draft process sets `key`; fail if it dies or the start-up time runs out."""
+        while not self._store.check([key]):
+            if not self.process.is_alive():
+                hint = ""
+                if getattr(sys.modules.get("__main__"), "__file__", None):  # run from a script: the usual cause
+                    hint = (" (the draft process is spawned and imports the main script: start SSD under "
+                            "`if __name__ == \"__main__\":`)")
+                self._fail(f"the draft process exited during start-up (exit code {self.process.exitcode}){hint}")
+            if time.monotonic() > deadline:
+                self._fail(f"the draft process did not start within {self.config.startup_timeout_s:.0f} s")
+            time.sleep(0.02)
 
     def _send(self, msg: dict, answered: bool = False) -> None:
         """Send one message; `answered`: the exchange ends with the answer `_recv` reads."""
@@ -274,6 +283,8 @@ class SSDDecoder:
     def close(self, force: bool = False) -> None:
         """Stop the draft process (politely, then by force; `force`: kill it at once) and tear the process group
         down. Idempotent."""
+        if not hasattr(self, "_finalizer"):  # interrupted before the draft process was started
+            return
         if force and self._finalizer.alive:
             self._finalizer.detach()
             _shutdown(self.process, self.channel, polite=False)
