@@ -48,7 +48,7 @@ def main() -> None:
                 per.append(out)
             runs[mode].append(n / wall)
             outputs[mode] = [o.token_ids for o in per]
-            keys = ("acceptance_rate", "tokens_per_round", "cache_hit_rate")
+            keys = ("acceptance_rate", "mean_acceptance_length", "cache_hit_rate")
             stats[mode] = {k: statistics.mean(o.metrics[k] for o in per) for k in keys if k in per[0].metrics}
             print(f"repeat {r} {mode}: {runs[mode][-1]:.1f} tok/s {stats[mode]}")
     for llm in llms.values():

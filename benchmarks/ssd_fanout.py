@@ -17,6 +17,7 @@ import statistics
 from paperclub.atomic import write_json
 from paperclub.bench.bench import OurSystem, load_prompts
 from paperclub.engine import LLM
+from paperclub.speculative import metrics as spec_metrics
 from paperclub.speculative.config import SSDConfig
 
 SETTINGS = {
@@ -65,9 +66,10 @@ def main() -> None:
              "identical_to_sd": outputs[name] == outputs["sd"]}
         if llm.mode == "ssd":
             s = llm.engine.decoder.stats
-            r |= {"cache_hit_rate": s["cache_hit_rate"], "tokens_per_round": s["tokens_per_round"],
-                  "target_wait_ms_per_round": 1e3 * s["wait_s"] / s["rounds"],
-                  "hidden_ms_per_round": 1e3 * s["hidden_s"] / s["rounds"]}
+            r |= {"cache_hit_rate": s["cache_hit_rate"],
+                  "mean_acceptance_length": spec_metrics.summary(s)["mean_acceptance_length"],
+                  "target_wait_ms_per_round": 1e3 * s["wait_s"] / s["num_drafts"],
+                  "hidden_ms_per_round": 1e3 * s["hidden_s"] / s["num_drafts"]}
             if "adaptive_fanout" in s:  # the F the adaptive fan-out ran last
                 r["adaptive_fanout_last"] = s["adaptive_fanout"]
         results[name] = r

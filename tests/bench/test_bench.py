@@ -17,7 +17,9 @@ from paperclub.models.gguf_write import read_gguf_bf16_bits, write_gguf
 
 pytest.importorskip("transformers")
 
-SYSTEM_KEYS = {"tokens_per_s", "tokens_per_s_runs", "acceptance_rate", "tokens_per_round", "cache_hit_rate", "outputs"}
+SYSTEM_KEYS = {"tokens_per_s", "tokens_per_s_runs", "acceptance_rate", "mean_acceptance_length", "num_drafts",
+               "num_draft_tokens", "num_accepted_tokens", "num_accepted_tokens_per_pos", "acceptance_rate_per_pos",
+               "cache_hit_rate", "outputs"}
 PNG = b"\x89PNG"
 
 
@@ -49,7 +51,11 @@ def test_bench_json_contract(bench_run):
         assert r["tokens_per_s"] > 0 and len(r["tokens_per_s_runs"]) == 1
         assert [len(o) for o in r["outputs"]] == [6, 6], name  # EOS ignored: exactly N tokens
     assert data["results"]["ar"]["acceptance_rate"] is None and data["results"]["sd"]["cache_hit_rate"] is None
-    assert 0 <= data["results"]["sd"]["acceptance_rate"] <= 1 and data["results"]["sd"]["tokens_per_round"] >= 1
+    sd = data["results"]["sd"]
+    assert 0 <= sd["acceptance_rate"] <= 1
+    assert sd["mean_acceptance_length"] == pytest.approx(1 + sd["num_accepted_tokens"] / sd["num_drafts"])
+    assert sd["acceptance_rate"] == pytest.approx(sd["num_accepted_tokens"] / sd["num_draft_tokens"])
+    assert sum(sd["num_accepted_tokens_per_pos"]) == sd["num_accepted_tokens"]
     assert 0 <= data["results"]["ssd"]["cache_hit_rate"] <= 1
     assert (tmp / "out.png").read_bytes()[:4] == PNG  # the plot lands next to the JSON
 
@@ -157,7 +163,7 @@ def test_bench_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch, argv,
 
 
 def fake_result(tps, **extra):
-    base = {"tokens_per_s": tps, "tokens_per_s_runs": [tps], "acceptance_rate": None, "tokens_per_round": None,
+    base = {"tokens_per_s": tps, "tokens_per_s_runs": [tps], "acceptance_rate": None, "mean_acceptance_length": None,
             "cache_hit_rate": None, "outputs": [[1, 2]]}
     return base | extra
 
@@ -165,7 +171,7 @@ def fake_result(tps, **extra):
 def test_bench_plot_merges_files(tmp_path):
     configs = [{"batch_size": b, "temperature": t, "identical_greedy": None, "mismatches": [], "skipped": {},
                 "results": {"ar": fake_result(40.0 * b), "hf": fake_result(25.0 * b),
-                            "ssd": fake_result(30.0, acceptance_rate=0.3, tokens_per_round=2.0,
+                            "ssd": fake_result(30.0, acceptance_rate=0.3, mean_acceptance_length=2.0,
                                                cache_hit_rate=0.6)}}
                for b in (1, 4) for t in (0.0, 0.7)]
     a = {"target": "/m/SmolLM2", "settings": {"num_prompts": 2, "max_new_tokens": 8, "batch_size": 1,

@@ -81,9 +81,9 @@ def test_greedy_ar_sd_ssd_are_token_identical_on_cuda(saved_pair, dtype, batch):
         stats = dict(decoder.stats)
     for a, b, c in zip(ar, sd, ssd, strict=True):
         assert a.output_ids == b.output_ids == c.output_ids
-    accepted = sum(s.stats["accepted"] for s in sd)
-    assert 0 < accepted < sum(s.stats["drafted"] for s in sd)  # both outcomes exercised
-    assert stats["hits"] > 0 and stats["rounds"] > 0
+    accepted = sum(s.stats["num_accepted_tokens"] for s in sd)
+    assert 0 < accepted < sum(s.stats["num_draft_tokens"] for s in sd)  # both outcomes exercised
+    assert stats["hits"] > 0 and stats["num_drafts"] > 0
     if dtype == torch.float32 and batch == 1:  # and AR is transformers' greedy decoding (full forward per token)
         hf = hf.to(CUDA)
         for p, s in zip(PROMPTS, ar, strict=True):

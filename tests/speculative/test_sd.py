@@ -53,15 +53,16 @@ def test_greedy_sd_is_token_identical_to_ar(models, k, batch):
     spec = run(sd(target, draft, k), PROMPTS, params, max_num_seqs=batch)
     for a, b in zip(ar, spec, strict=True):
         assert a.output_ids == b.output_ids
-    accepted = sum(s.stats["accepted"] for s in spec)
-    assert 0 < accepted < sum(s.stats["drafted"] for s in spec)  # the test exercises both outcomes
+    accepted = sum(s.stats["num_accepted_tokens"] for s in spec)
+    assert 0 < accepted < sum(s.stats["num_draft_tokens"] for s in spec)  # the test exercises both outcomes
 
 
 def test_identical_draft_accepts_everything(models):
     target, _ = models
     (s,) = run(sd(target, target, 4), [[1, 2, 3]], SamplingParams(max_tokens=21))
-    assert s.stats["accepted"] == s.stats["drafted"]  # 4 rounds of 4 drafts + bonus = 20 tokens after the first
-    assert s.stats["rounds"] == 4
+    # 4 rounds of 4 drafts + bonus = 20 tokens after the first
+    assert s.stats["num_accepted_tokens"] == s.stats["num_draft_tokens"]
+    assert s.stats["num_drafts"] == 4 and s.stats["num_accepted_tokens_per_pos"] == [4, 4, 4, 4]
 
 
 def exact_marginals(target, prompt, params):

@@ -148,13 +148,17 @@ def test_greedy_ssd_is_token_identical_to_ar(dirs, batch, config):
     for a, b in zip(ar, ssd, strict=True):
         assert a.output_ids == b.output_ids
     assert stats["hits"] > 0 and stats["misses"] > 0  # both paths ran
-    assert 0 < stats["accepted"] < stats["drafted"]
+    assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
     if config.fallback == "auto":  # continuous batching shrinks the batch below the jit threshold at the end
         assert stats["fallback_jit"] > 0 and stats["fallback_fast"] > 0
     else:
         assert stats[f"fallback_{config.fallback}"] == stats["misses"]
-    assert sum(s.stats["rounds"] for s in ssd) == stats["rounds"]
-    assert all(0 <= s.stats["cache_hit_rate"] <= 1 and s.stats["tokens_per_round"] >= 1 for s in ssd)
+    assert sum(s.stats["num_drafts"] for s in ssd) == stats["num_drafts"]
+    assert all(0 <= s.stats["cache_hit_rate"] <= 1 for s in ssd)
+    for s in ssd:  # acceptance is a prefix: per-position counts never rise with the position, and sum to the total
+        per_pos = s.stats["num_accepted_tokens_per_pos"]
+        assert per_pos == sorted(per_pos, reverse=True) and sum(per_pos) == s.stats["num_accepted_tokens"]
+        assert s.metrics()["mean_acceptance_length"] >= 1
     assert stats["wait_s"] > 0 and stats["hidden_s"] >= 0
     # clean shutdown: the draft exited on its own (exit code 0), no child left
     assert process.exitcode == 0 and not process.is_alive()
@@ -255,7 +259,7 @@ def test_sampled_ssd_end_to_end_follows_the_target(dirs):
         while engine.has_unfinished():
             engine.step()
         stats = decoder.stats
-    assert stats["hits"] > 0 and stats["misses"] > 0 and stats["accepted"] > 0
+    assert stats["hits"] > 0 and stats["misses"] > 0 and stats["num_accepted_tokens"] > 0
     for pos, exact in ((1, p2), (2, p3)):
         counts = torch.bincount(torch.tensor([s.output_ids[pos] for s in seqs]), minlength=exact.numel()).double()
         keep = exact * len(seqs) >= 5

@@ -9,8 +9,11 @@ model loading excluded.
 OUT.json, one config (the contract other tools rely on):
 
     {"target", "draft", "machine", "settings",
-     "results": {"<mode or peer>": {"tokens_per_s": median, "tokens_per_s_runs": [...], "acceptance_rate",
-                                    "tokens_per_round", "cache_hit_rate" (null where not applicable),
+     "results": {"<mode or peer>": {"tokens_per_s": median, "tokens_per_s_runs": [...],
+                                    "mean_acceptance_length", "acceptance_rate", "acceptance_rate_per_pos",
+                                    "num_drafts", "num_draft_tokens", "num_accepted_tokens",
+                                    "num_accepted_tokens_per_pos" (vLLM's names: `speculative.metrics`),
+                                    "cache_hit_rate" (null where not applicable),
                                     "outputs": [[token ids per prompt], ...]}},
      "identical_greedy": true|false|null (null at T > 0),
      "mismatches": [{"system", "prompt", "index", "reference_token", "token", "logit_margin", ...}],
@@ -42,6 +45,7 @@ from tqdm import tqdm
 from paperclub.bench.peers import PEERS, Run, check_peers, make_peers
 from paperclub.device import cpu_model
 from paperclub.errors import UserError
+from paperclub.speculative import metrics as spec_metrics
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +145,8 @@ class OurSystem:
             wall += time.perf_counter() - t0
             outputs += [o.token_ids for o in outs]
             for o in outs:
-                for key in ("rounds", "drafted", "accepted", "hits", "misses"):
+                spec_metrics.add(totals, o.metrics)
+                for key in ("hits", "misses"):
                     totals[key] = totals.get(key, 0) + o.metrics.get(key, 0)
         return Run(outputs, wall, totals)
 
@@ -149,14 +154,11 @@ class OurSystem:
         self.llm.close()
 
 
-def speculation_metrics(totals: dict[str, float]) -> dict[str, float | None]:
-    rounds, drafted = totals.get("rounds", 0), totals.get("drafted", 0)
+def speculation_metrics(totals: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's speculative metrics (`speculative.metrics`: mean_acceptance_length, acceptance_rate, the counters and
+    per-position acceptance), and the SSD speculation cache's hit rate; None where there was no speculation."""
     looked = totals.get("hits", 0) + totals.get("misses", 0)
-    return {
-        "acceptance_rate": totals["accepted"] / drafted if drafted else None,
-        "tokens_per_round": (totals["accepted"] + rounds) / rounds if rounds else None,
-        "cache_hit_rate": totals["hits"] / looked if looked else None,
-    }
+    return spec_metrics.summary(totals) | {"cache_hit_rate": totals.get("hits", 0) / looked if looked else None}
 
 
 # -- greedy agreement ----------------------------------------------------------------------------------------
@@ -271,8 +273,7 @@ def run_config(systems: dict[str, Any], prompt_ids: list[list[int]], s: BenchSet
     results = {}
     for name, rs in runs.items():
         tps = [x.tokens / x.wall_s for x in rs]
-        spec = speculation_metrics(rs[-1].stats) if rs[-1].stats.get("rounds") else \
-            {"acceptance_rate": None, "tokens_per_round": None, "cache_hit_rate": None}
+        spec = speculation_metrics(rs[-1].stats)
         results[name] = {"tokens_per_s": statistics.median(tps), "tokens_per_s_runs": tps, **spec,
                          "outputs": rs[-1].outputs}
     block: dict[str, Any] = {"batch_size": batch_size, "temperature": temperature, "results": results,
@@ -328,7 +329,7 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     for c in data.get("configs") or [{**data, "batch_size": data["settings"]["batch_size"],
                                       "temperature": data["settings"]["temperature"]}]:
         for name, r in c["results"].items():
-            extra = "  ".join(f"{k}={r[k]:.3f}" for k in ("acceptance_rate", "tokens_per_round", "cache_hit_rate")
+            extra = "  ".join(f"{k}={r[k]:.3f}" for k in ("mean_acceptance_length", "acceptance_rate", "cache_hit_rate")
                               if r.get(k) is not None)
             lines.append(f"B={c['batch_size']:<3} T={c['temperature']:<4g} {name:<12} {r['tokens_per_s']:8.1f} tok/s"
                          f"  {extra}")

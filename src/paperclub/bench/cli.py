@@ -12,6 +12,10 @@ from paperclub.atomic import atomic_path, check_writable, write_json
 from paperclub.errors import UserError
 
 
+def _mal(result: dict) -> float | None:
+    """Tokens per target forward: `mean_acceptance_length`, or `tokens_per_round` in files written before the rename."""
+    return result.get("mean_acceptance_length", result.get("tokens_per_round"))
+
 def _list(kind, name: str):
     def parse(text: str) -> list:
         try:
@@ -130,16 +134,15 @@ def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
                 ax.bar(x + (j - (len(metrics) - 1) / 2) * width, v, width, color=SPEC_COLORS[j % len(SPEC_COLORS)],
                        label=f"{name} {key.replace('_', ' ')}" if x == 0 else None)
     for name, marker, dx in (("sd", "o", -0.1), ("ssd", "s", 0.1)):
-        pts = [(x + dx, c["results"][name]["tokens_per_round"]) for x, c in enumerate(configs)
-               if c["results"].get(name, {}).get("tokens_per_round") is not None]
+        pts = [(x + dx, _mal(c["results"][name])) for x, c in enumerate(configs)
+               if _mal(c["results"].get(name, {})) is not None]
         if pts:
-            right.plot(*zip(*pts, strict=True), marker, color="k", label=f"{name} tokens/round")
+            right.plot(*zip(*pts, strict=True), marker, color="k", label=f"{name} mean acceptance length")
     ax.set_ylim(0, 1)
     ax.set_xticks(range(len(configs)), labels, fontsize=8)
     ax.set_ylabel("rate")
     right.set_ylabel("tokens per target forward")
-    tpr = [c["results"][n]["tokens_per_round"] for c in configs for n in ("sd", "ssd")
-           if c["results"].get(n, {}).get("tokens_per_round") is not None]
+    tpr = [_mal(c["results"][n]) for c in configs for n in ("sd", "ssd") if _mal(c["results"].get(n, {})) is not None]
     right.set_ylim(0, max(tpr, default=1.0) * 1.25)
     ax.set_title("speculation")
     h1, l1 = ax.get_legend_handles_labels()

@@ -31,6 +31,7 @@ from paperclub.models.loader import load_model
 from paperclub.models.resolve import resolve_model
 from paperclub.models.tokenizer import Tokenizer
 from paperclub.nn.cpu_kernels import cpu_kernel
+from paperclub.speculative import metrics as spec_metrics
 from paperclub.speculative.config import SSDConfig
 from paperclub.speculative.sd import SpeculativeDecoder
 from paperclub.speculative.ssd import SSDDecoder
@@ -72,13 +73,9 @@ MODES = ("auto", "ar", "sd", "ssd")
 
 
 def speculation_stats(seqs: list[Seq]) -> dict[str, float]:
-    """Aggregate acceptance rate and tokens per target forward over finished speculative requests."""
-    rounds = sum(s.stats.get("rounds", 0) for s in seqs)
-    if not rounds:
-        return {}
-    accepted = sum(s.stats["accepted"] for s in seqs)
-    return {"acceptance_rate": accepted / sum(s.stats["drafted"] for s in seqs),
-            "tokens_per_round": (accepted + rounds) / rounds}
+    """The speculative counters and figures (`speculative.metrics`) over finished requests; {} without any."""
+    totals = spec_metrics.total(s.stats for s in seqs)
+    return spec_metrics.summary(totals) if totals["num_drafts"] else {}
 
 
 class LLM:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from paperclub.engine.sampling import SamplingParams, make_generator
+from paperclub.speculative import metrics as spec_metrics
 
 _ids = itertools.count()
 
@@ -67,7 +68,6 @@ class Sequence:
             "tokens_per_s": n / elapsed if elapsed > 0 else 0.0,
         }
         out.update(self.stats)
-        if self.stats.get("rounds"):
-            out["acceptance_rate"] = self.stats["accepted"] / self.stats["drafted"]
-            out["tokens_per_round"] = (self.stats["accepted"] + self.stats["rounds"]) / self.stats["rounds"]
+        if self.stats.get("num_drafts"):
+            out.update(spec_metrics.summary(self.stats))
         return out

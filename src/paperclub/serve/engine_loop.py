@@ -248,7 +248,7 @@ class EngineLoop:
         stats = choice.seq.stats
         if stats:
             m.speculation(stats, choice.stats_seen)
-            choice.stats_seen = dict(stats)
+            choice.stats_seen = {k: list(v) if isinstance(v, list) else v for k, v in stats.items()}
 
     def _gauges(self) -> None:
         self.metrics.running.set(len(self.engine.running))

@@ -11,6 +11,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from paperclub.speculative.metrics import PER_POS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
                    2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 
@@ -46,6 +48,9 @@ class Metrics:
         self.num_drafts = counter("spec_decode_num_drafts", "speculative rounds (one per sequence per round)")
         self.num_draft_tokens = counter("spec_decode_num_draft_tokens", "draft tokens proposed")
         self.num_accepted_tokens = counter("spec_decode_num_accepted_tokens", "draft tokens accepted")
+        self._accepted_per_pos = Counter("paperclub:spec_decode_num_accepted_tokens_per_pos",
+                                         "drafts whose token at this position was accepted",
+                                         [*labels, "position"], registry=r)
         self.cache_hits = counter("ssd_speculation_cache_hits", "SSD rounds answered from the speculation cache")
         self.cache_misses = counter("ssd_speculation_cache_misses", "SSD rounds that missed the speculation cache")
         self.draft_fallbacks = counter("draft_fallbacks",
@@ -55,11 +60,17 @@ class Metrics:
         self._finished.labels(finished_reason=reason, **self._labels).inc()
         self.e2e_latency.observe(time.perf_counter() - t_arrival)
 
-    def speculation(self, stats: dict[str, float], seen: dict[str, float]) -> None:
-        """Add what a sequence's speculation counters gained since `seen`."""
-        for key, metric in (("rounds", self.num_drafts), ("drafted", self.num_draft_tokens),
-                            ("accepted", self.num_accepted_tokens), ("hits", self.cache_hits),
+    def speculation(self, stats: dict, seen: dict) -> None:
+        """Add what a sequence's speculation counters (`speculative.metrics`, and SSD's cache hits and misses)
+        gained since `seen`."""
+        for key, metric in (("num_drafts", self.num_drafts), ("num_draft_tokens", self.num_draft_tokens),
+                            ("num_accepted_tokens", self.num_accepted_tokens), ("hits", self.cache_hits),
                             ("misses", self.cache_misses)):
             gained = stats.get(key, 0) - seen.get(key, 0)
             if gained > 0:
                 metric.inc(gained)
+        before = seen.get(PER_POS, [])
+        for pos, count in enumerate(stats.get(PER_POS, [])):
+            gained = count - (before[pos] if pos < len(before) else 0)
+            if gained > 0:
+                self._accepted_per_pos.labels(position=str(pos), **self._labels).inc(gained)

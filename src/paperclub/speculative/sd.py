@@ -15,6 +15,7 @@ import torch
 from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import filtered_probs, greedy_tokens, next_tokens, record_logprobs, sample
 from paperclub.engine.sequence import Sequence
+from paperclub.speculative import metrics as spec_metrics
 from paperclub.speculative.verify import judge
 
 
@@ -86,7 +87,7 @@ class SpeculativeDecoder:
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
         for s in seqs:
             s.slot = self.runner.cache.allocate()
-            s.stats.update(rounds=0, drafted=0, accepted=0)
+            s.stats.update(spec_metrics.new_counters())
         logits = self.runner.append([s.slot for s in seqs], [0] * len(seqs), [s.prompt_ids for s in seqs], True)
         for s in seqs:
             s.num_cached = len(s.prompt_ids)
@@ -106,9 +107,7 @@ class SpeculativeDecoder:
         self.proposer.accept(seqs, verdict.num_accepted)
         for s, n in zip(seqs, verdict.num_accepted, strict=True):
             s.num_cached += 1 + n  # the last token and the accepted drafts; the rest is rolled back
-            s.stats["rounds"] += 1
-            s.stats["drafted"] += self.k
-            s.stats["accepted"] += n
+            spec_metrics.count_draft(s.stats, self.k, n)
         emitted = verdict.emitted(draft.tolist())
         record_logprobs(seqs, logits, emitted)
         return emitted

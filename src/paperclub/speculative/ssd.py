@@ -34,6 +34,7 @@ from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import next_tokens, record_logprobs
 from paperclub.engine.sequence import Sequence
 from paperclub.errors import DraftLost, UserError
+from paperclub.speculative import metrics as spec_metrics
 from paperclub.speculative.config import SSDConfig
 from paperclub.speculative.draft_worker import draft_process_main
 from paperclub.speculative.transport import TARGET, Channel, TransportError
@@ -41,8 +42,8 @@ from paperclub.speculative.verify import judge
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("rounds", "drafted", "accepted", "hits", "misses", "fallback_jit", "fallback_fast", "wait_s",
-            "hidden_s")
+# SSD's own counters, beside the speculative ones of `speculative.metrics`
+COUNTERS = ("hits", "misses", "fallback_jit", "fallback_fast", "wait_s", "hidden_s")
 
 
 class SSDDecoder:
@@ -56,7 +57,7 @@ class SSDDecoder:
         self.k = self.config.k
         # the draft writes glue and branch tokens up to 2K positions past a sequence's length
         self.lookahead = 2 * self.k + 1
-        self.stats: dict[str, float] = dict.fromkeys(COUNTERS, 0.0)
+        self.stats: dict = dict.fromkeys(COUNTERS, 0.0) | spec_metrics.new_counters()
         self._outcome: dict[int, tuple[int, int]] = {}  # request id -> (k accepted, bonus) of its last round
         self._finished: list[int] = []
         self._error: str | None = None
@@ -85,7 +86,7 @@ class SSDDecoder:
         self._send({"kind": "add", "seqs": new, "finished": self._take_finished()})
         for s in seqs:  # (after the send: a lost draft leaves no slot behind for the fallback to take over)
             s.slot = self.runner.cache.allocate()
-            s.stats.update(dict.fromkeys(COUNTERS, 0.0))
+            s.stats.update(dict.fromkeys(COUNTERS, 0.0) | spec_metrics.new_counters())
         logits = self.runner.append([s.slot for s in seqs], [0] * len(seqs), [s.prompt_ids for s in seqs], True)
         for s in seqs:
             s.num_cached = len(s.prompt_ids)
@@ -135,10 +136,10 @@ class SSDDecoder:
             s.num_cached += 1 + n
             self._outcome[s.request_id] = (n, t)
             emitted.append(r["tokens"][:n] + [t])
-            self._count(s.stats, r, n, waited, hidden)
+            self._count(s.stats, [r], [n], waited, hidden)
             if timing["fanout"] is not None:  # the F the adaptive fan-out ran this round
                 s.stats["adaptive_fanout"] = timing["fanout"]
-        self._count(self.stats, None, sum(num_accepted), waited, hidden, rows)
+        self._count(self.stats, rows, num_accepted, waited, hidden)
         if timing["fanout"] is not None:
             self.stats["adaptive_fanout"] = timing["fanout"]
         record_logprobs(seqs, logits, emitted)
@@ -157,20 +158,15 @@ class SSDDecoder:
 
     # ---- metrics ------------------------------------------------------------------------------------------------
 
-    def _count(self, stats: dict[str, float], row: dict | None, accepted: int, waited: float, hidden: float,
-               rows: list[dict] | None = None) -> None:
-        rows = rows if rows is not None else [row]
-        stats["rounds"] += len(rows)
-        stats["drafted"] += sum(len(r["tokens"]) for r in rows)
-        stats["accepted"] += accepted
+    def _count(self, stats: dict, rows: list[dict], accepted: list[int], waited: float, hidden: float) -> None:
+        for r, n in zip(rows, accepted, strict=True):
+            spec_metrics.count_draft(stats, len(r["tokens"]), n)
         stats["hits"] += sum(r["hit"] for r in rows)
         stats["misses"] += sum(not r["hit"] for r in rows)
         stats["fallback_jit"] += sum(r["fallback"] == "jit" for r in rows)
         stats["fallback_fast"] += sum(r["fallback"] == "fast" for r in rows)
         stats["wait_s"] += waited
         stats["hidden_s"] += hidden
-        stats["acceptance_rate"] = stats["accepted"] / stats["drafted"] if stats["drafted"] else 0.0
-        stats["tokens_per_round"] = (stats["accepted"] + stats["rounds"]) / stats["rounds"]
         stats["cache_hit_rate"] = stats["hits"] / (stats["hits"] + stats["misses"])
 
     # ---- helpers ----------------------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""Speculative decoding's counters and the figures derived from them, under the names vLLM uses, so that a
+figure means the same in `paperclub bench` JSON, a request's metrics, the server's `/metrics` and BENCHMARKS.md.
+
+Counters (summed over sequences and rounds; one "draft" is one sequence's proposal in one round):
+    num_drafts                   rounds x sequences that were drafted for
+    num_draft_tokens             draft tokens proposed
+    num_accepted_tokens          draft tokens the target accepted
+    num_accepted_tokens_per_pos  [i]: drafts whose token at position i was accepted (acceptance is a prefix, so
+                                 it never rises with i)
+Derived:
+    acceptance_rate              num_accepted_tokens / num_draft_tokens
+    mean_acceptance_length       1 + num_accepted_tokens / num_drafts: tokens emitted per target forward (the
+                                 accepted drafts plus the target's own token)
+    acceptance_rate_per_pos      [i]: num_accepted_tokens_per_pos[i] / num_drafts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
+PER_POS = "num_accepted_tokens_per_pos"
+
+
+def new_counters() -> dict[str, Any]:
+    return dict.fromkeys(COUNTERS, 0) | {PER_POS: []}
+
+
+def count_draft(stats: dict[str, Any], drafted: int, accepted: int) -> None:
+    """Add one draft of `drafted` tokens of which the first `accepted` were accepted."""
+    stats["num_drafts"] = stats.get("num_drafts", 0) + 1
+    stats["num_draft_tokens"] = stats.get("num_draft_tokens", 0) + drafted
+    stats["num_accepted_tokens"] = stats.get("num_accepted_tokens", 0) + accepted
+    per_pos = stats.setdefault(PER_POS, [])
+    if len(per_pos) < drafted:
+        per_pos.extend([0] * (drafted - len(per_pos)))
+    for i in range(accepted):
+        per_pos[i] += 1
+
+
+def add(totals: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Sum `stats`' counters into `totals` (per-position lists element by element); returns `totals`."""
+    for key in COUNTERS:
+        totals[key] = totals.get(key, 0) + stats.get(key, 0)
+    theirs, ours = list(stats.get(PER_POS, [])), totals.setdefault(PER_POS, [])
+    ours.extend([0] * (len(theirs) - len(ours)))
+    for i, v in enumerate(theirs):
+        ours[i] += v
+    return totals
+
+
+def summary(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The counters and the derived figures; the derived ones are None where nothing was drafted."""
+    drafts, drafted = stats.get("num_drafts", 0), stats.get("num_draft_tokens", 0)
+    accepted, per_pos = stats.get("num_accepted_tokens", 0), list(stats.get(PER_POS, []))
+    return {
+        "num_drafts": drafts,
+        "num_draft_tokens": drafted,
+        "num_accepted_tokens": accepted,
+        PER_POS: per_pos,
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "mean_acceptance_length": 1 + accepted / drafts if drafts else None,
+        "acceptance_rate_per_pos": [v / drafts for v in per_pos] if drafts else None,
+    }
+
+
+def total(many: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    out = new_counters()
+    for stats in many:
+        add(out, stats)
+    return out
