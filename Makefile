@@ -11,7 +11,16 @@ $(BIN)/paperclub: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(BIN)/paperclub
 
-setup: $(BIN)/paperclub
+# Fashion-MNIST for `paperclub bounds` (Debian's dataset-fashion-mnist; its tests skip without it)
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+$(FASHION):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+		echo "could not install dataset-fashion-mnist: paperclub bounds classify will say so"; \
+	else echo "paperclub bounds needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist"; fi
+
+setup: $(BIN)/paperclub $(FASHION)
 
 demo: setup
 	$(BIN)/paperclub demo

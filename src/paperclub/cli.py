@@ -21,6 +21,7 @@ SYSTEMS = [
     "paperclub.bench.cli",
     "paperclub.serve.cli",
     "paperclub.worldmodel.cli",
+    "paperclub.bounds.cli",
 ]
 
 

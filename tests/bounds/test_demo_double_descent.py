@@ -103,19 +103,6 @@ def test_min_norm_readout_is_the_pseudo_inverse_solution(p):
                                rtol=1e-8)
 
 
-def test_single_blas_thread_is_restored():
-    setter = demo._openblas_thread_setter()
-    if setter is None:
-        pytest.skip("numpy does not use a known OpenBLAS here")
-    before = setter(3)  # now 3
-    try:
-        with demo.single_blas_thread():
-            assert setter(1) == 1
-        assert setter(3) == 3
-    finally:
-        setter(before)
-
-
 def test_small_config_plot_is_a_png_and_result_is_json(tmp_path):
     out = tmp_path / "dd.png"
     result = run(SMALL, plot=out)

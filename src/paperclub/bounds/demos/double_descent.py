@@ -20,20 +20,16 @@ least-squares problem in a): its spectrum does not depend on the solution, and i
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from paperclub.errors import UserError
+from paperclub.bounds.demos.validate import require_float, require_int
 
 log = logging.getLogger(__name__)
 
@@ -50,39 +46,6 @@ class DoubleDescentConfig:
     n_test: int = 2000
     alpha: float = 0.01  # the fixed alpha in N_eff
     seed: int = 0
-
-
-@functools.cache
-def _openblas_thread_setter() -> Callable[[int], int] | None:
-    """OpenBLAS's `openblas_set_num_threads_local` from the copy numpy loaded, or None (another BLAS, an older
-    OpenBLAS, another layout): it sets the calling thread's BLAS thread count and returns the previous one."""
-    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
-    for path in sorted(libs.glob("*openblas*.so*")) if libs.is_dir() else []:
-        try:
-            lib = ctypes.CDLL(str(path), mode=getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LAZY", 1))
-            setter = lib.openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        setter.restype = ctypes.c_int
-        setter.argtypes = [ctypes.c_int]
-        return setter
-    return None
-
-
-@contextlib.contextmanager
-def single_blas_thread() -> Iterator[None]:
-    """Run the enclosed numpy linear algebra on one BLAS thread (this thread only; restored afterwards). The matrices
-    here are at most 100 x 2000: threads only add synchronization, and on a busy 2-core machine OpenBLAS's waiting
-    threads made the default sweep 10-15x slower. A no-op where numpy does not use a known OpenBLAS."""
-    setter = _openblas_thread_setter()
-    if setter is None:
-        yield
-        return
-    previous = setter(1)
-    try:
-        yield
-    finally:
-        setter(previous)
 
 
 def effective_dimension(eigenvalues: np.ndarray, alpha: float) -> float:
@@ -130,30 +93,18 @@ def width_grid(config: DoubleDescentConfig) -> list[int]:
     return sorted(set(grid))
 
 
-def _require_int(name: str, value: object, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= value <= hi:
-        raise UserError(f"DoubleDescentConfig.{name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
-def _require_float(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> None:
-    ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value > hi or value < lo or (lo_open and value == lo):
-        bound = f"> {lo}" if lo_open else f">= {lo}"
-        raise UserError(f"DoubleDescentConfig.{name} must be a finite number {bound} and <= {hi}, got {value!r}")
-
-
 def validate(config: DoubleDescentConfig) -> None:
     """Raise UserError naming the first bad field."""
-    _require_int("n_train", config.n_train, 2, 5000)
-    _require_int("input_dim", config.input_dim, 1, 10_000)
-    _require_int("p_min", config.p_min, 1, 10_000)
-    _require_int("p_max", config.p_max, config.p_min, 10_000)
-    _require_int("n_widths", config.n_widths, 2, 500)
-    _require_int("n_trials", config.n_trials, 1, 1000)
-    _require_int("n_test", config.n_test, 1, 100_000)
-    _require_int("seed", config.seed, 0, 2**63 - 1)
-    _require_float("noise", config.noise, 0.0, 1e6)
-    _require_float("alpha", config.alpha, 0.0, 1e12, lo_open=True)
+    require_int("DoubleDescentConfig", "n_train", config.n_train, 2, 5000)
+    require_int("DoubleDescentConfig", "input_dim", config.input_dim, 1, 10_000)
+    require_int("DoubleDescentConfig", "p_min", config.p_min, 1, 10_000)
+    require_int("DoubleDescentConfig", "p_max", config.p_max, config.p_min, 10_000)
+    require_int("DoubleDescentConfig", "n_widths", config.n_widths, 2, 500)
+    require_int("DoubleDescentConfig", "n_trials", config.n_trials, 1, 1000)
+    require_int("DoubleDescentConfig", "n_test", config.n_test, 1, 100_000)
+    require_int("DoubleDescentConfig", "seed", config.seed, 0, 2**63 - 1)
+    require_float("DoubleDescentConfig", "noise", config.noise, 0.0, 1e6)
+    require_float("DoubleDescentConfig", "alpha", config.alpha, 0.0, 1e12, lo_open=True)
 
 
 def _trial(rng: np.random.Generator, config: DoubleDescentConfig, widths: list[int]) -> np.ndarray:
@@ -194,7 +145,9 @@ def run(config: DoubleDescentConfig, plot: Path | None = None) -> dict:
     start = time.perf_counter()
     widths = width_grid(config)
     seeds = np.random.SeedSequence(config.seed).spawn(config.n_trials)
-    with single_blas_thread():
+    # one BLAS thread: the matrices are at most n x p = 100 x 2000, and on a busy 2-core machine OpenBLAS's
+    # waiting threads made the sweep 10-15x slower
+    with threadpool_limits(limits=1, user_api="blas"):
         trials = np.stack([_trial(np.random.default_rng(s), config, widths) for s in seeds])  # (trials, 4, widths)
     mean = trials.mean(axis=0)
     if config.n_trials > 1:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from numpy.polynomial import legendre
 
-from paperclub.errors import UserError
+from paperclub.bounds.demos.validate import require_float, require_int
 
 log = logging.getLogger(__name__)
 
@@ -143,29 +143,17 @@ def choose_lambda(x: np.ndarray, y: np.ndarray, order: int, power: float, lams: 
     return best
 
 
-def _require_int(name: str, value: object, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= value <= hi:
-        raise UserError(f"PolynomialConfig.{name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
-def _require_float(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> None:
-    ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value > hi or value < lo or (lo_open and value == lo):
-        bound = f"> {lo}" if lo_open else f">= {lo}"
-        raise UserError(f"PolynomialConfig.{name} must be a finite number {bound} and <= {hi}, got {value!r}")
-
-
 def validate(config: PolynomialConfig) -> None:
     """Raise UserError naming the first bad field."""
-    _require_int("order", config.order, 1, 1000)
-    _require_int("n_train", config.n_train, 2, 2000)
-    _require_int("low_order", config.low_order, 1, config.order)
-    _require_int("n_test", config.n_test, 2, 100_000)
-    _require_int("seed", config.seed, 0, 2**63 - 1)
-    _require_float("noise", config.noise, 0.0, 1e6)
-    _require_float("penalty_power", config.penalty_power, 0.0, 16.0, lo_open=True)
+    require_int("PolynomialConfig", "order", config.order, 1, 1000)
+    require_int("PolynomialConfig", "n_train", config.n_train, 2, 2000)
+    require_int("PolynomialConfig", "low_order", config.low_order, 1, config.order)
+    require_int("PolynomialConfig", "n_test", config.n_test, 2, 100_000)
+    require_int("PolynomialConfig", "seed", config.seed, 0, 2**63 - 1)
+    require_float("PolynomialConfig", "noise", config.noise, 0.0, 1e6)
+    require_float("PolynomialConfig", "penalty_power", config.penalty_power, 0.0, 16.0, lo_open=True)
     if config.lam is not None:
-        _require_float("lam", config.lam, 0.0, 1e12)
+        require_float("PolynomialConfig", "lam", config.lam, 0.0, 1e12)
 
 
 def training_inputs(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""`paperclub bounds ...`: certify a compressed classifier, and the lecture demos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from paperclub.atomic import check_writable, write_json
+from paperclub.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+def cmd_classify(args) -> int:
+    from paperclub.bounds import checkpoint
+    from paperclub.bounds.classify import evaluate, shipped_checkpoint, training_labels
+    from paperclub.bounds.compress import TrainConfig, train_compressed
+    from paperclub.bounds.data import load_dataset
+
+    if not 0.0 < args.delta < 1.0:
+        raise UserError(f"--delta {args.delta}: expected a probability in (0, 1)")
+    if not 0.0 <= args.label_noise <= 1.0:
+        raise UserError(f"--label-noise {args.label_noise}: expected a fraction in [0, 1]")
+    for path, what in ((args.json, "--json"), (args.save and Path(args.save) / checkpoint.FILE, "--save")):
+        if path:
+            check_writable(path, what)
+    _threads(args.threads)
+    data = load_dataset(args.dataset)
+    ckpt = args.ckpt or (None if args.train else shipped_checkpoint(args.dataset, args.label_noise))
+    if ckpt:
+        compressed, meta = checkpoint.load(Path(ckpt))
+        made_for = (meta.get("dataset"), meta.get("label_noise"))
+        if made_for != (args.dataset, args.label_noise):
+            raise UserError(f"{ckpt} was trained on {made_for[0]} with label noise {made_for[1]}, not "
+                            f"{args.dataset} with {args.label_noise}: its training error would not be the one "
+                            "it was selected on; pass the matching --dataset/--label-noise")
+        log.info("certifying %s", ckpt)
+    else:
+        cfg = replace(TrainConfig(), dim=args.dim or TrainConfig.dim, levels=args.levels or TrainConfig.levels,
+                      epochs=args.epochs or TrainConfig.epochs, seed=args.seed, search_space=args.search_space)
+        log.info("training a compressed classifier: %s", cfg)
+        compressed = train_compressed(data.x_train, training_labels(data, args.label_noise), cfg,
+                                      progress=not args.quiet)
+        if args.save:
+            command = "paperclub bounds " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
+            checkpoint.save(Path(args.save), compressed, {"dataset": args.dataset, "label_noise": args.label_noise,
+                                                          "train": cfg.__dict__ | {"net": cfg.net.__dict__},
+                                                          "command": command})
+    result = evaluate(compressed, data, args.label_noise, args.delta)
+    result["checkpoint"] = str(ckpt) if ckpt else None
+    result["dataset"] = args.dataset
+    print(f"{args.dataset} label noise {args.label_noise:g}: train error {result['train_error']:.4f}, "
+          f"test error {result['test_error']:.4f}, {result['compressed_bits']:.0f} bits -> "
+          f"error <= {result['bound_error']:.4f} ({result['bound']}, delta={args.delta})")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+# demo name -> (module under paperclub.bounds.demos, its config class)
+DEMOS = {"polynomial": ("polynomial", "PolynomialConfig"), "double-descent": ("double_descent", "DoubleDescentConfig")}
+
+
+def cmd_demo(args) -> int:
+    from importlib import import_module
+
+    for path, what in ((args.json, "--json"), (args.plot, "--plot")):
+        if path:
+            check_writable(path, what)
+    module_name, config_name = DEMOS[args.name]
+    module = import_module(f"paperclub.bounds.demos.{module_name}")
+    cfg = getattr(module, config_name)(seed=args.seed)
+    result = module.run(cfg, plot=Path(args.plot) if args.plot else None)
+    if args.json:
+        write_json(args.json, result)
+    else:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("bounds", help="generalization bounds by compression (PAC-Bayes, Occam) and demos")
+    gsub = group.add_subparsers(dest="bounds_command", metavar="COMMAND", parser_class=type(group))
+
+    p = gsub.add_parser("classify", help="certify a compressed image classifier's error")
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist"])
+    p.add_argument("--label-noise", type=float, default=0.0, help="fraction of training labels randomized")
+    p.add_argument("--ckpt", help="a compressed checkpoint folder (default: the shipped one for this noise level)")
+    p.add_argument("--train", action="store_true", help="train a new one even where one is shipped")
+    p.add_argument("--save", help="with training: write the compressed checkpoint to this folder")
+    p.add_argument("--dim", type=int, help="intrinsic dimension d when training")
+    p.add_argument("--levels", type=int, help="quantization levels when training")
+    p.add_argument("--epochs", type=int, help="subspace training epochs")
+    p.add_argument("--seed", type=int, default=0, help="the prior's seed (theta0 and the projector)")
+    p.add_argument("--search-space", type=int, default=1,
+                   help="how many configurations you tried before this one (its log2 is paid in the bound)")
+    p.add_argument("--delta", type=float, default=0.05, help="the bound holds with probability 1 - delta")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", help="write the result here")
+    p.set_defaults(func=cmd_classify)
+
+    p = gsub.add_parser("demo", help=f"the lecture demos: {', '.join(DEMOS)}")
+    p.add_argument("name", choices=list(DEMOS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the result here (default: print it)")
+    p.add_argument("--plot", help="write the figure here (PNG)")
+    p.set_defaults(func=cmd_demo)
+    group.set_defaults(func=lambda args: group.print_help() or 2)

@@ -1,0 +1,121 @@
+"""From data to a certified compressed classifier: subspace training, quantization, coding, bound.
+
+    train w in a random subspace  ->  k-means the d weights to L levels  ->  fine-tune with quantization
+    in the loop  ->  range-code the level indices  ->  evaluate the decoded model  ->  bound its error
+
+The description length charged to the hypothesis is the coded message plus log2 of the number of
+configurations searched (a union bound over the search: pass the size of the grid you tried).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from paperclub.bounds.coding import Encoded, decode, encode
+from paperclub.bounds.quantize import as_float16, assign, kmeans_1d, straight_through
+from paperclub.bounds.subspace import NetConfig, SubspaceConfig, SubspaceNet
+from paperclub.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dim: int = 2000  # intrinsic dimension d
+    levels: int = 7  # quantization levels L
+    projector: str = "kronecker"
+    seed: int = 0  # theta0 and P
+    epochs: int = 8
+    qat_epochs: int = 2  # quantization-aware fine-tuning after k-means
+    lr: float = 0.2
+    batch_size: int = 128
+    search_space: int = 1  # configurations tried to pick this one (d, L, lr, ...): log2 of it is paid
+    net: NetConfig = field(default_factory=NetConfig)
+
+    def check(self) -> None:
+        for name in ("dim", "levels", "epochs", "batch_size", "search_space"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} {getattr(self, name)}: expected at least 1")
+        if self.qat_epochs < 0 or not self.lr > 0:
+            raise UserError("qat_epochs must be >= 0 and lr > 0")
+
+    def subspace(self) -> SubspaceConfig:
+        return SubspaceConfig(self.net, self.dim, self.projector, self.seed)
+
+
+@dataclass
+class Compressed:
+    """A trained classifier as its message: everything else comes from the seed in `subspace`."""
+
+    subspace: SubspaceConfig
+    encoded: Encoded
+    search_space: int = 1
+
+    def bits(self) -> dict[str, float]:
+        parts = dict(self.encoded.bits())
+        parts["search"] = math.log2(self.search_space)
+        parts["total"] = parts["total"] + parts["search"]
+        return parts
+
+    def weights(self) -> torch.Tensor:
+        """The decoded w: each weight its level's float16 centre."""
+        indices, centres = decode(self.encoded)
+        return torch.from_numpy(centres.astype(np.float32))[torch.from_numpy(indices)]
+
+    def model(self) -> SubspaceNet:
+        net = SubspaceNet(self.subspace)
+        with torch.no_grad():
+            net.w.copy_(self.weights())
+        return net.eval()
+
+
+def _epochs(model: SubspaceNet, params: list, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
+            batch_size: int, seed: int, desc: str, progress: bool, forward) -> None:
+    opt = torch.optim.Adam(params, lr=lr)
+    steps = epochs * math.ceil(len(x) / batch_size)
+    warmup = max(1, steps // 20)  # linear warm-up over 5% of the steps, then a cosine decay to zero
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warmup, 0.5 * (
+        1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, steps - warmup)))) if i >= warmup else 1.0))
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            idx = order[i: i + batch_size]
+            loss = F.cross_entropy(forward(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+
+
+def train_compressed(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, progress: bool = True) -> Compressed:
+    """Train in the subspace, quantize, fine-tune the codebook, encode."""
+    cfg.check()
+    model = SubspaceNet(cfg.subspace())
+    log.info("subspace training: d=%d of D=%d parameters (%s projector)", cfg.dim, model.num_params, cfg.projector)
+    _epochs(model, [model.w], x, y, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, "subspace", progress,
+            lambda xb: model(xb))
+
+    centres = torch.nn.Parameter(kmeans_1d(model.w, min(cfg.levels, cfg.dim)))
+    if cfg.qat_epochs:
+        _epochs(model, [model.w, centres], x, y, cfg.qat_epochs, cfg.lr / 5, cfg.batch_size, cfg.seed + 1,
+                "quantized", progress, lambda xb: model(xb, straight_through(model.w, centres)))
+
+    stored = as_float16(centres).sort().values
+    indices = assign(model.w.detach(), stored).numpy()
+    return Compressed(cfg.subspace(), encode(indices, stored.half().numpy()), cfg.search_space)
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
