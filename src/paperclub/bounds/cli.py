@@ -68,7 +68,8 @@ def cmd_classify(args) -> int:
 
 
 # demo name -> (module under paperclub.bounds.demos, its config class)
-DEMOS = {"polynomial": ("polynomial", "PolynomialConfig"), "double-descent": ("double_descent", "DoubleDescentConfig")}
+DEMOS = {"polynomial": ("polynomial", "PolynomialConfig"), "double-descent": ("double_descent", "DoubleDescentConfig"),
+         "label-noise": ("label_noise", "LabelNoiseConfig")}
 
 
 def cmd_demo(args) -> int:
@@ -80,7 +81,14 @@ def cmd_demo(args) -> int:
     module_name, config_name = DEMOS[args.name]
     module = import_module(f"paperclub.bounds.demos.{module_name}")
     cfg = getattr(module, config_name)(seed=args.seed)
-    result = module.run(cfg, plot=Path(args.plot) if args.plot else None)
+    plot = Path(args.plot) if args.plot else None
+    if args.name == "label-noise":  # many trainings: resumable through a cache of finished ones
+        from paperclub.models.store import paperclub_home
+
+        cache = Path(args.cache) if args.cache else paperclub_home() / "bounds" / "label_noise"
+        result = module.run(cfg, plot=plot, cache_dir=cache, progress=not args.quiet, threads=args.threads)
+    else:
+        result = module.run(cfg, plot=plot)
     if args.json:
         write_json(args.json, result)
     else:
@@ -116,5 +124,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the result here (default: print it)")
     p.add_argument("--plot", help="write the figure here (PNG)")
+    p.add_argument("--cache", help="label-noise: where finished trainings are kept, so a rerun resumes "
+                                   "(default $PAPERCLUB_HOME/bounds/label_noise)")
+    p.add_argument("--threads", type=int, help="label-noise: torch threads (1 is fastest beside another job)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     group.set_defaults(func=lambda args: group.print_help() or 2)

@@ -47,7 +47,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -206,32 +205,19 @@ def _train_one(config: LabelNoiseConfig, data, x: torch.Tensor, y: torch.Tensor,
             "seconds": time.perf_counter() - start}
 
 
-def idle_threads() -> int | None:
-    """A thread count for torch where the caller has not chosen one, else None.
-
-    "Not chosen" means torch still runs on every CPU this process may use and OMP_NUM_THREADS is unset. Then the
-    CPUs that the 1-minute load average leaves idle (at least one): with another job on a small machine, threads
-    that wait for each other's time slices run many times slower than a single thread."""
-    if "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() != len(os.sched_getaffinity(0)):
-        return None
-    idle = torch.get_num_threads() - os.getloadavg()[0]
-    return max(1, min(torch.get_num_threads(), math.floor(idle + 0.5)))
-
-
 def run(config: LabelNoiseConfig, plot: Path | None = None, cache_dir: Path | None = None,
         progress: bool = False, threads: int | None = None) -> dict:
     """Find, for each noise level, the smallest d on the grid whose quantized model fits the noisy training labels;
     return its errors, size and bound (and write the figure to `plot`). `progress` shows training step bars;
     one log line per training either way. `threads`: torch's thread count for this call (restored afterwards);
-    None keeps the caller's choice, or, where the caller made none, uses the idle CPUs (`idle_threads`)."""
+    None keeps the caller's. On a machine shared with another job, 1 thread ran several times faster than 2."""
     validate(config)
     if threads is not None and (not _is_int(threads) or threads < 1):
         raise UserError(f"threads must be an integer >= 1, got {threads!r}")
-    chosen_threads = threads if threads is not None else idle_threads()
     before = torch.get_num_threads()
-    if chosen_threads is not None and chosen_threads != before:
-        log.info("torch threads: %d (was %d)", chosen_threads, before)
-        torch.set_num_threads(chosen_threads)
+    if threads is not None and threads != before:
+        log.info("torch threads: %d (was %d)", threads, before)
+        torch.set_num_threads(threads)
     try:
         return _run(config, plot, cache_dir, progress)
     finally:
