@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from paperclub.atomic import check_writable, write_json
@@ -54,7 +54,7 @@ def cmd_classify(args) -> int:
         if args.save:
             command = "paperclub bounds " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
             checkpoint.save(Path(args.save), compressed, {"dataset": args.dataset, "label_noise": args.label_noise,
-                                                          "train": cfg.__dict__ | {"net": cfg.net.__dict__},
+                                                          "train": asdict(cfg),
                                                           "command": command})
     result = evaluate(compressed, data, args.label_noise, args.delta)
     result["checkpoint"] = str(ckpt) if ckpt else None

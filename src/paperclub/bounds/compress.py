@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ class Compressed:
         return net.eval()
 
 
-def _epochs(model: SubspaceNet, params: list, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
+def _epochs(params: list, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
             batch_size: int, seed: int, desc: str, progress: bool, forward) -> None:
     opt = torch.optim.Adam(params, lr=lr)
     steps = epochs * math.ceil(len(x) / batch_size)
@@ -104,18 +104,15 @@ def train_compressed(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, progres
     cfg.check()
     model = SubspaceNet(cfg.subspace())
     log.info("subspace training: d=%d of D=%d parameters (%s projector)", cfg.dim, model.num_params, cfg.projector)
-    _epochs(model, [model.w], x, y, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, "subspace", progress,
+    _epochs([model.w], x, y, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, "subspace", progress,
             lambda xb: model(xb))
 
     centres = torch.nn.Parameter(kmeans_1d(model.w, min(cfg.levels, cfg.dim)))
     if cfg.qat_epochs:
-        _epochs(model, [model.w, centres], x, y, cfg.qat_epochs, cfg.lr / 5, cfg.batch_size, cfg.seed + 1,
+        _epochs([model.w, centres], x, y, cfg.qat_epochs, cfg.lr / 5, cfg.batch_size, cfg.seed + 1,
                 "quantized", progress, lambda xb: model(xb, straight_through(model.w, centres)))
 
     stored = as_float16(centres).sort().values
     indices = assign(model.w.detach(), stored).numpy()
     return Compressed(cfg.subspace(), encode(indices, stored.half().numpy()), cfg.search_space)
 
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -29,14 +29,8 @@ def new_counters() -> dict[str, Any]:
 
 def count_draft(stats: dict[str, Any], drafted: int, accepted: int) -> None:
     """Add one draft of `drafted` tokens of which the first `accepted` were accepted."""
-    stats["num_drafts"] = stats.get("num_drafts", 0) + 1
-    stats["num_draft_tokens"] = stats.get("num_draft_tokens", 0) + drafted
-    stats["num_accepted_tokens"] = stats.get("num_accepted_tokens", 0) + accepted
-    per_pos = stats.setdefault(PER_POS, [])
-    if len(per_pos) < drafted:
-        per_pos.extend([0] * (drafted - len(per_pos)))
-    for i in range(accepted):
-        per_pos[i] += 1
+    add(stats, {"num_drafts": 1, "num_draft_tokens": drafted, "num_accepted_tokens": accepted,
+                PER_POS: [1] * accepted + [0] * (drafted - accepted)})
 
 
 def add(totals: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
