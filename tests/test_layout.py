@@ -67,7 +67,9 @@ def test_no_import_cycles():
 
 
 def test_systems_do_not_import_each_others_internals():
-    systems = {"worldmodel"}  # the engine's sub-packages (engine, speculative, distill, bench, serve) form one system
+    # the engine's sub-packages (engine, speculative, distill, bench, serve) form one system; other systems may use
+    # the engine itself (`paperclub.engine`: scaling generates teacher text with it) but no other system's internals
+    systems = {"worldmodel", "bounds", "scaling", "dmpc"}
     engine_side = {"engine", "speculative", "distill", "bench", "serve", "ssd"}
     for name, edges in import_graph().items():
         parts = name.split(".")
@@ -77,7 +79,7 @@ def test_systems_do_not_import_each_others_internals():
         for target in edges:
             theirs = target.split(".")[1] if target.count(".") else ""
             if mine in systems:
-                assert theirs not in engine_side | (systems - {mine}), f"{name} imports {target}"
+                assert theirs not in (engine_side - {"engine"}) | (systems - {mine}), f"{name} imports {target}"
             if mine in engine_side:
                 assert theirs not in systems, f"{name} imports {target}"
 

@@ -144,3 +144,23 @@ def test_rope_tables_in_the_activation_dtype_follow_the_float32_tables():
     cos32, _ = model.rope_tables(torch.bfloat16)
     assert cos32.shape[0] == 32 and torch.equal(cos32, model.rope_cos.to(torch.bfloat16))
     assert model.rope_tables(torch.float32)[0] is model.rope_cos
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_causal_forward_matches_transformers_and_trains(arch):
+    """The cache-free path (training, scoring) gives transformers' logits, and gradients flow to every weight."""
+    hf, model, cfg = make_pair(arch)
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, 97, (2, min(11, cfg.sliding_window or 11)), generator=gen)
+    with torch.no_grad():
+        ours = model.logits(model.causal_forward(rows))
+    for b in range(2):
+        assert_close(ours[b], reference_logits(hf, rows[b].tolist()))
+    model.requires_grad_(True)
+    loss = model.logits(model.causal_forward(rows)).logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    model.requires_grad_(False)
+    if cfg.sliding_window:
+        with pytest.raises(ValueError, match="window"):
+            model.causal_forward(torch.zeros(1, cfg.sliding_window + 1, dtype=torch.long))

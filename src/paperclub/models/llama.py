@@ -44,7 +44,8 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMeta):
+    def project(self, x, cos, sin):
+        """q, k, v of shape (B, T, heads, hd), with q/k norm and rope applied."""
         cfg = self.cfg
         B, T, _ = x.shape
         q, k, v = linear(x, self.qkv.weight, self.qkv.bias).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
@@ -53,7 +54,20 @@ class Attention(nn.Module):
         v = v.view(B, T, cfg.num_kv_heads, cfg.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, T, H, hd)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def causal(self, x, cos, sin):
+        """Attention over the block itself, causally, with no cache: training and scoring whole sequences."""
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q, k, v = (t.transpose(1, 2) for t in self.project(x, cos, sin))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=cfg.num_heads != cfg.num_kv_heads)
+        return linear(out.transpose(1, 2).reshape(B, T, cfg.q_size), self.o.weight, self.o.bias)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMeta):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q, k, v = self.project(x, cos, sin)  # (B, T, H, hd)
 
         rows = meta.slots[:, None].expand(B, T)
         k_cache[rows, :, meta.write_index] = k
@@ -101,6 +115,10 @@ class Block(nn.Module):
                                       meta.write_index, meta.kv_len, meta.mask, self.attn.cfg.num_heads,
                                       self.attn_norm.eps)
         x = x + self.attn(self.attn_norm(x), cos, sin, k_cache, v_cache, meta)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def causal(self, x, cos, sin):
+        x = x + self.attn.causal(self.attn_norm(x), cos, sin)
         return x + self.mlp(self.mlp_norm(x))
 
     MATRICES = (1, 5, 8, 9)  # where `raw_tensors` has weight matrices
@@ -172,6 +190,20 @@ class Llama(nn.Module):
             return self._fused_layers(x, cos, sin, k_caches, v_caches, meta, meta.write_index)
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
+        return self.norm(x)
+
+    def causal_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T), each row a sequence starting at position 0. Returns the final-normed hidden states
+        (B, T, D) under causal attention, with no KV cache: the path for training and for scoring whole texts."""
+        T = tokens.shape[1]
+        window = self.cfg.sliding_window
+        if window is not None and T > window:
+            raise ValueError(f"causal_forward attends to the whole block: {T} tokens exceed the {window}-token window")
+        x = self.embed(tokens)
+        cos_table, sin_table = self.rope_tables(x.dtype)
+        cos, sin = cos_table[:T][None, :, None], sin_table[:T][None, :, None]  # (1, T, 1, hd)
+        for layer in self.layers:
+            x = layer.causal(x, cos, sin)
         return self.norm(x)
 
     def rope_tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

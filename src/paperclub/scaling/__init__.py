@@ -1,0 +1,1 @@
+"""Data-constrained pre-training (Kim et al., "Pre-training under infinite compute", 2025)."""

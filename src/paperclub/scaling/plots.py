@@ -1,0 +1,109 @@
+"""The study's plots, drawn from `analysis.analyze`'s figures: loss against parameters per recipe (with the fitted
+laws and their asymptotes), loss against ensemble members, and the data-efficiency axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from paperclub.atomic import atomic_path
+
+COLORS = {"standard": "tab:gray", "regularized": "tab:blue", "ensemble": "tab:orange", "joint": "tab:red"}
+
+
+def _save(fig, path: Path) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    return str(path)
+
+
+def _band(ax, entry, color) -> None:
+    lo, hi = entry["ci95"]
+    if np.isfinite(lo) and np.isfinite(hi):
+        ax.axhspan(lo, hi, color=color, alpha=0.12, lw=0)
+    ax.axhline(entry["value"], color=color, ls="--", lw=1)
+
+
+def write_plots(folder: Path, result: dict, point: dict, boots: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    params, laws, written = result["params"], point["laws"], []
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, per_budget in result["best_loss"].items():
+        per_size = per_budget.get("1", {})
+        sizes = sorted(per_size, key=lambda s: params[s])
+        if not sizes:
+            continue
+        x = np.array([params[s] for s in sizes], dtype=float)
+        y = np.array([per_size[s]["value"] for s in sizes])
+        err = np.array([[y[i] - per_size[s]["ci95"][0], per_size[s]["ci95"][1] - y[i]] for i, s in enumerate(sizes)]).T
+        label = "ensemble (8 members)" if name == "ensemble" else name
+        ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="o", color=COLORS.get(name), label=label, capsize=3)
+        law = laws.get(f"{name}_vs_params")
+        if law is not None:
+            grid = np.geomspace(x.min() / 1.5, x.max() * 20, 100)
+            ax.plot(grid, law(grid), color=COLORS.get(name), lw=1)
+            _band(ax, result["asymptotes"][name], COLORS.get(name))
+    if "joint" in result["asymptotes"]:
+        members = point["member_asymptotes"]
+        sizes = sorted(members, key=lambda s: params[s])
+        x = np.array([params[s] for s in sizes], dtype=float)
+        ax.plot(x, [members[s] for s in sizes], "s", mfc="none", color=COLORS["joint"], label="member asymptotes")
+        grid = np.geomspace(x.min() / 1.5, x.max() * 20, 100)
+        ax.plot(grid, laws["joint_vs_params"](grid), color=COLORS["joint"], lw=1)
+        _band(ax, result["asymptotes"]["joint"], COLORS["joint"])
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"Loss vs model size at D = {result['budget_tokens']:,} tokens (dashed: asymptotes, 95% CI)")
+    ax.legend(fontsize=8)
+    written.append(_save(fig, folder / "loss_vs_params.png"))
+    plt.close(fig)
+
+    ens = {k.split("_")[1]: law for k, law in laws.items() if k.startswith("ensemble_") and k.endswith("_vs_members")}
+    if ens:
+        fig, ax = plt.subplots(figsize=(6.0, 4.2))
+        for size, law in sorted(ens.items(), key=lambda kv: params[kv[0]]):
+            ks = np.array([1, 2, 4, 8], dtype=float)
+            grid = np.geomspace(1, 64, 60)
+            line, = ax.plot(grid, law(grid), lw=1, label=f"{size} (asymptote {law.C:.3f})")
+            ax.plot(ks, law(ks), "o", color=line.get_color())
+            ax.axhline(law.C, color=line.get_color(), ls="--", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ensemble members K")
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.set_title("Ensembles: L(K) = A/K^B + C per member size")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, folder / "loss_vs_members.png"))
+        plt.close(fig)
+
+    law = laws.get("standard_vs_tokens")
+    if law is not None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        per = result["standard_best_per_budget"]
+        d = np.array([int(m) * result["budget_tokens"] for m in per], dtype=float)
+        ax.plot(d, list(per.values()), "o", color=COLORS["standard"], label="standard recipe, best over sizes")
+        grid = np.geomspace(d.min() / 2, d.max() * 64, 100)
+        ax.plot(grid, law(grid), color=COLORS["standard"], lw=1, label=f"fit, asymptote {law.C:.3f}")
+        for name, entry in result["data_efficiency"].items():
+            color = COLORS.get(name.split("_")[0], "tab:green")
+            ax.axhline(entry["loss"], color=color, ls=":", lw=1)
+            if np.isfinite(entry["value"]):
+                ax.plot([entry["value"] * result["budget_tokens"]], [entry["loss"]], "*", ms=10, color=color,
+                        label=f"{name}: {entry['value']:.2f}x")
+            else:
+                ax.text(d.min(), entry["loss"], f" {name}: below the standard asymptote", fontsize=7, va="bottom")
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens D")
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.set_title("Data efficiency: tokens the standard recipe needs to match each recipe")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, folder / "data_efficiency.png"))
+        plt.close(fig)
+    return written

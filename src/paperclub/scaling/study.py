@@ -1,0 +1,218 @@
+"""A study file (TOML) and the runs it asks for, recipe by recipe.
+
+```toml
+[corpus]                      # how the token pool is made (corpus.CorpusConfig)
+source = "python-stdlib"
+vocab_size = 2048
+
+[train]                       # fields of train.RunConfig shared by every run
+batch_size = 8
+seq_len = 256
+
+[study]
+budget = 262144               # D, in tokens
+sizes = ["s1", "s2", "s3", "s4"]
+
+[recipes.standard]            # weight decay fixed at the default; LR and epochs tuned; at D, 2D, 4D, 8D
+budgets = [1, 2, 4, 8]
+weight_decay = [0.1]
+lr = [0.001, 0.003, 0.01, 0.03]
+epochs = [1, 2, 4, 8, 16]
+start = {lr = 0.003, weight_decay = 0.1, epochs = 2}
+
+[recipes.regularized]         # LR, weight decay and epochs tuned together
+budgets = [1]
+...
+
+[recipes.ensemble]            # K members per size at the regularized optimum, epochs x2 and weight decay x0.5
+members = 8
+epochs_factor = 2
+weight_decay_factor = 0.5
+```
+
+Each recipe is a planner: from the finished runs it says what to run next (`Study.wanted`), so the sweep is a
+loop of "plan, run, plan again" that is resumable by construction. A local search (`search.walk`) runs per
+(recipe, size, budget); the ensemble recipe waits for the regularized search of its size to be certified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from paperclub.errors import UserError
+from paperclub.scaling import search
+from paperclub.scaling.corpus import CorpusConfig
+from paperclub.scaling.ladder import LADDER
+from paperclub.scaling.train import RunConfig
+
+SEARCH_AXES = ("lr", "weight_decay", "epochs")
+RECIPES = ("standard", "regularized", "ensemble")
+
+
+@dataclass(frozen=True)
+class SearchRecipe:
+    name: str
+    budgets: tuple[int, ...]  # multiples of the study's budget D
+    axes: dict[str, tuple[float, ...]]
+    start: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EnsembleRecipe:
+    members: int = 8
+    epochs_factor: float = 2.0
+    weight_decay_factor: float = 0.5
+    of: str = "regularized"  # whose certified point the members start from
+
+
+@dataclass(frozen=True)
+class EnsembleJob:
+    """Evaluate the ensembles of the first 1, 2, 4, ... members of one size (their runs must be finished)."""
+
+    size: str
+    tokens: int
+    members: tuple[RunConfig, ...]
+
+    def job_id(self) -> str:
+        blob = json.dumps([m.__dict__ for m in self.members], sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return f"ensemble-{self.size}-D{self.tokens}-k{len(self.members)}-{digest}"
+
+
+@dataclass
+class Study:
+    corpus: CorpusConfig
+    train: dict[str, Any]
+    budget: int
+    sizes: list[str]
+    searches: list[SearchRecipe] = field(default_factory=list)
+    ensemble: EnsembleRecipe | None = None
+    source: str = ""
+
+    def run_config(self, size: str, budget_multiple: int, p: search.Point, **extra) -> RunConfig:
+        values = dict(p)
+        return RunConfig(size=size, tokens=self.budget * budget_multiple, epochs=int(values["epochs"]),
+                         lr=float(values["lr"]), weight_decay=float(values["weight_decay"]), **self.train, **extra)
+
+    def walks(self, loss) -> dict[tuple[str, str, int], search.Walk]:
+        """Every local search of the study replayed against `loss(RunConfig) -> float | None`."""
+        out = {}
+        for recipe in self.searches:
+            for size in self.sizes:
+                for mult in recipe.budgets:
+                    out[recipe.name, size, mult] = search.walk(
+                        recipe.start, recipe.axes, lambda p, s=size, m=mult: loss(self.run_config(s, m, p)))
+        return out
+
+    def ensemble_members(self, walks, size: str) -> tuple[RunConfig, ...] | None:
+        ens = self.ensemble
+        w = walks.get((ens.of, size, 1)) if ens else None
+        if ens is None or w is None or w.certified is None:
+            return None
+        best = dict(w.certified)
+        epochs = max(1, round(best["epochs"] * ens.epochs_factor))
+        p = (("lr", best["lr"]), ("weight_decay", best["weight_decay"] * ens.weight_decay_factor), ("epochs", epochs))
+        return tuple(self.run_config(size, 1, p, seed=k, data_seed=k) for k in range(ens.members))
+
+    def wanted(self, loss, evaluated) -> tuple[list[RunConfig], list[EnsembleJob]]:
+        """Runs and ensemble evaluations that the study needs next, given the finished runs (`loss`) and the
+        finished ensemble evaluations (`evaluated(job) -> bool`)."""
+        walks = self.walks(loss)
+        runs: dict[RunConfig, None] = {}
+        for (_, size, mult), w in walks.items():
+            for p in w.pending:
+                runs[self.run_config(size, mult, p)] = None
+        jobs = []
+        for size in self.sizes:
+            members = self.ensemble_members(walks, size)
+            if members is None:
+                continue
+            todo = [m for m in members if loss(m) is None]
+            for m in todo:
+                runs[m] = None
+            job = EnsembleJob(size, self.budget, members)
+            if not todo and not evaluated(job):
+                jobs.append(job)
+        return list(runs), jobs
+
+
+def _axes(name: str, table: dict) -> tuple[dict[str, tuple[float, ...]], dict[str, float]]:
+    axes = {}
+    for axis in SEARCH_AXES:
+        values = table.get(axis)
+        if not isinstance(values, list) or not values or not all(isinstance(v, int | float) for v in values):
+            raise UserError(f"recipes.{name}.{axis}: expected a list of numbers (one value fixes it)")
+        axes[axis] = tuple(sorted(float(v) for v in values))
+    start = table.get("start", {a: axes[a][len(axes[a]) // 2] for a in SEARCH_AXES})
+    if not isinstance(start, dict):
+        raise UserError(f"recipes.{name}.start: expected a table like {{lr = 0.003, weight_decay = 0.1, epochs = 4}}")
+    start = {a: float(start[a]) if a in start else axes[a][0] for a in SEARCH_AXES}
+    search.check_start(start, axes)
+    if any(e < 1 or e != int(e) for e in axes["epochs"]):
+        raise UserError(f"recipes.{name}.epochs: expected whole numbers >= 1")
+    return axes, start
+
+
+def parse_study(data: dict, source: str = "") -> Study:
+    known = {"corpus", "train", "study", "recipes"}
+    if unknown := set(data) - known:
+        raise UserError(f"study file: unknown section(s) {', '.join(sorted(unknown))}; expected {', '.join(known)}")
+    try:
+        corpus = CorpusConfig(**data.get("corpus", {}))
+    except TypeError as e:
+        raise UserError(f"study file [corpus]: {e}") from None
+    train = dict(data.get("train", {}))
+    allowed = {f.name for f in fields(RunConfig)} - {"size", "tokens", "epochs", "lr", "weight_decay", "seed",
+                                                     "data_seed", "synthetic", "synthetic_fraction"}
+    if unknown := set(train) - allowed:
+        raise UserError(f"study file [train]: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+                        f"{', '.join(sorted(allowed))}")
+    study = data.get("study", {})
+    budget, sizes = study.get("budget"), study.get("sizes")
+    if not isinstance(budget, int) or budget <= 0:
+        raise UserError("study file [study]: budget must be a positive number of tokens")
+    if not isinstance(sizes, list) or not sizes or any(s not in LADDER for s in sizes):
+        raise UserError(f"study file [study]: sizes must be a list of ladder rungs ({', '.join(LADDER)})")
+    recipes = data.get("recipes", {})
+    if unknown := set(recipes) - set(RECIPES):
+        raise UserError(f"study file: unknown recipe(s) {', '.join(sorted(unknown))}; known: {', '.join(RECIPES)}")
+    searches = []
+    for name in ("standard", "regularized"):
+        if name in recipes:
+            table = recipes[name]
+            budgets = table.get("budgets", [1])
+            if not isinstance(budgets, list) or not all(isinstance(b, int) and b >= 1 for b in budgets):
+                raise UserError(f"recipes.{name}.budgets: expected multiples of the budget, like [1, 2, 4, 8]")
+            axes, start = _axes(name, table)
+            searches.append(SearchRecipe(name, tuple(budgets), axes, start))
+    ensemble = None
+    if "ensemble" in recipes:
+        try:
+            ensemble = EnsembleRecipe(**recipes["ensemble"])
+        except TypeError as e:
+            raise UserError(f"recipes.ensemble: {e}") from None
+        of = {s.name: s for s in searches}.get(ensemble.of)
+        if of is None or 1 not in of.budgets or ensemble.members < 1:
+            raise UserError("recipes.ensemble: needs members >= 1 and `of` naming a recipe searched at budget 1")
+    s = Study(corpus, train, budget, list(sizes), searches, ensemble, source)
+    try:  # the shared run fields must make valid runs
+        RunConfig(size=sizes[0], tokens=budget, epochs=1, lr=1e-3, weight_decay=0.0, **train)
+    except TypeError as e:
+        raise UserError(f"study file [train]: {e}") from None
+    return s
+
+
+def load_study(path: Path) -> Study:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"study file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"study file {path} is not valid TOML: {e}") from None
+    return parse_study(data, str(path))

@@ -1,0 +1,107 @@
+"""A whole (tiny) study through the CLI: sweep in two sittings and two executors, then fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from paperclub.cli import main
+from paperclub.errors import UserError
+from paperclub.scaling.study import load_study, parse_study
+from tests.scaling.conftest import EMAIL
+
+TINY_STUDY = f"""
+[corpus]
+source = "{EMAIL}"
+vocab_size = 320
+val_fraction = 0.2
+
+[train]
+batch_size = 4
+seq_len = 64
+val_tokens = 2048
+
+[study]
+budget = 4096
+sizes = ["s0", "s1"]
+
+[recipes.standard]
+budgets = [1, 2]
+lr = [0.003, 0.01]
+weight_decay = [0.1]
+epochs = [1, 2]
+start = {{ lr = 0.003, weight_decay = 0.1, epochs = 1 }}
+
+[recipes.regularized]
+lr = [0.01]
+weight_decay = [0.1, 0.8]
+epochs = [1, 2]
+start = {{ lr = 0.01, weight_decay = 0.8, epochs = 2 }}
+
+[recipes.ensemble]
+members = 4
+"""
+
+
+def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, capsys):
+    study_file = tmp_path / "study.toml"
+    study_file.write_text(TINY_STUDY)
+    out = tmp_path / "out"
+    args = ["scaling", "sweep", "--study", str(study_file), "--out", str(out), "--threads", "1"]
+    # first sitting: two worker processes, stopped after 3 jobs
+    assert main([*args, "--workers", "2", "--max-jobs", "3"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["jobs_finished"] == 3 and not first["complete"]
+    # second sitting, in-process: picks up where the first stopped
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["complete"] and second["jobs_failed"] == 0
+    # a finished study runs nothing
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["jobs_finished"] == 0
+
+    study = load_study(out / "study.toml")
+    runs = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/metrics.json")}
+    assert len(runs) == second["runs_total"]
+    loss = {rid: m["val_loss"] for rid, m in runs.items()}
+    fp = next(iter(runs.values()))["corpus"]
+    walks = study.walks(lambda r: loss.get(r.run_id(fp)))
+    assert len(walks) == 2 * 2 + 2 and all(w.certified is not None for w in walks.values())
+    ensembles = [json.loads(p.read_text()) for p in (out / "ensembles").glob("*.json")]
+    assert sorted(e["size"] for e in ensembles) == ["s0", "s1"]
+    for e in ensembles:
+        assert sorted(e["ensembles"], key=int) == ["1", "2", "4"]
+        assert len(e["members"]) == 4 and all(m in runs for m in e["members"])
+        assert e["ensembles"]["1"]["val_loss"] == pytest.approx(runs[e["members"][0]]["val_loss"], abs=1e-4)
+
+    assert main(["scaling", "fit", "--runs", str(out), "--json", str(tmp_path / "fit.json"), "--bootstrap", "20"]) == 0
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    assert {"asymptotes", "data_efficiency", "runs"} <= set(fit) and fit["runs"] == len(runs)
+    assert set(fit["asymptotes"]) >= {"ensemble_s0", "ensemble_s1"}  # L(K) fits; two sizes fit nothing in N
+    assert all(fit["certified"].values())
+
+
+def test_bad_study_files_get_one_line_errors(tmp_path, capsys):
+    bad = {
+        "[study]\nbudget = 4096\nsizes = ['s9']": "sizes must be a list of ladder rungs",
+        "[study]\nbudget = -1\nsizes = ['s0']": "budget must be a positive",
+        "[study]\nbudget = 4096\nsizes = ['s0']\n[recipes.magic]\n": "unknown recipe",
+        "[studdy]\n": "unknown section",
+        "[study]\nbudget = 4096\nsizes = ['s0']\n[train]\nlearning_rate = 1\n": "unknown key",
+        ("[study]\nbudget = 4096\nsizes = ['s0']\n[recipes.standard]\nlr = [0.01]\nweight_decay = [0.1]\n"
+         "epochs = [1]\nstart = { lr = 0.02 }\n"): "not on its grid",
+    }
+    import tomllib
+
+    for text, message in bad.items():
+        with pytest.raises(UserError, match=message):
+            parse_study(tomllib.loads(text))
+    path = tmp_path / "s.toml"
+    path.write_text("[study\n")
+    assert main(["scaling", "sweep", "--study", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not valid TOML" in err and len(err.strip().splitlines()) == 1
+    assert main(["scaling", "sweep", "--study", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["scaling", "prepare", "--out", str(tmp_path / "c"), "--source", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from paperclub.errors import UserError
+from paperclub.scaling.evaluate import chunk_losses, val_chunks
+from paperclub.scaling.train import Batches, RunConfig, build_model, load_model, lr_at, train_run
+
+RUN = RunConfig(size="s0", tokens=16384, epochs=3, lr=3e-3, weight_decay=0.1, batch_size=4, seq_len=64,
+                val_tokens=2048)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    total = 200
+    lrs = [lr_at(RUN, s, total) for s in range(total)]
+    assert lrs[0] == pytest.approx(RUN.lr / 10) and max(lrs) == pytest.approx(RUN.lr)  # 10 warm-up steps
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] < RUN.lr * 1e-3
+
+
+def test_batches_cover_the_budget_once_per_epoch_in_a_fixed_order(tiny_corpus):
+    data = tiny_corpus.budget(RUN.tokens)
+    b = Batches(RUN, data, None)
+    epoch = torch.cat([b(s) for s in range(b.per_epoch)])
+    assert epoch.shape == (b.per_epoch * RUN.batch_size, RUN.seq_len + 1)
+    assert len({tuple(r.tolist()) for r in epoch}) == len(epoch)  # no window twice in an epoch
+    assert torch.equal(b(5), Batches(RUN, data, None)(5))  # a function of the step alone
+    assert not torch.equal(b(0), b(b.per_epoch))  # each epoch its own order
+
+
+def test_identical_members_ensemble_to_that_member_and_averaging_logits_never_hurts(tiny_corpus):
+    chunks, docs = val_chunks(tiny_corpus.val, 2048, 64, tiny_corpus.eot)
+    assert chunks.shape == (32, 65) and len(docs) == 32
+    a = build_model(RUN, tiny_corpus.vocab_size).eval()
+    b = build_model(RunConfig(**{**RUN.__dict__, "seed": 1}), tiny_corpus.vocab_size).eval()
+    one = chunk_losses([a], chunks)
+    np.testing.assert_allclose(chunk_losses([a, a, a], chunks), one, rtol=0, atol=1e-5)
+    # log-sum-exp is convex: the loss of averaged logits is at most the members' mean loss, token by token
+    both = chunk_losses([a, b], chunks)
+    assert np.all(both <= (one + chunk_losses([b], chunks)) / 2 + 1e-6)
+    with pytest.raises(UserError, match="val_tokens"):
+        val_chunks(tiny_corpus.val, 10**7, 64, tiny_corpus.eot)
+
+
+def test_a_finished_run_is_not_run_again(tiny_corpus, tmp_path):
+    cfg = RunConfig(**{**RUN.__dict__, "epochs": 1})
+    m = train_run(cfg, tiny_corpus, tmp_path / "r", progress=False)
+    assert m["val_loss"] < np.log(tiny_corpus.vocab_size)  # it learned something
+    assert (tmp_path / "r" / "model.safetensors").is_file() and not (tmp_path / "r" / "checkpoint.pt").exists()
+    stamp = (tmp_path / "r" / "metrics.json").stat().st_mtime_ns
+    assert train_run(cfg, tiny_corpus, tmp_path / "r", progress=False) == json.loads(json.dumps(m))
+    assert (tmp_path / "r" / "metrics.json").stat().st_mtime_ns == stamp
+    model = load_model(tmp_path / "r", tiny_corpus.vocab_size)
+    chunks, _ = val_chunks(tiny_corpus.val, cfg.val_tokens, cfg.seq_len, tiny_corpus.eot)
+    np.testing.assert_allclose(chunk_losses([model], chunks), m["val_chunk_losses"], atol=1e-4)
+    (tmp_path / "r" / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(UserError, match="unreadable"):
+        load_model(tmp_path / "r", tiny_corpus.vocab_size)
+
+
+def test_resume_after_a_kill_gives_the_same_final_metrics(tiny_corpus, tmp_path):
+    """A run killed (SIGKILL) midway and started again ends exactly where an uninterrupted run ends."""
+    script = textwrap.dedent(f"""
+        import torch
+        from pathlib import Path
+        from paperclub.scaling.corpus import load_corpus
+        from paperclub.scaling.train import RunConfig, train_run
+        torch.set_num_threads(1)
+        train_run(RunConfig(**{RUN.__dict__!r}), load_corpus(Path({str(tiny_corpus.root)!r})),
+                  Path({str(tmp_path / "killed")!r}), checkpoint_every_s=0.0, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if ckpt.is_file() and torch.load(ckpt, weights_only=True)["state"]["step"] >= 20:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed = train_run(RUN, tiny_corpus, tmp_path / "killed", progress=False)
+        straight = train_run(RUN, tiny_corpus, tmp_path / "straight", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    log_tail = json.dumps(resumed["train_loss"][-3:])
+    assert resumed["val_loss"] == straight["val_loss"], log_tail
+    assert resumed["val_chunk_losses"] == straight["val_chunk_losses"]
+    assert resumed["train_loss"][-1] == straight["train_loss"][-1]
+
+
+def test_bad_run_configs_are_user_errors():
+    for bad in ({"epochs": 0}, {"lr": 0.0}, {"weight_decay": -1.0}, {"tokens": 10}, {"synthetic_fraction": 0.5}):
+        with pytest.raises(UserError, match="run config"):
+            RunConfig(**{**RUN.__dict__, **bad})
+    with pytest.raises(UserError, match="unknown model size"):
+        build_model(RunConfig(**{**RUN.__dict__, "size": "huge"}), 320)
