@@ -105,3 +105,21 @@ def test_bad_study_files_get_one_line_errors(tmp_path, capsys):
     assert main(["scaling", "sweep", "--study", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")]) == 2
     assert main(["scaling", "prepare", "--out", str(tmp_path / "c"), "--source", str(tmp_path / "nowhere")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+RAY_STUDY = TINY_STUDY.replace('sizes = ["s0", "s1"]', 'sizes = ["s0"]').split("[recipes.regularized]")[0]
+
+
+def test_a_sweep_on_a_local_ray_cluster_gives_the_runs_a_process_pool_gives(tmp_path, capsys):
+    pytest.importorskip("ray")
+    study_file = tmp_path / "study.toml"
+    study_file.write_text(RAY_STUDY)
+    for name, extra in (("ray", ["--ray-address", "local", "--workers", "2"]), ("local", [])):
+        assert main(["scaling", "sweep", "--study", str(study_file), "--out", str(tmp_path / name),
+                     "--threads", "1", *extra]) == 0
+        assert json.loads(capsys.readouterr().out)["complete"]
+    def losses(name):
+        files = (tmp_path / name).glob("runs/*/metrics.json")
+        return {p.parent.name: json.loads(p.read_text())["val_loss"] for p in files}
+
+    assert losses("ray") == losses("local") and len(losses("local")) >= 4  # the same runs, bit for bit

@@ -141,18 +141,24 @@ class _Local:
 
 
 class _Ray:
-    def __init__(self, address: str, threads: int):
+    """Jobs as Ray tasks, each reserving `threads` CPUs. `address` is a running cluster ('auto', 'host:6379',
+    'ray://host:10001') or 'local': a cluster started here for this sweep (`workers` x `threads` CPUs)."""
+
+    def __init__(self, address: str, threads: int, workers: int):
         try:
             import ray
         except ImportError:
-            raise UserError("--ray-address needs Ray: pip install 'ray[default]' (keep torch==2.13.0)") from None
-        self.ray = ray
+            raise UserError("--ray-address needs Ray: pip install ray (keep torch==2.13.0 pinned)") from None
+        self.ray, self.threads, self._remote = ray, threads, {}
+        self.owned = address == "local" and not ray.is_initialized()
         try:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            if address == "local":
+                ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False,
+                         ignore_reinit_error=True)
+            else:
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot reach the Ray cluster at {address!r}: {e}") from None
-        self.threads = threads
-        self._remote = {}
 
     def submit(self, fn, *args):
         if fn not in self._remote:
@@ -167,7 +173,8 @@ class _Ray:
         return self.ray.get(handle)
 
     def close(self) -> None:
-        pass
+        if self.owned:
+            self.ray.shutdown()
 
 
 # ---- the plan-run loop ----
@@ -238,8 +245,8 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
     corpus = ensure_corpus(study, out)
     results = Results(out, corpus.info["fingerprint"])
     threads = cfg.threads_per_job()
-    executor = _Ray(cfg.ray_address, threads) if cfg.ray_address else _Local(cfg.workers)
-    slots = cfg.workers if not cfg.ray_address else max(1, cfg.workers)
+    executor = _Ray(cfg.ray_address, threads, cfg.workers) if cfg.ray_address else _Local(cfg.workers)
+    slots = cfg.workers  # jobs in flight; on a Ray cluster, as many as its CPUs allow if --workers says so
     in_flight: dict = {}  # handle -> job key
     started = finished = failed = 0
     failures: dict[str, str] = {}
