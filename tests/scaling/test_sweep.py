@@ -41,6 +41,13 @@ start = {{ lr = 0.01, weight_decay = 0.8, epochs = 2 }}
 
 [recipes.ensemble]
 members = 4
+
+[recipes.distill]
+students = ["s0"]
+teachers = ["ensemble", "self"]
+synthetic_fraction = 0.5
+synthetic_budgets = 1
+prefix = 8
 """
 
 
@@ -68,6 +75,7 @@ def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, ca
     fp = next(iter(runs.values()))["corpus"]
     walks = study.walks(lambda r: loss.get(r.run_id(fp)))
     assert len(walks) == 2 * 2 + 2 and all(w.certified is not None for w in walks.values())
+    assert not list(out.glob("teachers/*"))  # exported teachers are scratch, removed after use
     ensembles = [json.loads(p.read_text()) for p in (out / "ensembles").glob("*.json")]
     assert sorted(e["size"] for e in ensembles) == ["s0", "s1"]
     for e in ensembles:
@@ -75,11 +83,22 @@ def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, ca
         assert len(e["members"]) == 4 and all(m in runs for m in e["members"])
         assert e["ensembles"]["1"]["val_loss"] == pytest.approx(runs[e["members"][0]]["val_loss"], abs=1e-4)
 
+    # distillation: teacher text from the engine (4 members' averaged logits, or the regularized model), then a
+    # student at the regularized optimum on real + teacher text
+    for kind in ("ensemble", "self"):
+        [synth] = (out / "synthetic").glob(f"synthetic-{kind}-s0-*.u16")
+        stats = json.loads(synth.with_suffix(".u16.json").read_text())
+        assert stats["samples"] == 4096 // 65 and synth.stat().st_size == 2 * stats["samples"] * 65
+        assert len(stats["teacher"]) == (4 if kind == "ensemble" else 1)
+        students = [m for m in runs.values() if m["config"]["synthetic"] == f"synthetic/{synth.name}"]
+        assert len(students) == 1 and students[0]["config"]["synthetic_fraction"] == 0.5
+
     assert main(["scaling", "fit", "--runs", str(out), "--json", str(tmp_path / "fit.json"), "--bootstrap", "20"]) == 0
     fit = json.loads((tmp_path / "fit.json").read_text())
     assert {"asymptotes", "data_efficiency", "runs"} <= set(fit) and fit["runs"] == len(runs)
     assert set(fit["asymptotes"]) >= {"ensemble_s0", "ensemble_s1"}  # L(K) fits; two sizes fit nothing in N
     assert all(fit["certified"].values())
+    assert set(fit["best_loss"]) >= {"distilled_ensemble", "distilled_self", "regularized", "ensemble"}
 
 
 def test_bad_study_files_get_one_line_errors(tmp_path, capsys):

@@ -34,6 +34,7 @@ from torch import nn
 
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
+from paperclub.models.hf_export import layer_tensors
 from paperclub.models.llama import Block, Llama
 from paperclub.models.loader import load_hf_weights
 from paperclub.nn.linear import linear
@@ -100,25 +101,7 @@ class DraftLM(Llama):
         """The draft's own tensors under Hugging Face names (the shared embedding is not among them)."""
         own = {"model.norm.weight": self.norm.weight, "lm_head.weight": self.lm_head.weight}
         for i, layer in enumerate(self.layers):
-            cfg = self.cfg
-            q, k, v = layer.attn.qkv.weight.split([cfg.q_size, cfg.kv_size, cfg.kv_size])
-            gate, up = layer.mlp.gate_up.weight.split(cfg.intermediate_size)
-            p = f"model.layers.{i}."
-            own |= {p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                    p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": layer.attn.o.weight,
-                    p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-                    p + "mlp.down_proj.weight": layer.mlp.down.weight,
-                    p + "input_layernorm.weight": layer.attn_norm.weight,
-                    p + "post_attention_layernorm.weight": layer.mlp_norm.weight}
-            if layer.attn.qkv.bias is not None:
-                qb, kb, vb = layer.attn.qkv.bias.split([cfg.q_size, cfg.kv_size, cfg.kv_size])
-                own |= {p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb,
-                        p + "self_attn.v_proj.bias": vb}
-            if layer.attn.o.bias is not None:
-                own[p + "self_attn.o_proj.bias"] = layer.attn.o.bias
-            if layer.attn.q_norm is not None:
-                own |= {p + "self_attn.q_norm.weight": layer.attn.q_norm.weight,
-                        p + "self_attn.k_norm.weight": layer.attn.k_norm.weight}
+            own |= dict(layer_tensors(layer, self.cfg, f"model.layers.{i}."))
         yield from own.items()
 
 

@@ -6,6 +6,7 @@ of the model in that dtype.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from paperclub.errors import UserError
+from paperclub.models import ensemble
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import Llama
 from paperclub.models.safetensors_stream import read_tensors
@@ -105,7 +107,11 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     max_positions: int | None = None,
 ) -> Llama:
-    cfg = ModelConfig.from_dir(model_dir)
+    cfg = ModelConfig.from_dir(model_dir)  # a missing or malformed config.json is a UserError here
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if ensemble.KEY in config:  # K members served as one model (`ensemble.py`)
+        members = [load_model(d, device, dtype, max_positions) for d in ensemble.member_dirs(Path(model_dir), config)]
+        return ensemble.LogitEnsemble(members).eval().requires_grad_(False)
     files = weight_files(Path(model_dir))
     log.info("loading %s (%d file(s)) as %s on %s", model_dir, len(files), dtype, device)
     with torch.device("meta"):

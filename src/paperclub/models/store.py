@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paperclub.errors import UserError
+from paperclub.models import ensemble
 from paperclub.models.hf_config import HFConfig, load_config
 from paperclub.models.safetensors_stream import read_header
 
@@ -72,8 +73,11 @@ def validate_model_dir(model_dir: str | os.PathLike, *, check_weights: bool = Tr
             f"{model_dir} has no tokenizer.json; re-convert the model or use a directory that has one"
         )
     if check_weights:
-        for f in weight_files(model_dir):
-            read_header(f)
+        raw = json.loads((model_dir / "config.json").read_text())  # valid JSON: load_config read it
+        folders = ensemble.member_dirs(model_dir, raw) if ensemble.KEY in raw else [model_dir]
+        for folder in folders:  # an ensemble's weights are its members'
+            for f in weight_files(folder):
+                read_header(f)
     return config
 
 

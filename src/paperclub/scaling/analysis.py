@@ -111,7 +111,22 @@ def _searched(c: Collected) -> dict[tuple[str, str, int], tuple[list[str], bool]
     return out
 
 
-def estimates(c: Collected, losses: np.ndarray, searched, base: dict | None = None) -> dict:
+def _students(c: Collected) -> dict[tuple[str, str], str]:
+    """(teacher kind, size) -> the finished distilled student's run id."""
+    def loss(run: RunConfig) -> float | None:
+        m = c.runs.get(run.run_id(c.fingerprint))
+        return None if m is None else float(m["val_loss"])
+
+    found = {}
+    for job, student in c.study.synth_jobs(c.study.walks(loss)):
+        rid = student.run_id(c.fingerprint)
+        if rid in c.runs:
+            found[job.kind, job.size] = rid
+    return found
+
+
+def estimates(c: Collected, losses: np.ndarray, searched, base: dict | None = None,
+              students: dict | None = None) -> dict:
     """Every figure of the study from one vector of losses (one per row of `c.matrix`). With `base` (the point
     estimate) the fits start from its parameters."""
     study, row = c.study, c.rows
@@ -146,6 +161,9 @@ def estimates(c: Collected, losses: np.ndarray, searched, base: dict | None = No
     sizes = [s for s in study.sizes if s in member_asymptotes]
     law("joint_vs_params", [params[s] for s in sizes], [member_asymptotes[s] for s in sizes])
 
+    for (kind, size), rid in (students or {}).items():
+        res["best"].setdefault(f"distilled_{kind}", {}).setdefault(1, {})[size] = float(losses[row[rid]])
+
     std = res["best"].get("standard", {})
     budgets = sorted(std)
     best_std = {m: min(std[m].values()) for m in budgets}
@@ -160,6 +178,10 @@ def estimates(c: Collected, losses: np.ndarray, searched, base: dict | None = No
         targets["ensemble_best"] = min(res["best"]["ensemble"][1].values())
     if "regularized" in res["best"] and 1 in res["best"]["regularized"]:
         targets["regularized_best"] = min(res["best"]["regularized"][1].values())
+    for (kind, size), rid in (students or {}).items():
+        targets[f"distilled_{kind}_{size}"] = float(losses[row[rid]])
+        if size in res["best"].get("regularized", {}).get(1, {}):
+            targets[f"regularized_{size}"] = res["best"]["regularized"][1][size]
     res["targets"] = targets
     res["data_efficiency"] = {k: (data_law.inverse(v) / study.budget if data_law else math.nan)
                               for k, v in targets.items()}
@@ -171,10 +193,10 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
     c = collect(out)
     if c.matrix is None:
         raise UserError(f"{out} holds no finished runs yet: run `paperclub scaling sweep` first")
-    searched = _searched(c)
-    point = estimates(c, c.matrix.mean(1), searched)
+    searched, students = _searched(c), _students(c)
+    point = estimates(c, c.matrix.mean(1), searched, students=students)
     weights = document_weights(c.chunk_docs, n_boot, seed)
-    boots = [estimates(c, c.matrix @ w / w.sum(), searched, base=point) for w in weights]
+    boots = [estimates(c, c.matrix @ w / w.sum(), searched, base=point, students=students) for w in weights]
 
     def ci(get) -> list[float]:
         vals = []

@@ -28,6 +28,13 @@ budgets = [1]
 members = 8
 epochs_factor = 2
 weight_decay_factor = 0.5
+
+[recipes.distill]             # students trained on real text mixed with their teacher's samples
+students = ["s2"]
+teachers = ["ensemble", "self"]   # the ensemble of the student's size, or its own regularized model
+synthetic_fraction = 0.5      # share of each epoch's sequences that are teacher text
+synthetic_budgets = 4         # teacher text written, in multiples of D
+prefix = 32                   # each sample continues a window of this many real tokens
 ```
 
 Each recipe is a planner: from the finished runs it says what to run next (`Study.wanted`), so the sweep is a
@@ -51,7 +58,8 @@ from paperclub.scaling.ladder import LADDER
 from paperclub.scaling.train import RunConfig
 
 SEARCH_AXES = ("lr", "weight_decay", "epochs")
-RECIPES = ("standard", "regularized", "ensemble")
+RECIPES = ("standard", "regularized", "ensemble", "distill")
+TEACHERS = ("ensemble", "self")
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,39 @@ class EnsembleRecipe:
     epochs_factor: float = 2.0
     weight_decay_factor: float = 0.5
     of: str = "regularized"  # whose certified point the members start from
+
+
+@dataclass(frozen=True)
+class DistillRecipe:
+    students: tuple[str, ...]
+    teachers: tuple[str, ...] = TEACHERS
+    synthetic_fraction: float = 0.5
+    synthetic_budgets: int = 4
+    prefix: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    """Write teacher text for one student: `teacher` runs (one, or an ensemble's members) continue prefixes of
+    the student's budget."""
+
+    kind: str  # "ensemble" or "self"
+    size: str
+    tokens: int  # the student's budget (prompts come from it)
+    teacher: tuple[RunConfig, ...]
+    samples: int
+    prefix: int
+    seed: int
+
+    def job_id(self) -> str:
+        blob = json.dumps([[m.__dict__ for m in self.teacher], self.samples, self.prefix, self.seed], sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return f"synthetic-{self.kind}-{self.size}-D{self.tokens}-{digest}"
+
+    def file(self) -> str:
+        """Where the samples go, relative to the study folder (student runs name it so)."""
+        return f"synthetic/{self.job_id()}.u16"
 
 
 @dataclass(frozen=True)
@@ -92,6 +133,7 @@ class Study:
     sizes: list[str]
     searches: list[SearchRecipe] = field(default_factory=list)
     ensemble: EnsembleRecipe | None = None
+    distill: DistillRecipe | None = None
     source: str = ""
 
     def run_config(self, size: str, budget_multiple: int, p: search.Point, **extra) -> RunConfig:
@@ -119,9 +161,31 @@ class Study:
         p = (("lr", best["lr"]), ("weight_decay", best["weight_decay"] * ens.weight_decay_factor), ("epochs", epochs))
         return tuple(self.run_config(size, 1, p, seed=k, data_seed=k) for k in range(ens.members))
 
-    def wanted(self, loss, evaluated) -> tuple[list[RunConfig], list[EnsembleJob]]:
-        """Runs and ensemble evaluations that the study needs next, given the finished runs (`loss`) and the
-        finished ensemble evaluations (`evaluated(job) -> bool`)."""
+    def synth_jobs(self, walks) -> list[tuple[SynthJob, RunConfig]]:
+        """Per (student, teacher) whose teacher is known: the teacher-text job and the student run it feeds."""
+        d = self.distill
+        if d is None:
+            return []
+        out = []
+        for size in d.students:
+            w = walks.get(("regularized", size, 1))
+            if w is None or w.certified is None:
+                continue
+            members = self.ensemble_members(walks, size)
+            teachers = {"self": (self.run_config(size, 1, w.certified),), "ensemble": members}
+            for kind in d.teachers:
+                if teachers[kind] is None:
+                    continue
+                samples = d.synthetic_budgets * self.budget // (int(self.train.get("seq_len", 256)) + 1)
+                job = SynthJob(kind, size, self.budget, teachers[kind], samples, d.prefix, d.seed)
+                student = self.run_config(size, 1, w.certified, synthetic=job.file(),
+                                          synthetic_fraction=d.synthetic_fraction)
+                out.append((job, student))
+        return out
+
+    def wanted(self, loss, evaluated) -> tuple[list[RunConfig], list[EnsembleJob | SynthJob]]:
+        """Runs and other jobs (ensemble evaluations, teacher text) that the study needs next, given the finished
+        runs (`loss`) and the other finished jobs (`evaluated(job) -> bool`)."""
         walks = self.walks(loss)
         runs: dict[RunConfig, None] = {}
         for (_, size, mult), w in walks.items():
@@ -138,6 +202,13 @@ class Study:
             job = EnsembleJob(size, self.budget, members)
             if not todo and not evaluated(job):
                 jobs.append(job)
+        for job, student in self.synth_jobs(walks):
+            if any(loss(t) is None for t in job.teacher):
+                continue  # the ensemble's members are still training
+            if not evaluated(job):
+                jobs.append(job)
+            elif loss(student) is None:
+                runs[student] = None
         return list(runs), jobs
 
 
@@ -199,7 +270,24 @@ def parse_study(data: dict, source: str = "") -> Study:
         of = {s.name: s for s in searches}.get(ensemble.of)
         if of is None or 1 not in of.budgets or ensemble.members < 1:
             raise UserError("recipes.ensemble: needs members >= 1 and `of` naming a recipe searched at budget 1")
-    s = Study(corpus, train, budget, list(sizes), searches, ensemble, source)
+    distill = None
+    if "distill" in recipes:
+        try:
+            table = dict(recipes["distill"])
+            table["students"] = tuple(table.get("students", ()))
+            table["teachers"] = tuple(table.get("teachers", TEACHERS))
+            distill = DistillRecipe(**table)
+        except TypeError as e:
+            raise UserError(f"recipes.distill: {e}") from None
+        if not distill.students or any(s not in sizes for s in distill.students):
+            raise UserError("recipes.distill.students: list sizes of the study")
+        if any(t not in TEACHERS for t in distill.teachers) or ("ensemble" in distill.teachers and ensemble is None):
+            raise UserError(f"recipes.distill.teachers: choose from {TEACHERS} (ensemble needs [recipes.ensemble])")
+        if "regularized" not in {r.name for r in searches}:
+            raise UserError("recipes.distill needs [recipes.regularized]: students train at its optimum")
+        if not 0 < distill.synthetic_fraction < 1 or distill.synthetic_budgets < 1 or distill.prefix < 1:
+            raise UserError("recipes.distill: synthetic_fraction in (0, 1), synthetic_budgets >= 1, prefix >= 1")
+    s = Study(corpus, train, budget, list(sizes), searches, ensemble, distill, source)
     try:  # the shared run fields must make valid runs
         RunConfig(size=sizes[0], tokens=budget, epochs=1, lr=1e-3, weight_decay=0.0, **train)
     except TypeError as e:

@@ -27,7 +27,7 @@ from paperclub.errors import UserError
 from paperclub.scaling.corpus import Corpus, load_corpus, prepare_corpus
 from paperclub.scaling.evaluate import val_chunks
 from paperclub.scaling.ladder import model_config
-from paperclub.scaling.study import EnsembleJob, Study, load_study
+from paperclub.scaling.study import EnsembleJob, Study, SynthJob, load_study
 from paperclub.scaling.train import RunConfig, read_metrics
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def _job_log(path: Path):
 
 
 def train_job(run: dict, corpus_root: str, run_dir: str, threads: int, checkpoint_every_s: float,
-              progress: bool = False) -> dict:
+              progress: bool = False, root: str = ".") -> dict:
     import torch
 
     from paperclub.scaling.train import train_run
@@ -73,7 +73,7 @@ def train_job(run: dict, corpus_root: str, run_dir: str, threads: int, checkpoin
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with _job_log(Path(run_dir) / "log.txt"):
         metrics = train_run(RunConfig(**run), load_corpus(Path(corpus_root)), Path(run_dir), checkpoint_every_s,
-                            progress=progress)
+                            progress=progress, root=Path(root))
     return {"run_id": metrics["run_id"], "val_loss": metrics["val_loss"]}
 
 
@@ -107,6 +107,31 @@ def ensemble_job(job: dict, corpus_root: str, runs_dir: str, out_file: str, thre
         log.info("%s: %d members, val loss %.4f", job["job_id"], k, losses.mean())
     write_json(out_file, result)
     return {"job_id": job["job_id"], "val_loss": result["ensembles"][str(len(models))]["val_loss"]}
+
+
+def synth_job(job: dict, corpus_root: str, out: str, threads: int) -> dict:
+    """Export the teacher (one run or an ensemble) and write its samples to `out/<job['file']>`."""
+    import shutil
+
+    import torch
+
+    from paperclub.scaling.distill import export_teacher, generate_synthetic
+
+    torch.set_num_threads(threads)
+    corpus, root = load_corpus(Path(corpus_root)), Path(out)
+    teacher = [RunConfig(**m) for m in job["teacher"]]
+    run_dirs = [root / "runs" / t.run_id(corpus.info["fingerprint"]) for t in teacher]
+    folder = root / "teachers" / job["job_id"]
+    shutil.rmtree(folder, ignore_errors=True)
+    seq_len = teacher[0].seq_len
+    (root / "synthetic").mkdir(exist_ok=True)
+    with _job_log(root / "synthetic" / f"{job['job_id']}.log"):
+        export_teacher(run_dirs, corpus, folder, seq_len)
+        stats = generate_synthetic(folder, corpus, job["tokens"], job["samples"], job["prefix"], seq_len, job["seed"],
+                                   root / job["file"])
+    shutil.rmtree(folder, ignore_errors=True)
+    write_json(root / f"{job['file']}.json", {**stats, "job_id": job["job_id"], "teacher": [r.name for r in run_dirs]})
+    return {"job_id": job["job_id"], "val_loss": float("nan")}
 
 
 # ---- executors: a local process pool, in-process for one worker, or Ray ----
@@ -181,7 +206,7 @@ class _Ray:
 
 def cost(job: RunConfig | EnsembleJob) -> float:
     """Roughly proportional to a job's compute: parameters x tokens seen (an evaluation counts as little)."""
-    if isinstance(job, EnsembleJob):
+    if not isinstance(job, RunConfig):
         return 0.0
     return model_config(job.size, 2048, job.seq_len).num_params() * job.tokens * job.epochs
 
@@ -207,7 +232,9 @@ class Results:
     def ensemble_file(self, job: EnsembleJob) -> Path:
         return self.out / "ensembles" / f"{job.job_id()}.json"
 
-    def evaluated(self, job: EnsembleJob) -> bool:
+    def evaluated(self, job: EnsembleJob | SynthJob) -> bool:
+        if isinstance(job, SynthJob):
+            return (self.out / job.file()).is_file()
         return self.ensemble_file(job).is_file()
 
 
@@ -255,7 +282,7 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
         while True:
             runs, jobs = study.wanted(results.loss, results.evaluated)
             busy = set(in_flight.values())
-            todo = [("run", r.run_id(results.fingerprint), r) for r in runs] + [("ens", j.job_id(), j) for j in jobs]
+            todo = [("run", r.run_id(results.fingerprint), r) for r in runs] + [("job", j.job_id(), j) for j in jobs]
             todo = [t for t in todo if t[1] not in busy and t[1] not in failures]
             todo.sort(key=lambda t: cost(t[2]))  # cheap first: small models' searches finish (and fit) early
             bar.total = finished + len(in_flight) + len(todo)
@@ -266,8 +293,13 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
                 kind, key, job = todo.pop(0)
                 if kind == "run":
                     args = (asdict(job), str(out / "corpus"), str(results.run_dir(job)), threads,
-                            cfg.checkpoint_every_s, cfg.workers == 1 and not cfg.ray_address)
+                            cfg.checkpoint_every_s, cfg.workers == 1 and not cfg.ray_address, str(out))
                     handle = executor.submit(train_job, *args)
+                elif isinstance(job, SynthJob):
+                    payload = {"job_id": key, "kind": job.kind, "tokens": job.tokens, "samples": job.samples,
+                               "prefix": job.prefix, "seed": job.seed, "file": job.file(),
+                               "teacher": [asdict(m) for m in job.teacher]}
+                    handle = executor.submit(synth_job, payload, str(out / "corpus"), str(out), threads)
                 else:
                     payload = {"job_id": key, "size": job.size, "tokens": job.tokens,
                                "members": [asdict(m) for m in job.members]}
@@ -281,7 +313,7 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
                 key = in_flight.pop(handle)
                 try:
                     summary = executor.result(handle)
-                    log.info("finished %s: val loss %.4f", key, summary["val_loss"])
+                    log.info("finished %s (val loss %.4f)", key, summary["val_loss"])
                     finished += 1
                 except UserError:
                     raise

@@ -50,7 +50,7 @@ class RunConfig:
     seq_len: int = 256
     warmup: float = 0.05  # fraction of the steps
     val_tokens: int = 262144
-    synthetic: str = ""  # distillation: a token file of teacher text mixed into the training data
+    synthetic: str = ""  # distillation: teacher samples of seq_len + 1 tokens (a path relative to the study folder)
     synthetic_fraction: float = 0.0  # share of each epoch's sequences drawn from `synthetic`
 
     def __post_init__(self) -> None:
@@ -94,7 +94,7 @@ class Batches:
         else:
             # the mixture weight: synthetic sequences make up `synthetic_fraction` of each epoch
             want = round(len(self.real) * cfg.synthetic_fraction / (1 - cfg.synthetic_fraction))
-            self.synth = sequences(synthetic, cfg.seq_len)
+            self.synth = np.arange(0, len(synthetic) - cfg.seq_len, cfg.seq_len + 1)  # whole samples
             if len(self.synth) < want:
                 raise UserError(f"{cfg.synthetic} holds {len(self.synth)} sequences; the mixture needs {want}")
             self.n_synth = want
@@ -164,14 +164,20 @@ def load_model(run_dir: Path, vocab_size: int) -> Llama:
 
 
 def train_run(cfg: RunConfig, corpus: Corpus, run_dir: Path, checkpoint_every_s: float = 120.0,
-              progress: bool = True) -> dict:
-    """Train (or resume, or skip when finished) the run in `run_dir`; returns its metrics."""
+              progress: bool = True, root: Path | None = None) -> dict:
+    """Train (or resume, or skip when finished) the run in `run_dir`; returns its metrics. `root` is the folder a
+    relative `cfg.synthetic` path is under (the study folder)."""
     run_dir = Path(run_dir)
     if is_done(run_dir):
         return json.loads((run_dir / "metrics.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {"run": asdict(cfg), "corpus": corpus.info["fingerprint"]})
-    synthetic = np.memmap(cfg.synthetic, dtype=np.uint16, mode="r") if cfg.synthetic else None
+    synthetic = None
+    if cfg.synthetic:
+        path = Path(root or ".") / cfg.synthetic
+        if not path.is_file():
+            raise UserError(f"run {run_dir.name}: its teacher text {path} does not exist")
+        synthetic = np.memmap(path, dtype=np.uint16, mode="r")
     batches = Batches(cfg, corpus.budget(cfg.tokens), synthetic)
     model = build_model(cfg, corpus.vocab_size).train().requires_grad_(True)
     opt = optimizer(model, cfg)
