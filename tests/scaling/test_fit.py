@@ -125,7 +125,7 @@ def test_fit_cli_recovers_asymptotes_and_multipliers_inside_their_intervals(tmp_
         truth = (TRUE["std_A"] / (asymptote - TRUE["std_C"])) ** (1 / TRUE["std_B"]) / budget
         lo, hi = result["data_efficiency"][name]["ci95"]
         assert lo <= truth <= hi, (name, truth, result["data_efficiency"][name])
-    for png in ("loss_vs_params.png", "loss_vs_members.png", "data_efficiency.png"):
+    for png in ("loss_vs_params.png", "loss_vs_members.png", "data_efficiency.png", "weight_decay_epochs.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 10_000
     assert "asymptote  regularized" in capsys.readouterr().out
 

@@ -238,5 +238,10 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
         "paper": PAPER,
         "corpus": c.fingerprint,
         "skipped": c.skipped,
+        "table": [{"size": m["config"]["size"], "budget": m["config"]["tokens"] // c.study.budget,
+                   "lr": m["config"]["lr"], "weight_decay": m["config"]["weight_decay"],
+                   "epochs": m["config"]["epochs"], "seed": m["config"]["seed"],
+                   "synthetic": bool(m["config"]["synthetic"]), "val_loss": m["val_loss"],
+                   "tokens_per_s": m.get("tokens_per_s")} for m in c.runs.values()],
     }
     return result, point, boots

@@ -83,6 +83,8 @@ def write_plots(folder: Path, result: dict, point: dict, boots: list[dict]) -> l
         written.append(_save(fig, folder / "loss_vs_members.png"))
         plt.close(fig)
 
+    written += heat_maps(folder, result, plt)
+
     law = laws.get("standard_vs_tokens")
     if law is not None:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -107,3 +109,37 @@ def write_plots(folder: Path, result: dict, point: dict, boots: list[dict]) -> l
         written.append(_save(fig, folder / "data_efficiency.png"))
         plt.close(fig)
     return written
+
+
+def heat_maps(folder: Path, result: dict, plt) -> list[str]:
+    """Per size, the single-model loss at budget D over weight decay x epochs (the best learning rate of each
+    cell among the runs the searches made; blank where no run was needed)."""
+    rows = [r for r in result["table"] if r["budget"] == 1 and r["seed"] == 0 and not r["synthetic"]]
+    sizes = sorted({r["size"] for r in rows}, key=lambda s: result["params"].get(s, 0))
+    if not sizes:
+        return []
+    wds = sorted({r["weight_decay"] for r in rows})
+    eps = sorted({r["epochs"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.4 * len(sizes), 3.4), squeeze=False, layout="constrained")
+    for ax, size in zip(axes[0], sizes, strict=True):
+        grid = np.full((len(wds), len(eps)), np.nan)
+        for r in rows:
+            if r["size"] == size:
+                i, j = wds.index(r["weight_decay"]), eps.index(r["epochs"])
+                grid[i, j] = np.nanmin([grid[i, j], r["val_loss"]])
+        im = ax.imshow(grid, origin="lower", cmap="viridis_r", aspect="auto")
+        lo, hi = np.nanmin(grid), np.nanmax(grid)
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):  # dark text on the light (low-loss) end of the map
+                light = (v - lo) / max(hi - lo, 1e-9) < 0.5
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="k" if light else "w")
+        ax.set_xticks(range(len(eps)), [str(int(e)) for e in eps], fontsize=7)
+        ax.set_yticks(range(len(wds)), [f"{w:g}" for w in wds], fontsize=7)
+        ax.set_xlabel("epochs")
+        ax.set_title(size, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    axes[0][0].set_ylabel("weight decay")
+    fig.suptitle("Single-model validation loss at D (best learning rate per cell)", fontsize=10)
+    path = _save(fig, folder / "weight_decay_epochs.png")
+    plt.close(fig)
+    return [path]
