@@ -55,7 +55,7 @@ def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, ca
     study_file = tmp_path / "study.toml"
     study_file.write_text(TINY_STUDY)
     out = tmp_path / "out"
-    args = ["scaling", "sweep", "--study", str(study_file), "--out", str(out), "--threads", "1"]
+    args = ["scaling", "sweep", "--study", str(study_file), "--out", str(out), "--threads", "1", "--no-compile"]
     # first sitting: two worker processes, stopped after 3 jobs
     assert main([*args, "--workers", "2", "--max-jobs", "3"]) == 0
     first = json.loads(capsys.readouterr().out)
@@ -135,7 +135,7 @@ def test_a_sweep_on_a_local_ray_cluster_gives_the_runs_a_process_pool_gives(tmp_
     study_file.write_text(RAY_STUDY)
     for name, extra in (("ray", ["--ray-address", "local", "--workers", "2"]), ("local", [])):
         assert main(["scaling", "sweep", "--study", str(study_file), "--out", str(tmp_path / name),
-                     "--threads", "1", *extra]) == 0
+                     "--threads", "1", "--no-compile", *extra]) == 0
         assert json.loads(capsys.readouterr().out)["complete"]
     def losses(name):
         files = (tmp_path / name).glob("runs/*/metrics.json")

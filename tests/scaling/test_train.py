@@ -110,3 +110,18 @@ def test_bad_run_configs_are_user_errors():
             RunConfig(**{**RUN.__dict__, **bad})
     with pytest.raises(UserError, match="unknown model size"):
         build_model(RunConfig(**{**RUN.__dict__, "size": "huge"}), 320)
+
+
+@pytest.mark.slow  # the first compile of a shape takes a minute or more
+def test_compiled_training_matches_eager_up_to_rounding(tiny_corpus, tmp_path):
+    cfg = RunConfig(**{**RUN.__dict__, "epochs": 1})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        eager = train_run(cfg, tiny_corpus, tmp_path / "eager", progress=False)
+        compiled = train_run(cfg, tiny_corpus, tmp_path / "compiled", progress=False, compile=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert compiled["compiled"] and not eager["compiled"]
+    assert abs(compiled["val_loss"] - eager["val_loss"]) < 2e-3
+    assert abs(compiled["train_loss"][-1][1] - eager["train_loss"][-1][1]) < 2e-3

@@ -40,6 +40,7 @@ class SweepConfig:
     ray_address: str = ""
     checkpoint_every_s: float = 120.0
     max_jobs: int = 0  # stop after this many jobs (0 = run the study to the end)
+    compile: bool = False  # train through torch.compile (see train.train_run)
 
     def threads_per_job(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -64,7 +65,7 @@ def _job_log(path: Path):
 
 
 def train_job(run: dict, corpus_root: str, run_dir: str, threads: int, checkpoint_every_s: float,
-              progress: bool = False, root: str = ".") -> dict:
+              progress: bool = False, root: str = ".", compile: bool = False) -> dict:
     import torch
 
     from paperclub.scaling.train import train_run
@@ -73,7 +74,7 @@ def train_job(run: dict, corpus_root: str, run_dir: str, threads: int, checkpoin
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with _job_log(Path(run_dir) / "log.txt"):
         metrics = train_run(RunConfig(**run), load_corpus(Path(corpus_root)), Path(run_dir), checkpoint_every_s,
-                            progress=progress, root=Path(root))
+                            progress=progress, root=Path(root), compile=compile)
     return {"run_id": metrics["run_id"], "val_loss": metrics["val_loss"]}
 
 
@@ -293,7 +294,7 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
                 kind, key, job = todo.pop(0)
                 if kind == "run":
                     args = (asdict(job), str(out / "corpus"), str(results.run_dir(job)), threads,
-                            cfg.checkpoint_every_s, cfg.workers == 1 and not cfg.ray_address, str(out))
+                            cfg.checkpoint_every_s, cfg.workers == 1 and not cfg.ray_address, str(out), cfg.compile)
                     handle = executor.submit(train_job, *args)
                 elif isinstance(job, SynthJob):
                     payload = {"job_id": key, "kind": job.kind, "tokens": job.tokens, "samples": job.samples,
