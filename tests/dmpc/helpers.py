@@ -18,3 +18,4 @@ def toy_dataset(episode_lengths=(5, 7), obs_dim=3, act_dim=2, env="pendulum", se
     return Dataset(observations=obs, actions=rng.standard_normal((n, act_dim)).astype(np.float32),
                    rewards=np.ones(n, dtype=np.float32), next_observations=obs + 0.5,
                    terminals=np.zeros(n, dtype=bool), timeouts=timeouts, episode_starts=starts, env=env, kind="toy")
+

@@ -47,7 +47,8 @@ def test_windows_stay_inside_episodes_and_pad_the_history():
     assert windows.valid.tolist() == [0, 1, 2, 5, 6, 7, 8, 9]
     ident = Normalizer(torch.zeros(3), torch.ones(3))
     norms = windows.fit_normalizers()
-    norms.obs, norms.act, norms.delta = ident, Normalizer(torch.zeros(2), torch.ones(2)), ident
+    norms.obs, norms.act = ident, Normalizer(torch.zeros(2), torch.ones(2))
+    norms.delta = Normalizer(torch.zeros(9), torch.ones(9))  # F * S
     b = windows.batch(torch.tensor([6]), norms)  # second episode's second step
     # history s_4 (before the episode: padded with s_5, zero action), s_5 with a_5, then s_6
     assert b["context"][0, :, 0].tolist() == [5.0, 5.0, 6.0]

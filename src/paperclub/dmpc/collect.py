@@ -1,9 +1,10 @@
 """Offline data made here, as D4RL made its own: SAC behaviour policies (stable-baselines3), rolled out.
 
-Kinds: `random` (uniform actions), `medium` (the SAC policy saved when its evaluation return first reached a third
-of the way from the reference minimum to the reference maximum, as D4RL's medium policies reached about a third of
-expert), `medium-replay` (SAC's replay buffer up to that moment), `expert` (the policy after the full --steps
-budget), `play` (the latest policy with heavy action noise in a variant: walker2d's broken ankle).
+Kinds: `random` (uniform actions); `scripted` (pendulum only: the swing-up controller of scripted.py, with
+--noise; cheap data for tests and demos); `medium` (the SAC policy saved when its evaluation return first reached
+a third of the way from the reference minimum to the reference maximum, as D4RL's medium policies reached about a
+third of expert); `medium-replay` (SAC's replay buffer up to that moment); `expert` (the policy after the full
+--steps budget); `play` (the latest policy with heavy action noise in a variant: walker2d's broken ankle).
 
 SAC training is resumable: every `eval_every` steps the model, its replay buffer and `state.json` (steps, the
 evaluation history, when medium was reached) are written atomically under the work directory; running again
@@ -28,7 +29,7 @@ from paperclub.errors import UserError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("random", "medium", "medium-replay", "expert", "play")
+KINDS = ("random", "scripted", "medium", "medium-replay", "expert", "play")
 
 
 @dataclass
@@ -93,13 +94,15 @@ def train_sac(env_name: str, work: Path, cfg: SacConfig, stop_at_medium: bool = 
         state = json.loads(state_path.read_text())
         model = SAC.load(work / "latest" / "model.zip", env=env, device="cpu")
         model.load_replay_buffer(work / "latest" / "replay.pkl")
+        _cut_last_episode(model.replay_buffer)
         log.info("resuming SAC in %s at step %d", work, state["steps"])
     else:
         state = {"env": env_name, "seed": cfg.seed, "steps": 0, "history": [], "medium_at": None,
                  "medium_target": medium_target(env_name)}
         model = SAC("MlpPolicy", env, learning_starts=cfg.learning_starts, seed=cfg.seed, device="cpu", verbose=0)
     if state["env"] != env_name:
-        raise UserError(f"work directory {work} holds a SAC run for {state['env']}, not {env_name}: pass another --work")
+        raise UserError(f"work directory {work} holds a SAC run for {state['env']}, not {env_name}: "
+                        "pass another --work")
 
     def done() -> bool:
         return state["steps"] >= cfg.steps or (stop_at_medium and state["medium_at"] is not None)
@@ -122,6 +125,15 @@ def train_sac(env_name: str, work: Path, cfg: SacConfig, stop_at_medium: bool = 
         write_json(state_path, state)  # last: a crash before this line resumes from the previous state
     bar.close()
     return state
+
+
+def _cut_last_episode(buf) -> None:
+    """A resumed run starts a fresh episode: record the stored one as cut by a time limit (done and timeout, which
+    SAC's targets treat as a truncation, not a termination)."""
+    last = (buf.pos - 1) % buf.buffer_size
+    if buf.pos or buf.full:
+        buf.dones[last] = 1.0
+        buf.timeouts[last] = 1.0
 
 
 def _save_snapshot(model, path: Path) -> None:
@@ -198,6 +210,14 @@ def collect(env_name: str, kind: str, work: Path, episodes: int, sac: SacConfig,
         raise UserError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     if kind == "play" and variant is None and task(env_name).variants:
         variant = task(env_name).variants[0]
+    if kind == "scripted":
+        if env_name != "pendulum":
+            raise UserError(f"--kind scripted exists for pendulum only, not {env_name}: use medium, expert or random")
+        from paperclub.dmpc.scripted import pendulum_swing_up
+
+        noise = 0.0 if noise is None else noise
+        return rollout(env_name, pendulum_swing_up, episodes, sac.seed, variant, noise=noise, kind=kind,
+                       progress=progress), {"noise": noise}
     if kind == "random":
         env = make_env(env_name, variant, seed=sac.seed)
         return rollout(env_name, lambda obs: env.action_space.sample(), episodes, sac.seed, variant,

@@ -2,8 +2,10 @@
 
 Tokens: one per future step k = 0..F-1 (the noisy x_k, plus, where given, that step's conditioning such as the
 action a_{t+k} for the dynamics model, plus a learned position), preceded by a timestep token and one token per
-context entry (the current state and the history). A pre-norm transformer encoder mixes them all (no causal
-mask: the whole future is denoised at once) and the future tokens are read out as the predicted noise.
+context entry (the current state and the history). The timestep and current-state embeddings are also added to
+every future token, which makes small denoisers learn the conditioning much faster. A pre-norm transformer encoder
+mixes them all (no causal mask: the whole future is denoised at once) and the future tokens are read out as the
+predicted noise.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ class Denoiser(nn.Module):
         if self.step_cond_in is not None:
             future = future + self.step_cond_in(step_cond)
         time = self.time_mlp(timestep_embedding(t, self.cfg.d_model))[:, None]
-        prefix = torch.cat([time, self.context_in(context)], dim=1)
+        ctx = self.context_in(context)
+        future = future + time + ctx[:, -1:]  # direct paths from the timestep and the current state to every step
+        prefix = torch.cat([time, ctx], dim=1)
         prefix = prefix + self.prefix_pos[: prefix.shape[1]]
         h = self.encoder(torch.cat([prefix, future], dim=1))
         return self.out(self.norm(h[:, prefix.shape[1]:]))

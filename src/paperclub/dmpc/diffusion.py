@@ -39,14 +39,15 @@ class Diffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, shape: tuple[int, ...], *cond: torch.Tensor, steps: int = 10,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from Gaussian noise of `shape` in `steps` denoiser calls."""
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from Gaussian noise of `shape` (or the given starting `noise`) in `steps`
+        denoiser calls."""
         from diffusers import DDIMScheduler
 
         ddim = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing=self.spacing,
                                          clip_sample=self.clip is not None, clip_sample_range=self.clip or 1.0)
         ddim.set_timesteps(steps)
-        x = torch.randn(shape, generator=generator)
+        x = torch.randn(shape, generator=generator) if noise is None else noise
         for t in ddim.timesteps:
             eps = self.denoiser(x, t.expand(shape[0]), *cond)
             x = ddim.step(eps, t, x, eta=0.0).prev_sample

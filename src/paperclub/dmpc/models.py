@@ -2,7 +2,8 @@
 
 - `Proposal`: rho(a_{t:t+F-1} | s_t, history), a diffusion model over the F future actions.
 - `Dynamics`: p(s_{t+1:t+F} | s_t, history, a_{t:t+F-1}), a diffusion model over all F future states at once
-  (multi-step: no prediction feeds the next). It models the normalized offsets s_{t+k} - s_t; each step's action
+  (multi-step: no prediction feeds the next). It models the offsets s_{t+k} - s_t, normalized per step k and
+  dimension (the first step's offsets are much smaller than the last's); each step's action
   conditions that step's token.
 - `Value`: V(s), an MLP regressed on discounted Monte-Carlo returns, used as the terminal value at s_{t+F}.
 
@@ -47,7 +48,7 @@ class ModelConfig:
 class Normalizers:
     obs: Normalizer
     act: Normalizer
-    delta: Normalizer  # s_{t+k} - s_t over k = 1..F
+    delta: Normalizer  # s_{t+k} - s_t, per step k = 1..F and dimension (flattened to F * S)
     ret: Normalizer  # discounted returns (1-D)
 
     def to_dict(self) -> dict:
@@ -91,11 +92,11 @@ class Dynamics(nn.Module):
         return self.diffusion.loss(deltas_n, context, actions_n)
 
     def sample(self, context: torch.Tensor, actions_n: torch.Tensor, steps: int | None = None,
-               generator=None) -> torch.Tensor:
-        """(B, F, S) normalized offsets s_{t+k} - s_t, k = 1..F."""
+               generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F, S) normalized offsets s_{t+k} - s_t, k = 1..F (from the starting `noise` if given)."""
         shape = (context.shape[0], self.cfg.horizon, self.cfg.obs_dim)
         return self.diffusion.sample(shape, context, actions_n, steps=steps or self.cfg.dynamics_steps,
-                                     generator=generator)
+                                     generator=generator, noise=noise)
 
 
 class Value(nn.Module):
@@ -124,10 +125,10 @@ class TrajectoryModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, context: torch.Tensor, state: torch.Tensor, actions: torch.Tensor, steps: int | None = None,
-                generator=None) -> torch.Tensor:
+                generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The states s_{t+1..t+F} (B, F, S) that follow s_t = `state` (B, S) under `actions` (B, F, A)."""
-        deltas = self.dynamics.sample(context, self.norms.act.normalize(actions), steps, generator)
-        return state[:, None] + self.norms.delta.unnormalize(deltas)
+        deltas = self.dynamics.sample(context, self.norms.act.normalize(actions), steps, generator, noise)
+        return state[:, None] + self.norms.delta.unnormalize(deltas.flatten(1)).view(deltas.shape)
 
     @torch.no_grad()
     def terminal_value(self, states: torch.Tensor) -> torch.Tensor:

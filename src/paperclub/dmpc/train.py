@@ -49,6 +49,7 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
     """Train `parts` of a model on `data` into checkpoint `out` (resuming from it if it holds a train state).
     With `init`, start from that checkpoint's weights and normalizers (fine-tuning). Returns the last losses."""
     out = Path(out)
+    torch.manual_seed(cfg.seed)  # the initial weights (a resumed run then restores the RNG it saved)
     state = torch.load(out / "train_state.pt", weights_only=False) if (out / "train_state.pt").is_file() else None
     if init is not None:
         model, init_config = checkpoint.load(init, env=data.env)
@@ -77,8 +78,6 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resuming training in %s at step %d", out, step)
-    else:
-        torch.manual_seed(cfg.seed)
     if step >= cfg.steps:
         log.info("%s is already trained for %d steps: nothing to do", out, step)
         return state.get("losses", {})

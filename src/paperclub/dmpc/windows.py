@@ -46,7 +46,8 @@ class Windows:
     def fit_normalizers(self) -> Normalizers:
         future = self.valid[:, None] + torch.arange(self.horizon)
         deltas = self.next_obs[future] - self.obs[self.valid][:, None]
-        return Normalizers(obs=Normalizer.fit(self.obs), act=Normalizer.fit(self.act), delta=Normalizer.fit(deltas),
+        return Normalizers(obs=Normalizer.fit(self.obs), act=Normalizer.fit(self.act),
+                           delta=Normalizer.fit(deltas.flatten(1)),
                            ret=Normalizer.fit(self.returns[:, None]))
 
     def batch(self, rows: torch.Tensor, norms: Normalizers) -> dict[str, torch.Tensor]:
@@ -60,7 +61,8 @@ class Windows:
         future = t[:, None] + torch.arange(self.horizon)
         return {"context": context_tokens(states, actions, norms),
                 "actions": norms.act.normalize(self.act[future]),
-                "deltas": norms.delta.normalize(self.next_obs[future] - self.obs[t][:, None]),
+                "deltas": norms.delta.normalize((self.next_obs[future] - self.obs[t][:, None]).flatten(1))
+                .view(len(t), self.horizon, -1),
                 "state": norms.obs.normalize(self.obs[t]),
                 "returns": norms.ret.normalize(self.returns[t][:, None])[:, 0]}
 
