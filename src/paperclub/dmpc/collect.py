@@ -237,5 +237,6 @@ def collect(env_name: str, kind: str, work: Path, episodes: int, sac: SacConfig,
     noise = (0.5 if kind == "play" else 0.0) if noise is None else noise
     data = rollout(env_name, act, episodes, seed=sac.seed + 20_000, variant=variant, noise=noise, kind=kind,
                    progress=progress)
+    data.seed = sac.seed
     extra["noise"] = noise
     return data, extra
