@@ -33,6 +33,16 @@ def test_resumed_training_equals_an_uninterrupted_run_and_a_finished_run_is_a_no
     assert config["step"] == 10 and config["model"]["horizon"] == 2 and config["model"]["env"] == "pendulum"
 
 
+def test_resuming_with_another_model_or_data_is_refused(tmp_path):
+    train(toy_dataset(), tmp_path / "ck", tiny(5), progress=False)
+    cfg = tiny(10)
+    cfg.horizon = 3
+    with pytest.raises(UserError, match=r"holds a run with another model \(horizon 2 -> 3\)"):
+        train(toy_dataset(), tmp_path / "ck", cfg, progress=False)
+    with pytest.raises(UserError, match="env pendulum -> walker2d"):
+        train(toy_dataset(env="walker2d"), tmp_path / "ck", tiny(10), progress=False)
+
+
 def test_checkpoint_for_another_env_and_corrupt_checkpoints_are_refused(tmp_path):
     train(toy_dataset(), tmp_path / "ck", tiny(5), progress=False)
     model, _ = checkpoint.load(tmp_path / "ck", env="pendulum")

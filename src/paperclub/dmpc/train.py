@@ -64,6 +64,7 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
                                             act_dim=data.actions.shape[1], horizon=cfg.horizon, history=cfg.history,
                                             denoiser=cfg.denoiser), norms)
     if state is not None:
+        _check_same_model(out, model.cfg)
         model.load_state_dict(state["model"])
         model.norms = norms = type(norms).from_dict(state["normalizers"])
     ema = {p: AveragedModel(getattr(model, p), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) for p in parts}
@@ -107,6 +108,15 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
     bar.close()
     log.info("trained %s to step %d: losses %s", out, step, last)
     return last
+
+
+def _check_same_model(out: Path, cfg: ModelConfig) -> None:
+    """Resuming needs the model the checkpoint holds: the same env and shapes."""
+    saved = checkpoint.read_config(out)["model"]
+    differ = [f"{k} {saved.get(k)} -> {v}" for k, v in cfg.to_dict().items() if saved.get(k) != v]
+    if differ:
+        raise UserError(f"{out} holds a run with another model ({'; '.join(differ)}): pass the options it was "
+                        "trained with to resume it, or a new --out")
 
 
 def _windows(data: Dataset, cfg: TrainConfig) -> Windows:
