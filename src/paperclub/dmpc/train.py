@@ -130,10 +130,10 @@ def _save(out: Path, model: TrajectoryModel, ema: dict, opts: dict, step: int, g
           meta: dict, parts: tuple[str, ...], init: Path | None) -> None:
     """The checkpoint with EMA weights for the trained parts; untrained parts are copied byte for byte from
     `init` (so fine-tuning the dynamics leaves the proposal and value files identical)."""
+    import copy
     import shutil
 
-    evaluated = TrajectoryModel(model.cfg, model.norms)
-    evaluated.load_state_dict(model.state_dict())
+    evaluated = copy.deepcopy(model)  # not a new TrajectoryModel: its initialization would draw from the RNG
     for p in parts:
         getattr(evaluated, p).load_state_dict(ema[p].module.state_dict())
     train_state = {"model": model.state_dict(), "normalizers": model.norms.to_dict(), "step": step,
