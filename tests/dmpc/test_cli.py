@@ -39,16 +39,18 @@ def test_collect_train_eval_through_the_cli(tmp_path, capsys):
                  "--layers", "1", "--heads", "2", "--batch-size", "8", "--horizon", "4", "--quiet"]) == 0
     one_line_error(capsys, ["dmpc", "eval", "--env", "walker2d", "--ckpt", str(ck), "--episodes", "1"],
                    "trained for env pendulum, not walker2d")
+    one_line_error(capsys, ["dmpc", "eval", "--env", "pendulum", "--ckpt", str(ck), "--chunk", "5"],
+                   "--chunk 5 exceeds the checkpoint's horizon 4")
     out = tmp_path / "e.json"
     assert main(["dmpc", "eval", "--env", "pendulum", "--ckpt", str(ck), "--episodes", "2", "--candidates", "4",
-                 "--chunk", "50", "--proposal-steps", "2", "--dynamics-steps", "2", "--quiet", "--json",
+                 "--chunk", "4", "--proposal-steps", "2", "--dynamics-steps", "2", "--quiet", "--json",
                  str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["episodes"] == 2 and result["planner"] == "dmpc" and len(result["returns"]) == 2
     assert result["normalized_score"]["mean"] == pytest.approx(
         sum(100 * (r + 1255.5) / 1103.1 for r in result["returns"]) / 2)
     assert result["actions_per_s"] > 0 and result["episode_lengths"] == [200, 200]
-    assert result["planner_config"]["chunk"] == 50
+    assert result["planner_config"]["chunk"] == 4
 
 
 def test_finetune_dynamics_cli_refuses_another_env(tmp_path, capsys):

@@ -53,6 +53,25 @@ def test_the_terminal_value_enters_the_score_and_chunks_are_returned_whole():
     assert chosen.tolist() == [[[1.0], [1.0]]]
 
 
+def test_the_terminal_value_counts_only_while_the_predicted_robot_is_healthy():
+    class Walker(StubModel):  # walker2d states: height first; dynamics leave the height and velocity unchanged
+        def __init__(self):
+            super().__init__()
+            self.cfg = ModelConfig(env="walker2d", obs_dim=17, act_dim=1, horizon=2, history=0)
+
+        def predict(self, context, state, actions, steps=None, generator=None, noise=None):
+            return state[:, None].expand(-1, 2, -1)
+
+        def terminal_value(self, states):
+            return torch.full((len(states),), 10.0)
+
+    planner = SSRPlanner(Walker(), lambda s, a: torch.zeros(s.shape[:2]), PlannerConfig(candidates=2))
+    standing, fallen = torch.zeros(2, 2, 17), torch.zeros(2, 2, 17)
+    standing[:, :, 0], fallen[:, :, 0] = 1.25, 0.5
+    assert planner.score(standing, torch.zeros(2, 2, 1)).tolist() == [10.0, 10.0]
+    assert planner.score(fallen, torch.zeros(2, 2, 1)).tolist() == [0.0, 0.0]
+
+
 def test_proposals_are_clipped_to_the_action_bounds():
     chosen = plan([-3.0], value_weight=0.0, low=(-0.5,), high=(0.5,))
     assert chosen[0, 0, 0].item() == 0.5

@@ -133,6 +133,9 @@ def cmd_eval(args) -> int:
             raise UserError("--planner dmpc needs --ckpt DIR (train one with `paperclub dmpc train`)")
         model, _ = checkpoint.load(args.ckpt, env=args.env)
         history = model.cfg.history
+        if args.chunk > model.cfg.horizon:
+            raise UserError(f"--chunk {args.chunk} exceeds the checkpoint's horizon {model.cfg.horizon}: a plan holds "
+                            "only that many actions")
         value_weight = args.value_weight if args.value_weight is not None else \
             (1.0 if args.reward in (None, "task") else 0.0)
         planner = SSRPlanner(model, reward, PlannerConfig(

@@ -5,8 +5,8 @@ For each of E environments at once:
   2. predict each sequence's states s_{t+1:t+F} with the multi-step dynamics model, all N from the same starting
      noise (common random numbers: the candidates then differ by their actions, not by the sampler's noise, which
      on an imperfect model raised the correlation of predicted with true returns on Pendulum from 0.5 to 0.85);
-  3. score J = sum_k reward(s_{t+k+1}, a_{t+k}) + value_weight * V(s_{t+F}) (V only while the predicted robot is
-     still alive);
+  3. score J = sum_k reward(s_{t+k+1}, a_{t+k}) + value_weight * V(s_{t+F}) (V only if the predicted robot is
+     still healthy at t+F);
   4. return the first `chunk` actions of the best-scoring sequence; the caller executes them and replans.
 All E * N candidates go through the models as one batch.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from paperclub.dmpc.models import TrajectoryModel, context_tokens
-from paperclub.dmpc.rewards import Reward, alive
+from paperclub.dmpc.rewards import Reward, healthy
 
 
 @dataclass
@@ -45,7 +45,7 @@ class SSRPlanner:
         """J for each candidate: states (B, F, S) predicted s_{t+1..t+F}, actions (B, F, A) -> (B,)."""
         total = self.reward(states, actions).sum(dim=1)
         if self.cfg.value_weight:
-            still_alive = alive(self.model.cfg.env, states)[:, -1]
+            still_alive = healthy(self.model.cfg.env, states).all(dim=1).float()
             total = total + self.cfg.value_weight * still_alive * self.model.terminal_value(states[:, -1])
         return total
 
