@@ -42,3 +42,13 @@ def test_sac_collection_resumes_and_medium_replay_is_its_buffer(tmp_path):
 def test_medium_target_is_a_third_of_the_reference_range():
     assert medium_target("walker2d") == pytest.approx(1.629008 + (4592.3 - 1.629008) / 3)
     assert medium_target("pendulum") == pytest.approx(-1255.5 + 1103.1 / 3)
+
+
+def test_play_data_is_collected_in_the_broken_ankle_with_noise(tmp_path):
+    sac = SacConfig(steps=100, eval_every=100, eval_episodes=1, learning_starts=50, seed=0)
+    data, extra = collect("walker2d", "play", tmp_path / "work", episodes=2, sac=sac, progress=False)
+    assert (data.variant, data.kind, data.seed, extra["noise"]) == ("broken-ankle", "play", 0, 0.5)
+    assert data.episode_starts.sum() == 2 and data.observations.shape[1] == 17
+    with pytest.raises(UserError, match="unknown variant 'broken-ankle' for env hopper"):
+        collect("hopper", "play", tmp_path / "w2", episodes=1, sac=sac, variant="broken-ankle", progress=False)
+    assert not (tmp_path / "w2").exists()  # refused before any SAC training

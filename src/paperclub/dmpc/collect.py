@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from paperclub.atomic import atomic_path, write_json
 from paperclub.dmpc.dataset import Dataset
-from paperclub.dmpc.envs import make_env, task
+from paperclub.dmpc.envs import check_variant, make_env, task
 from paperclub.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,7 @@ def collect(env_name: str, kind: str, work: Path, episodes: int, sac: SacConfig,
 
     if kind not in KINDS:
         raise UserError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+    check_variant(env_name, variant)  # before any training
     if kind == "play" and variant is None and task(env_name).variants:
         variant = task(env_name).variants[0]
     if kind == "scripted":
