@@ -46,7 +46,7 @@ def cmd_collect(args) -> int:
     _threads(args.threads)
     sac = SacConfig.for_env(args.env, steps=args.steps, eval_every=args.eval_every, seed=args.seed)
     work = Path(args.work) if args.work else default_work_dir(args.env, args.seed)
-    episodes = args.episodes or (100 if args.env == "pendulum" else 100)
+    episodes = args.episodes or 100
     data, extra = collect(args.env, args.kind, work, episodes, sac, variant=args.variant, noise=args.noise,
                           progress=not args.quiet)
     extra["command"] = "paperclub dmpc " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
