@@ -22,6 +22,7 @@ SYSTEMS = [
     "paperclub.serve.cli",
     "paperclub.worldmodel.cli",
     "paperclub.bounds.cli",
+    "paperclub.dmpc.cli",
     "paperclub.scaling.cli",
 ]
 

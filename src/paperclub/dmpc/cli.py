@@ -1,0 +1,228 @@
+"""`paperclub dmpc ...`: collect offline data, train D-MPC, fine-tune its dynamics, plan and evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from paperclub.atomic import check_writable, write_json
+from paperclub.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ENVS = ("pendulum", "halfcheetah", "hopper", "walker2d")
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{name} {value}: expected a positive number")
+
+
+def default_work_dir(env: str, seed: int) -> Path:
+    home = os.environ.get("PAPERCLUB_HOME")
+    root = Path(home).expanduser() if home else Path.home() / ".cache" / "paperclub"
+    return root / "dmpc" / "sac" / f"{env}-seed{seed}"
+
+
+def cmd_collect(args) -> int:
+    from paperclub.dmpc.collect import SacConfig, collect
+    from paperclub.dmpc.dataset import save_dataset
+    from paperclub.dmpc.envs import check_variant
+
+    check_variant(args.env, args.variant)
+    for name in ("--steps", "--episodes", "--eval-every"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    check_writable(args.out, "--out")
+    _threads(args.threads)
+    sac = SacConfig.for_env(args.env, steps=args.steps, eval_every=args.eval_every, seed=args.seed)
+    work = Path(args.work) if args.work else default_work_dir(args.env, args.seed)
+    episodes = args.episodes or 100
+    data, extra = collect(args.env, args.kind, work, episodes, sac, variant=args.variant, noise=args.noise,
+                          progress=not args.quiet)
+    extra["command"] = "paperclub dmpc " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
+    summary = save_dataset(args.out, data, extra)
+    print(f"{args.out}: {args.env}{'/' + data.variant if data.variant else ''} {args.kind}, "
+          f"{summary['episodes']} episodes, {summary['transitions']} transitions, return "
+          f"{summary['return_mean']:.1f} +- {summary['return_std']:.1f}")
+    return 0
+
+
+def _train_config(args):
+    from paperclub.dmpc.denoiser import DenoiserConfig
+    from paperclub.dmpc.train import TrainConfig
+
+    for name in ("steps", "horizon", "batch_size", "d_model", "layers", "heads", "save_every"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
+    if args.history is not None and args.history < 0:
+        raise UserError(f"--history {args.history}: expected 0 or more past steps")
+    base = TrainConfig()
+    den = DenoiserConfig(d_model=args.d_model or base.denoiser.d_model, layers=args.layers or base.denoiser.layers,
+                         heads=args.heads or base.denoiser.heads)
+    if den.d_model % den.heads:
+        raise UserError(f"--d-model {den.d_model} is not divisible by --heads {den.heads}")
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "save_every", "seed", "horizon",
+                                               "history") if getattr(args, k, None) is not None}
+    return replace(base, denoiser=den, **overrides)
+
+
+def cmd_train(args) -> int:
+    from paperclub.dmpc.dataset import load_dataset
+    from paperclub.dmpc.train import train
+
+    cfg = _train_config(args)
+    check_writable(Path(args.out) / "config.json", "--out")
+    _threads(args.threads)
+    data = load_dataset(args.data)
+    last = train(data, Path(args.out), cfg, progress=not args.quiet, meta={"data": str(args.data)})
+    print(f"{args.out}: trained {cfg.steps} steps on {args.data}; last losses "
+          + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from paperclub.dmpc import checkpoint
+    from paperclub.dmpc.dataset import load_dataset
+    from paperclub.dmpc.train import train
+
+    if Path(args.out).resolve() == Path(args.ckpt).resolve():
+        raise UserError("--out must differ from --ckpt: fine-tuning writes a new checkpoint")
+    config = checkpoint.read_config(Path(args.ckpt))
+    cfg = _train_config(args)
+    check_writable(Path(args.out) / "config.json", "--out")
+    _threads(args.threads)
+    data = load_dataset(args.data, env=config["model"]["env"])
+    last = train(data, Path(args.out), cfg, parts=("dynamics",), init=Path(args.ckpt), progress=not args.quiet,
+                 meta={"data": str(args.data)})
+    print(f"{args.out}: dynamics fine-tuned {cfg.steps} steps on {args.data}; last loss {last.get('dynamics', 0):.4f}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from paperclub.dmpc import checkpoint
+    from paperclub.dmpc.envs import check_variant, make_env
+    from paperclub.dmpc.evaluate import run_episodes
+    from paperclub.dmpc.planner import PlannerConfig, RandomPlanner, SSRPlanner
+    from paperclub.dmpc.rewards import get_reward
+
+    check_variant(args.env, args.variant)
+    for name in ("--episodes", "--candidates", "--chunk", "--proposal-steps", "--dynamics-steps"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    reward = get_reward(args.env, args.reward)
+    if args.json:
+        check_writable(args.json, "--json")
+    _threads(args.threads)
+    torch.manual_seed(args.seed)
+    space = make_env(args.env).action_space
+    history = 0
+    if args.planner == "random":
+        planner = RandomPlanner(space.low, space.high, seed=args.seed)
+    else:
+        if not args.ckpt:
+            raise UserError("--planner dmpc needs --ckpt DIR (train one with `paperclub dmpc train`)")
+        model, _ = checkpoint.load(args.ckpt, env=args.env)
+        history = model.cfg.history
+        if args.chunk > model.cfg.horizon:
+            raise UserError(f"--chunk {args.chunk} exceeds the checkpoint's horizon {model.cfg.horizon}: a plan holds "
+                            "only that many actions")
+        value_weight = args.value_weight if args.value_weight is not None else \
+            (1.0 if args.reward in (None, "task") else 0.0)
+        planner = SSRPlanner(model, reward, PlannerConfig(
+            candidates=args.candidates, chunk=args.chunk, proposal_steps=args.proposal_steps,
+            dynamics_steps=args.dynamics_steps, value_weight=value_weight, seed=args.seed,
+            low=tuple(space.low.tolist()), high=tuple(space.high.tolist())))
+    result = run_episodes(args.env, planner, args.episodes, args.seed, history=history, variant=args.variant,
+                          objective=reward, progress=not args.quiet)
+    result.update({"planner": args.planner, "reward": args.reward or "task", "ckpt": args.ckpt})
+    if args.planner == "dmpc":
+        result["planner_config"] = {"candidates": args.candidates, "chunk": args.chunk,
+                                    "proposal_steps": args.proposal_steps or model.cfg.proposal_steps,
+                                    "dynamics_steps": args.dynamics_steps or model.cfg.dynamics_steps,
+                                    "value_weight": planner.cfg.value_weight}
+    ns = result["normalized_score"]
+    print(f"{args.env}{'/' + args.variant if args.variant else ''} {args.planner}: normalized score "
+          f"{ns['mean']:.1f} +- {ns['stderr']:.1f} (return {result['mean_return']:.1f}, {args.episodes} episodes, "
+          f"{result['actions_per_s']:.1f} actions/s)")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def _add_train_options(p: argparse.ArgumentParser, steps_help: str) -> None:
+    p.add_argument("--steps", type=int, help=steps_help)
+    p.add_argument("--horizon", type=int, help="F, future steps per proposal and prediction (default 8)")
+    p.add_argument("--history", type=int, help="past (state, action) pairs in the context (default 1)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--d-model", type=int, help="denoiser width (default 128)")
+    p.add_argument("--layers", type=int, help="denoiser transformer layers (default 3)")
+    p.add_argument("--heads", type=int, help="attention heads (default 4)")
+    p.add_argument("--save-every", type=int, help="steps between checkpoints (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from paperclub.dmpc.collect import KINDS  # light: numpy and tqdm only at import time
+
+    group = sub.add_parser("dmpc", help="Diffusion Model Predictive Control: collect data, train, plan, evaluate")
+    gsub = group.add_subparsers(dest="dmpc_command", metavar="COMMAND", parser_class=type(group))
+
+    p = gsub.add_parser("collect", help="make a D4RL-shaped dataset (trains a SAC behaviour policy, resumably)")
+    p.add_argument("--env", required=True, choices=ENVS)
+    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--variant", help="collect in a variant (play defaults to walker2d's broken-ankle)")
+    p.add_argument("--out", required=True, help="the HDF5 file to write")
+    p.add_argument("--steps", type=int, help="SAC budget in env steps (default 30000 pendulum, 1000000 MuJoCo)")
+    p.add_argument("--eval-every", type=int, help="SAC steps between evaluations and checkpoints")
+    p.add_argument("--episodes", type=int, help="episodes to roll out (default 100)")
+    p.add_argument("--noise", type=float, help="action noise in half action ranges (default 0; play 0.5)")
+    p.add_argument("--work", help="SAC work directory (default $PAPERCLUB_HOME/dmpc/sac/ENV-seedS); reruns resume")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_collect)
+
+    p = gsub.add_parser("train", help="train the proposal, dynamics and value on a dataset (resumable)")
+    p.add_argument("--data", required=True, help="a dataset from `paperclub dmpc collect`")
+    p.add_argument("--out", required=True, help="the checkpoint directory (rerunning resumes it)")
+    _add_train_options(p, "training steps (default 20000)")
+    p.set_defaults(func=cmd_train)
+
+    p = gsub.add_parser("finetune-dynamics", help="fine-tune only the dynamics model on new data (e.g. play data)")
+    p.add_argument("--ckpt", required=True, help="the checkpoint to start from")
+    p.add_argument("--data", required=True, help="a dataset in the same env (e.g. --kind play)")
+    p.add_argument("--out", required=True, help="the new checkpoint directory")
+    _add_train_options(p, "fine-tuning steps (default 20000)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = gsub.add_parser("eval", help="plan with D-MPC (or random actions) and report normalized scores")
+    p.add_argument("--env", required=True, choices=ENVS)
+    p.add_argument("--variant", help="e.g. broken-ankle (walker2d)")
+    p.add_argument("--ckpt", help="a checkpoint from `paperclub dmpc train`")
+    p.add_argument("--planner", default="dmpc", choices=["dmpc", "random"])
+    p.add_argument("--reward", help="task (default), jump, backward, balance (walker2d), or module:function")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--candidates", type=int, default=64, help="N action sequences per plan")
+    p.add_argument("--chunk", type=int, default=1, help="actions executed per plan")
+    p.add_argument("--proposal-steps", type=int, help="DDIM steps of the proposal (default: the checkpoint's, 32)")
+    p.add_argument("--dynamics-steps", type=int, help="DDIM steps of the dynamics (default: the checkpoint's, 10)")
+    p.add_argument("--value-weight", type=float, help="weight of the terminal value (default 1 for the task "
+                   "reward, 0 for others)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", help="write the results here")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,76 @@
+"""Evaluation: E episodes stepped together, so that one planner call serves all of them (the planner batches the
+E * N candidates), scored with the task's normalized score and the chosen objective on the real transitions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from paperclub.dmpc.envs import make_env, normalized_score
+from paperclub.dmpc.planner import History
+from paperclub.dmpc.rewards import Reward
+
+log = logging.getLogger(__name__)
+
+
+def stderr(x: np.ndarray) -> float:
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int = 1, variant: str | None = None,
+                 objective: Reward | None = None, progress: bool = True) -> dict:
+    """Run `episodes` episodes (episode i reset with seed + i) under `planner.plan(states, actions) -> (E, chunk, A)`.
+    Returns the evaluation JSON's figures."""
+    envs = [make_env(env_name, variant) for _ in range(episodes)]
+    low, high = envs[0].action_space.low, envs[0].action_space.high
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    hist = [History(history, o, len(low)) for o in obs]
+    queues: list[deque] = [deque() for _ in envs]
+    returns, objective_sums = np.zeros(episodes), np.zeros(episodes)
+    lengths = np.zeros(episodes, dtype=int)
+    active = set(range(episodes))
+    actions_done, planning_s = 0, 0.0
+    limit = envs[0].spec.max_episode_steps
+    bar = tqdm(total=episodes * limit, desc=f"eval {env_name}", unit="step", disable=not progress)
+    start = time.perf_counter()
+    while active:
+        need = sorted(i for i in active if not queues[i])
+        if need:
+            states, acts = zip(*(hist[i].tensors() for i in need), strict=True)
+            t0 = time.perf_counter()
+            planned = planner.plan(torch.stack(states), torch.stack(acts)).numpy()
+            planning_s += time.perf_counter() - t0
+            for i, chunk in zip(need, planned, strict=True):
+                queues[i].extend(chunk)
+        for i in sorted(active):
+            action = np.clip(queues[i].popleft(), low, high)
+            next_obs, reward, terminated, truncated, _ = envs[i].step(action)
+            if objective is not None:
+                s = torch.as_tensor(next_obs, dtype=torch.float32)[None, None]
+                a = torch.as_tensor(action, dtype=torch.float32)[None, None]
+                objective_sums[i] += float(objective(s, a)[0, 0])
+            returns[i] += reward
+            lengths[i] += 1
+            actions_done += 1
+            hist[i].push(action, next_obs)
+            bar.update(1)
+            if terminated or truncated:
+                active.discard(i)
+                bar.update(limit - lengths[i])
+    bar.close()
+    wall = time.perf_counter() - start
+    scores = normalized_score(env_name, returns)
+    result = {"env": env_name, "variant": variant, "episodes": episodes, "seed": seed,
+              "normalized_score": {"mean": float(scores.mean()), "stderr": stderr(scores)},
+              "mean_return": float(returns.mean()), "return_stderr": stderr(returns),
+              "returns": returns.tolist(), "episode_lengths": lengths.tolist(),
+              "actions_per_s": actions_done / wall, "planning_s": planning_s, "wall_s": wall}
+    if objective is not None:
+        result["objective"] = {"mean": float(objective_sums.mean()), "stderr": stderr(objective_sums),
+                               "per_episode": objective_sums.tolist()}
+    return result

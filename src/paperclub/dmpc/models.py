@@ -1,0 +1,136 @@
+"""The three learned parts of D-MPC and the context they share.
+
+- `Proposal`: rho(a_{t:t+F-1} | s_t, history), a diffusion model over the F future actions.
+- `Dynamics`: p(s_{t+1:t+F} | s_t, history, a_{t:t+F-1}), a diffusion model over all F future states at once
+  (multi-step: no prediction feeds the next). It models the offsets s_{t+k} - s_t, normalized per step k and
+  dimension (the first step's offsets are much smaller than the last's); each step's action
+  conditions that step's token.
+- `Value`: V(s), an MLP regressed on discounted Monte-Carlo returns, used as the terminal value at s_{t+F}.
+
+Context: tokens for (s_{t-H}, a_{t-H}), ..., (s_{t-1}, a_{t-1}), (s_t, 0), all normalized; before an episode's
+first step the history repeats the first state with zero actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from paperclub.dmpc.denoiser import Denoiser, DenoiserConfig
+from paperclub.dmpc.diffusion import Diffusion
+from paperclub.dmpc.normalizer import Normalizer
+
+
+@dataclass
+class ModelConfig:
+    env: str
+    obs_dim: int
+    act_dim: int
+    horizon: int = 8  # F: future steps proposed and predicted at once
+    history: int = 1  # H: past (state, action) pairs in the context besides s_t
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    value_hidden: int = 256
+    discount: float = 0.99
+    proposal_steps: int = 32  # DDIM steps at planning time (the paper's 32 and 10)
+    dynamics_steps: int = 10
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**{**d, "denoiser": DenoiserConfig(**d["denoiser"])})
+
+
+@dataclass
+class Normalizers:
+    obs: Normalizer
+    act: Normalizer
+    delta: Normalizer  # s_{t+k} - s_t, per step k = 1..F and dimension (flattened to F * S)
+    ret: Normalizer  # discounted returns (1-D)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k).to_dict() for k in ("obs", "act", "delta", "ret")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalizers:
+        return cls(**{k: Normalizer.from_dict(v) for k, v in d.items()})
+
+
+def context_tokens(states: torch.Tensor, actions: torch.Tensor, norms: Normalizers) -> torch.Tensor:
+    """states (B, H+1, S) raw s_{t-H..t}, actions (B, H, A) raw a_{t-H..t-1} -> tokens (B, H+1, S+A)."""
+    current = actions.new_zeros(actions.shape[0], 1, actions.shape[-1])
+    acts = torch.cat([norms.act.normalize(actions), current], dim=1)
+    return torch.cat([norms.obs.normalize(states), acts], dim=-1)
+
+
+class Proposal(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.diffusion = Diffusion(Denoiser(cfg.act_dim, cfg.horizon, cfg.obs_dim + cfg.act_dim, 0, cfg.denoiser))
+
+    def loss(self, context: torch.Tensor, actions_n: torch.Tensor) -> torch.Tensor:
+        return self.diffusion.loss(actions_n, context)
+
+    def sample(self, context: torch.Tensor, steps: int | None = None, generator=None) -> torch.Tensor:
+        """(B, F, A) normalized action sequences."""
+        shape = (context.shape[0], self.cfg.horizon, self.cfg.act_dim)
+        return self.diffusion.sample(shape, context, steps=steps or self.cfg.proposal_steps, generator=generator)
+
+
+class Dynamics(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.diffusion = Diffusion(Denoiser(cfg.obs_dim, cfg.horizon, cfg.obs_dim + cfg.act_dim, cfg.act_dim,
+                                            cfg.denoiser))
+
+    def loss(self, context: torch.Tensor, actions_n: torch.Tensor, deltas_n: torch.Tensor) -> torch.Tensor:
+        return self.diffusion.loss(deltas_n, context, actions_n)
+
+    def sample(self, context: torch.Tensor, actions_n: torch.Tensor, steps: int | None = None,
+               generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F, S) normalized offsets s_{t+k} - s_t, k = 1..F (from the starting `noise` if given)."""
+        shape = (context.shape[0], self.cfg.horizon, self.cfg.obs_dim)
+        return self.diffusion.sample(shape, context, actions_n, steps=steps or self.cfg.dynamics_steps,
+                                     generator=generator, noise=noise)
+
+
+class Value(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.value_hidden
+        self.net = nn.Sequential(nn.Linear(cfg.obs_dim, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 1))
+
+    def forward(self, states_n: torch.Tensor) -> torch.Tensor:
+        """(..., S) normalized states -> (...) normalized returns."""
+        return self.net(states_n).squeeze(-1)
+
+
+class TrajectoryModel(nn.Module):
+    """Proposal, dynamics and value with their normalizers, in environment units for the planner."""
+
+    def __init__(self, cfg: ModelConfig, norms: Normalizers):
+        super().__init__()
+        self.cfg, self.norms = cfg, norms
+        self.proposal, self.dynamics, self.value = Proposal(cfg), Dynamics(cfg), Value(cfg)
+
+    @torch.no_grad()
+    def propose(self, context: torch.Tensor, steps: int | None = None, generator=None) -> torch.Tensor:
+        """(B, F, A) action sequences in env units."""
+        return self.norms.act.unnormalize(self.proposal.sample(context, steps, generator))
+
+    @torch.no_grad()
+    def predict(self, context: torch.Tensor, state: torch.Tensor, actions: torch.Tensor, steps: int | None = None,
+                generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The states s_{t+1..t+F} (B, F, S) that follow s_t = `state` (B, S) under `actions` (B, F, A)."""
+        deltas = self.dynamics.sample(context, self.norms.act.normalize(actions), steps, generator, noise)
+        return state[:, None] + self.norms.delta.unnormalize(deltas.flatten(1)).view(deltas.shape)
+
+    @torch.no_grad()
+    def terminal_value(self, states: torch.Tensor) -> torch.Tensor:
+        """V(s) (B,) in return units."""
+        return self.norms.ret.unnormalize(self.value(self.norms.obs.normalize(states))[..., None])[..., 0]

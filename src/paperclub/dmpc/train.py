@@ -1,0 +1,146 @@
+"""Training the proposal, the dynamics model and the value together on one dataset, resumably.
+
+Every `save_every` steps (and at the end) the checkpoint directory is rewritten atomically with the EMA weights
+and the state to resume from; running again continues from the last save, and a finished run is left untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from paperclub.atomic import atomic_path
+from paperclub.dmpc import checkpoint
+from paperclub.dmpc.dataset import Dataset
+from paperclub.dmpc.denoiser import DenoiserConfig
+from paperclub.dmpc.models import ModelConfig, TrajectoryModel
+from paperclub.dmpc.windows import Windows
+from paperclub.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000
+    batch_size: int = 256
+    lr: float = 3e-4
+    ema_decay: float = 0.995
+    save_every: int = 1_000
+    seed: int = 0
+    horizon: int = 8
+    history: int = 1
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+
+
+def losses(model: TrajectoryModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"proposal": model.proposal.loss(batch["context"], batch["actions"]),
+            "dynamics": model.dynamics.loss(batch["context"], batch["actions"], batch["deltas"]),
+            "value": torch.mean((model.value(batch["state"]) - batch["returns"]) ** 2)}
+
+
+def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = checkpoint.PARTS,
+          init: Path | None = None, progress: bool = True, meta: dict | None = None) -> dict:
+    """Train `parts` of a model on `data` into checkpoint `out` (resuming from it if it holds a train state).
+    With `init`, start from that checkpoint's weights and normalizers (fine-tuning). Returns the last losses."""
+    out = Path(out)
+    torch.manual_seed(cfg.seed)  # the initial weights (a resumed run then restores the RNG it saved)
+    state = torch.load(out / "train_state.pt", weights_only=False) if (out / "train_state.pt").is_file() else None
+    if init is not None:
+        model, init_config = checkpoint.load(init, env=data.env)
+        cfg.horizon, cfg.history = model.cfg.horizon, model.cfg.history
+        norms = model.norms
+    else:
+        init_config = None
+    windows = _windows(data, cfg)
+    if init is None:
+        norms = windows.fit_normalizers()
+        model = TrajectoryModel(ModelConfig(env=data.env, obs_dim=data.observations.shape[1],
+                                            act_dim=data.actions.shape[1], horizon=cfg.horizon, history=cfg.history,
+                                            denoiser=cfg.denoiser), norms)
+    if state is not None:
+        _check_same_model(out, model.cfg)
+        model.load_state_dict(state["model"])
+        model.norms = norms = type(norms).from_dict(state["normalizers"])
+    ema = {p: AveragedModel(getattr(model, p), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) for p in parts}
+    opts = {p: torch.optim.AdamW(getattr(model, p).parameters(), lr=cfg.lr) for p in parts}
+    step = 0
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if state is not None:
+        step = state["step"]
+        for p in parts:
+            ema[p].load_state_dict(state["ema"][p])
+            opts[p].load_state_dict(state["opt"][p])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming training in %s at step %d", out, step)
+    if step >= cfg.steps:
+        log.info("%s is already trained for %d steps: nothing to do", out, step)
+        return state.get("losses", {})
+    meta = {**(meta or {}), "dataset": {"env": data.env, "variant": data.variant, "kind": data.kind,
+                                        "transitions": len(data)},
+            "train": asdict(cfg), "parts_trained": list(parts)}
+    if init_config is not None:
+        meta["init"] = str(init)
+    last: dict = {}
+    bar = tqdm(total=cfg.steps, initial=step, desc="train D-MPC", unit="step", disable=not progress)
+    model.train()
+    while step < cfg.steps:
+        batch = windows.sample(cfg.batch_size, norms, gen)
+        loss = losses(model, batch)
+        for p in parts:
+            opts[p].zero_grad(set_to_none=True)
+            loss[p].backward()
+            opts[p].step()
+            ema[p].update_parameters(getattr(model, p))
+        step += 1
+        last = {p: loss[p].item() for p in parts}
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix({p: f"{v:.3f}" for p, v in last.items()})
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            _save(out, model, ema, opts, step, gen, last, {**meta, "step": step, "losses": last}, parts, init)
+    bar.close()
+    log.info("trained %s to step %d: losses %s", out, step, last)
+    return last
+
+
+def _check_same_model(out: Path, cfg: ModelConfig) -> None:
+    """Resuming needs the model the checkpoint holds: the same env and shapes."""
+    saved = checkpoint.read_config(out)["model"]
+    differ = [f"{k} {saved.get(k)} -> {v}" for k, v in cfg.to_dict().items() if saved.get(k) != v]
+    if differ:
+        raise UserError(f"{out} holds a run with another model ({'; '.join(differ)}): pass the options it was "
+                        "trained with to resume it, or a new --out")
+
+
+def _windows(data: Dataset, cfg: TrainConfig) -> Windows:
+    try:
+        return Windows(data, cfg.horizon, cfg.history, discount=0.99)
+    except ValueError as e:
+        raise UserError(f"{e} (--horizon {cfg.horizon})") from e
+
+
+def _save(out: Path, model: TrajectoryModel, ema: dict, opts: dict, step: int, gen: torch.Generator, last: dict,
+          meta: dict, parts: tuple[str, ...], init: Path | None) -> None:
+    """The checkpoint with EMA weights for the trained parts; untrained parts are copied byte for byte from
+    `init` (so fine-tuning the dynamics leaves the proposal and value files identical)."""
+    import copy
+    import shutil
+
+    evaluated = copy.deepcopy(model)  # not a new TrajectoryModel: its initialization would draw from the RNG
+    for p in parts:
+        getattr(evaluated, p).load_state_dict(ema[p].module.state_dict())
+    train_state = {"model": model.state_dict(), "normalizers": model.norms.to_dict(), "step": step,
+                   "ema": {p: ema[p].state_dict() for p in parts}, "opt": {p: opts[p].state_dict() for p in parts},
+                   "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": last}
+    with atomic_path(out) as tmp:
+        checkpoint.write(tmp, evaluated, meta, train_state, parts=parts)
+        for p in checkpoint.PARTS:
+            if p not in parts:
+                shutil.copyfile(Path(init) / f"{p}.safetensors", tmp / f"{p}.safetensors")

@@ -1,0 +1,88 @@
+"""SSR against a stub model whose proposals and dynamics are known: the planner must pick what a hand
+computation picks, per environment, in one batched call."""
+
+import pytest
+import torch
+
+from paperclub.dmpc.models import ModelConfig, Normalizers
+from paperclub.dmpc.normalizer import Normalizer
+from paperclub.dmpc.planner import History, PlannerConfig, RandomPlanner, SSRPlanner
+
+# four candidate action sequences (F = 2, one action dim), the same for every environment
+CANDIDATES = torch.tensor([[-1.0, -1.0], [0.0, 0.0], [0.5, 0.5], [1.0, 1.0]])[:, :, None]
+
+
+class StubModel:
+    """Proposals: CANDIDATES; dynamics: s_{t+k} = s_t + a_t + ... + a_{t+k-1}; value: 100 * s."""
+
+    def __init__(self):
+        self.cfg = ModelConfig(env="pendulum", obs_dim=1, act_dim=1, horizon=2, history=0)
+        ident = Normalizer(torch.zeros(1), torch.ones(1))
+        self.norms = Normalizers(ident, ident, ident, ident)
+
+    def propose(self, context, steps=None, generator=None):
+        return CANDIDATES.repeat(context.shape[0] // len(CANDIDATES), 1, 1)
+
+    def predict(self, context, state, actions, steps=None, generator=None, noise=None):
+        return state[:, None] + actions.cumsum(dim=1)
+
+    def terminal_value(self, states):
+        return 100.0 * states[:, 0]
+
+
+def stay_at_zero(states, actions):
+    return -(states[..., 0] ** 2)
+
+
+def plan(start_states, **cfg):
+    planner = SSRPlanner(StubModel(), stay_at_zero, PlannerConfig(candidates=len(CANDIDATES), **cfg))
+    states = torch.tensor(start_states).view(-1, 1, 1)
+    return planner.plan(states, torch.zeros(len(start_states), 0, 1))
+
+
+def test_ssr_picks_the_best_candidate_per_environment():
+    # by hand, cost sum_k s_k^2:  from 0: [5, 0, 1.25, 5] -> 0.0;  from -3: [41, 18, 10.25, 5] -> 1.0;
+    # from 1.2: [0.68, 2.88, 7.33, 14.6] -> -1.0
+    chosen = plan([0.0, -3.0, 1.2], value_weight=0.0)
+    assert chosen.shape == (3, 1, 1)
+    assert chosen[:, 0, 0].tolist() == [0.0, 1.0, -1.0]
+
+
+def test_the_terminal_value_enters_the_score_and_chunks_are_returned_whole():
+    chosen = plan([0.0], value_weight=1.0, chunk=2)  # V = 100 * s_{t+F} outweighs the cost: the largest sum wins
+    assert chosen.tolist() == [[[1.0], [1.0]]]
+
+
+def test_the_terminal_value_counts_only_while_the_predicted_robot_is_healthy():
+    class Walker(StubModel):  # walker2d states: height first; dynamics leave the height and velocity unchanged
+        def __init__(self):
+            super().__init__()
+            self.cfg = ModelConfig(env="walker2d", obs_dim=17, act_dim=1, horizon=2, history=0)
+
+        def predict(self, context, state, actions, steps=None, generator=None, noise=None):
+            return state[:, None].expand(-1, 2, -1)
+
+        def terminal_value(self, states):
+            return torch.full((len(states),), 10.0)
+
+    planner = SSRPlanner(Walker(), lambda s, a: torch.zeros(s.shape[:2]), PlannerConfig(candidates=2))
+    standing, fallen = torch.zeros(2, 2, 17), torch.zeros(2, 2, 17)
+    standing[:, :, 0], fallen[:, :, 0] = 1.25, 0.5
+    assert planner.score(standing, torch.zeros(2, 2, 1)).tolist() == [10.0, 10.0]
+    assert planner.score(fallen, torch.zeros(2, 2, 1)).tolist() == [0.0, 0.0]
+
+
+def test_proposals_are_clipped_to_the_action_bounds():
+    chosen = plan([-3.0], value_weight=0.0, low=(-0.5,), high=(0.5,))
+    assert chosen[0, 0, 0].item() == 0.5
+
+
+def test_random_planner_stays_in_bounds_and_history_pads():
+    actions = RandomPlanner([-2.0, 0.0], [2.0, 1.0], seed=0, chunk=3).plan(torch.zeros(5, 1, 2), torch.zeros(5, 0, 2))
+    assert actions.shape == (5, 3, 2)
+    assert (actions[..., 0].abs() <= 2).all() and (actions[..., 1] >= 0).all() and (actions[..., 1] <= 1).all()
+    assert actions[..., 0].std().item() == pytest.approx(4 / 12**0.5, rel=0.5)
+    h = History(2, torch.tensor([1.0]).numpy(), act_dim=1)
+    h.push(torch.tensor([0.5]).numpy(), torch.tensor([2.0]).numpy())
+    states, acts = h.tensors()
+    assert states[:, 0].tolist() == [1.0, 1.0, 2.0] and acts[:, 0].tolist() == [0.0, 0.5]

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import torch
+
+from paperclub.dmpc import checkpoint
+from paperclub.dmpc.denoiser import DenoiserConfig
+from paperclub.dmpc.train import TrainConfig, train
+from paperclub.errors import UserError
+
+from .helpers import toy_dataset
+
+
+def tiny(steps: int, **kw) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=8, save_every=5, horizon=2, history=1,
+                       denoiser=DenoiserConfig(d_model=16, layers=1, heads=2), **kw)
+
+
+def weights(path):
+    return {p: (path / f"{p}.safetensors").read_bytes() for p in checkpoint.PARTS}
+
+
+def test_resumed_training_equals_an_uninterrupted_run_and_a_finished_run_is_a_no_op(tmp_path):
+    data = toy_dataset(episode_lengths=(10, 12))
+    straight = tiny(10)
+    straight.save_every = 1000  # saving must not change the run (no RNG drawn)
+    train(data, tmp_path / "straight", straight, progress=False)
+    train(data, tmp_path / "resumed", tiny(5), progress=False)
+    train(data, tmp_path / "resumed", tiny(10), progress=False)
+    assert weights(tmp_path / "resumed") == weights(tmp_path / "straight")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "resumed").iterdir()}
+    train(data, tmp_path / "resumed", tiny(10), progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "resumed").iterdir()} == before
+    config = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    assert config["step"] == 10 and config["model"]["horizon"] == 2 and config["model"]["env"] == "pendulum"
+
+
+def test_resuming_with_another_model_or_data_is_refused(tmp_path):
+    train(toy_dataset(), tmp_path / "ck", tiny(5), progress=False)
+    cfg = tiny(10)
+    cfg.horizon = 3
+    with pytest.raises(UserError, match=r"holds a run with another model \(horizon 2 -> 3\)"):
+        train(toy_dataset(), tmp_path / "ck", cfg, progress=False)
+    with pytest.raises(UserError, match="env pendulum -> walker2d"):
+        train(toy_dataset(env="walker2d"), tmp_path / "ck", tiny(10), progress=False)
+
+
+def test_checkpoint_for_another_env_and_corrupt_checkpoints_are_refused(tmp_path):
+    train(toy_dataset(), tmp_path / "ck", tiny(5), progress=False)
+    model, _ = checkpoint.load(tmp_path / "ck", env="pendulum")
+    assert not model.training
+    with pytest.raises(UserError, match="trained for env pendulum, not walker2d: pass --env pendulum"):
+        checkpoint.load(tmp_path / "ck", env="walker2d")
+    with pytest.raises(UserError, match="is not a D-MPC checkpoint"):
+        checkpoint.load(tmp_path)
+    (tmp_path / "ck" / "value.safetensors").write_bytes(b"\0" * 10)
+    with pytest.raises(UserError, match="value.safetensors cannot be loaded"):
+        checkpoint.load(tmp_path / "ck")
+
+
+def test_finetuning_the_dynamics_leaves_proposal_and_value_byte_identical(tmp_path):
+    train(toy_dataset(seed=0), tmp_path / "base", tiny(5), progress=False)
+    play = toy_dataset(seed=1)
+    play.next_observations = play.next_observations + 1.0  # changed physics
+    train(play, tmp_path / "tuned", tiny(5), parts=("dynamics",), init=tmp_path / "base", progress=False)
+    base, tuned = weights(tmp_path / "base"), weights(tmp_path / "tuned")
+    assert tuned["proposal"] == base["proposal"] and tuned["value"] == base["value"]
+    assert tuned["dynamics"] != base["dynamics"]
+    a, _ = checkpoint.load(tmp_path / "base")
+    b, _ = checkpoint.load(tmp_path / "tuned")
+    assert b.norms.to_dict() == a.norms.to_dict()  # the proposal and value see the inputs they were trained on
+    assert any(not torch.equal(x, y) for x, y in zip(a.dynamics.parameters(), b.dynamics.parameters(), strict=True))
