@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -100,15 +101,19 @@ def cpu_kernel():
     return load_build(build)
 
 
+KERNEL_DIR = Path(__file__).parent / "kernels"  # the C++ sources
 BUILD_WAIT_S = 900.0  # how long to wait for another process compiling the same build before giving up on it
 
 
 def build_directory(build: KernelBuild) -> Path:
     """Where a build is compiled and cached: `$TORCH_EXTENSIONS_DIR` (torch's own setting) or
-    `~/.cache/torch_extensions`, then one folder per torch version and build."""
+    `~/.cache/torch_extensions`, then one folder per torch version, checkout and build. The checkout (where the kernel
+    sources live) is part of the name because torch rebuilds whenever the source paths change: two checkouts
+    sharing one folder would rebuild it in turn, each waiting for the other's compile."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "torch_extensions"
-    return base / f"paperclub-torch{torch.__version__.split('+')[0]}" / build.name
+    checkout = hashlib.sha256(str(KERNEL_DIR.resolve()).encode()).hexdigest()[:8]
+    return base / f"paperclub-torch{torch.__version__.split('+')[0]}" / f"{build.name}-{checkout}"
 
 
 @contextlib.contextmanager
@@ -151,7 +156,7 @@ def load_build(build: KernelBuild):
     are checked too."""
     from torch.utils import cpp_extension
 
-    kernels = Path(__file__).parent / "kernels"
+    kernels = KERNEL_DIR
     folder = build_directory(build)
     log.info("loading the CPU kernels (%s, compiled on first use, about a minute)", build.name)
     try:
