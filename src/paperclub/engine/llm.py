@@ -109,6 +109,10 @@ class LLM:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if k < 1:
             raise UserError(f"k (draft tokens per round) must be >= 1, got {k}")
+        spec = parse_draft(None if draft is None else str(draft))
+        if spec.ngram and mode == "ssd":
+            raise UserError("n-gram drafting runs with --mode sd, not ssd: use --mode sd --draft ngram (or a model "
+                            "draft with ssd)")
         self.model_dir = resolve_model(model)
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         self.device = resolve_device(device)
@@ -127,10 +131,6 @@ class LLM:
                 "the tokenizer does not belong to this model"
             )
         eos = set(cfg.eos_token_ids) | self.tokenizer.eos_token_ids
-        spec = parse_draft(None if draft is None else str(draft))
-        if spec.ngram and mode == "ssd":
-            raise UserError("n-gram drafting runs with --mode sd, not ssd: use --mode sd --draft ngram (or a model "
-                            "draft with ssd)")
         ngram = spec.ngram and mode != "ar"
         pick = "sd" if spec.default_model and mode != "ar" else mode  # "ngram+default": the shipped draft
         use_model = spec.uses_model or not spec.ngram
