@@ -170,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {
             "target": str(llm.model_dir),
-            "draft": str(llm.draft_dir) if llm.draft_dir else None,
+            "draft": llm.draft_name,  # a directory, "ngram" or "ngram+DIR"
             "mode": llm.mode,
             "outputs": [{"token_ids": o.token_ids, "text": o.text, "finish_reason": o.finish_reason}
                         for o in outputs],
