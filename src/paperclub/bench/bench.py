@@ -49,7 +49,10 @@ from paperclub.speculative import metrics as spec_metrics
 
 log = logging.getLogger(__name__)
 
-MODES = ("ar", "sd", "ssd")
+MODES = ("ar", "sd", "ssd")  # the default set
+# SD with prompt-lookup drafting: alone, and combined with the model draft (--draft, or the shipped one)
+NGRAM_MODES = {"sd-ngram": "ngram", "sd-ngram+draft": "ngram+"}
+ALL_MODES = (*MODES, *NGRAM_MODES)
 PROMPT_SETS = ("humaneval", "instruct")
 WARMUP_TOKENS = 8
 
@@ -72,9 +75,9 @@ class BenchSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.modes if m not in MODES]
+        bad = [m for m in self.modes if m not in ALL_MODES]
         if bad:
-            raise UserError(f"unknown mode {bad[0]!r}: use some of {', '.join(MODES)}")
+            raise UserError(f"unknown mode {bad[0]!r}: use some of {', '.join(ALL_MODES)}")
         bad = [p for p in self.peers if p not in PEERS]
         if bad:
             raise UserError(f"unknown peer {bad[0]!r}: use some of {', '.join(PEERS)}")
@@ -126,8 +129,8 @@ def load_prompts(spec: str, n: int) -> list[Any]:
 
 
 class OurSystem:
-    def __init__(self, llm):
-        self.llm, self.name = llm, llm.mode
+    def __init__(self, llm, name: str | None = None):
+        self.llm, self.name = llm, name or llm.mode
 
     def unsupported(self, batch_size: int) -> str | None:
         return None
@@ -238,9 +241,12 @@ def load_systems(s: BenchSettings) -> tuple[dict[str, Any], Any, Path | None]:
 
     systems: dict[str, Any] = {}
     for mode in s.modes:
-        llm = LLM(model=s.model, draft=s.draft, mode=mode, k=s.k, device=s.device, dtype=s.dtype,
+        draft = s.draft
+        if mode in NGRAM_MODES:
+            draft = NGRAM_MODES[mode] + (str(s.draft or "default") if NGRAM_MODES[mode].endswith("+") else "")
+        llm = LLM(model=s.model, draft=draft, mode=mode.split("-")[0], k=s.k, device=s.device, dtype=s.dtype,
                   max_num_seqs=max(s.batch_sizes))
-        systems[mode] = OurSystem(llm)
+        systems[mode] = OurSystem(llm, mode)
     scorer = systems[s.modes[0]].llm if s.modes else LLM(model=s.model, mode="ar", device=s.device, dtype=s.dtype)
     draft_dir = next((x.llm.draft_dir for x in systems.values() if x.llm.draft_dir), None)
     if draft_dir is None and "hf-assisted" in s.peers:

@@ -159,7 +159,7 @@ def plot_bench(datas: list[dict[str, Any]], out: str | Path) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from paperclub.bench.bench import MODES, PROMPT_SETS
+    from paperclub.bench.bench import ALL_MODES, MODES, PROMPT_SETS
     from paperclub.bench.peers import PEERS
 
     b = sub.add_parser("bench", help="benchmark our AR/SD/SSD against transformers (and llama.cpp)",
@@ -168,7 +168,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--prompts", default="instruct",
                    help=f"JSONL file ({{\"prompt\"}} or {{\"messages\"}} per line) or {' / '.join(PROMPT_SETS)}")
     b.add_argument("--num-prompts", type=int, default=8, help="first N prompts (default 8)")
-    b.add_argument("--modes", type=_names, default=list(MODES), help=f"comma list of {','.join(MODES)}")
+    b.add_argument("--modes", type=_names, default=list(MODES),
+                   help=f"comma list of {','.join(ALL_MODES)} (default {','.join(MODES)}; sd-ngram: prompt-lookup "
+                        "drafting, sd-ngram+draft: combined with --draft)")
     b.add_argument("--peers", type=_names, default=["hf", "hf-assisted"],
                    help=f"comma list of {','.join(PEERS)} ('' for none; llamacpp needs $PAPERCLUB_LLAMACPP_PYTHON)")
     b.add_argument("--k", type=int, default=4, help="draft tokens per round (sd, ssd, hf-assisted)")

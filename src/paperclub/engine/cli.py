@@ -24,7 +24,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model directory, .gguf file or cached name (default: embedded)")
     p.add_argument("--mode", default="auto", choices=["auto", "ar", "sd", "ssd"],
                    help="decoding algorithm (auto: sd when --draft is given, else ar)")
-    p.add_argument("--draft", default=None, help="draft model for sd (default: the shipped draft of the default model)")
+    p.add_argument("--draft", default=None,
+                   help="draft model for sd (default: the shipped draft of the default model); ngram: prompt-lookup "
+                        "drafting, no draft model; ngram+DRAFT: prompt lookup where the context has a match, the "
+                        "model DRAFT elsewhere (ngram+default: the shipped draft)")
+    p.add_argument("--prompt-lookup-min", type=int, default=None,
+                   help="with --draft ngram: shortest n-gram to match (default 1)")
+    p.add_argument("--prompt-lookup-max", type=int, default=None,
+                   help="with --draft ngram: longest n-gram to match, tried first (default 3)")
     p.add_argument("--k", type=int, default=5, help="draft tokens per round (sd, ssd)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="weights/activations")
@@ -95,7 +102,19 @@ def make_llm(args: argparse.Namespace, **kwargs: Any):
 
     config = ssd_config(args)  # validated whatever the mode: a bad option is an error, not silently unused
     return LLM(model=args.model, draft=args.draft, mode=args.mode, k=args.k, device=args.device, dtype=args.dtype,
-               ssd_config=config, **kwargs)
+               ssd_config=config, ngram_config=ngram_config(args), **kwargs)
+
+
+def ngram_config(args: argparse.Namespace):
+    from paperclub.speculative.ngram import NgramConfig
+
+    given = {name: getattr(args, name) for name in ("prompt_lookup_min", "prompt_lookup_max")
+             if getattr(args, name, None) is not None}
+    try:
+        return NgramConfig(**given)
+    except UserError as e:  # NgramConfig names its fields; the user typed flags
+        message = re.sub(r"(?<![\w-])prompt_lookup_(min|max)", lambda m: f"--prompt-lookup-{m.group(1)}", str(e))
+        raise UserError(message) from None
 
 
 def read_prompts_jsonl(path: str) -> list[Any]:
@@ -151,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {
             "target": str(llm.model_dir),
-            "draft": str(llm.draft_dir) if llm.draft_dir else None,
+            "draft": llm.draft_name,  # a directory, "ngram" or "ngram+DIR"
             "mode": llm.mode,
             "outputs": [{"token_ids": o.token_ids, "text": o.text, "finish_reason": o.finish_reason}
                         for o in outputs],

@@ -33,7 +33,8 @@ from paperclub.models.tokenizer import Tokenizer
 from paperclub.nn.cpu_kernels import cpu_kernel
 from paperclub.speculative import metrics as spec_metrics
 from paperclub.speculative.config import SSDConfig
-from paperclub.speculative.sd import SpeculativeDecoder
+from paperclub.speculative.ngram import CombinedProposer, NgramConfig, NgramProposer, parse_draft
+from paperclub.speculative.sd import DraftProposer, SpeculativeDecoder
 from paperclub.speculative.ssd import SSDDecoder
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ class LLM:
     mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), "ssd" (speculative
     speculative decoding: the draft runs in its own process and pre-drafts the likely outcomes; `ssd_config`
     tunes fan-out, fallback and threads), or "auto" (SD when a draft is given, else AR). `draft_fallback`: when
-    the SSD draft process is lost, go on decoding AR instead of failing the running requests (the server does)."""
+    the SSD draft process is lost, go on decoding AR instead of failing the running requests (the server does).
+
+    draft: a draft model (directory or name); "ngram" for prompt-lookup drafting (no draft model, SD only);
+    "ngram+DRAFT" for prompt lookup where the context has a match and the model DRAFT elsewhere ("ngram+default":
+    the shipped draft). `ngram_config` sets the n-gram sizes (`speculative.ngram.NgramConfig`)."""
 
     def __init__(
         self,
@@ -98,11 +103,16 @@ class LLM:
         max_model_len: int | None = None,
         ssd_config: SSDConfig | None = None,
         draft_fallback: bool = False,
+        ngram_config: NgramConfig | None = None,
     ):
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if k < 1:
             raise UserError(f"k (draft tokens per round) must be >= 1, got {k}")
+        spec = parse_draft(None if draft is None else str(draft))
+        if spec.ngram and mode == "ssd":
+            raise UserError("n-gram drafting runs with --mode sd, not ssd: use --mode sd --draft ngram (or a model "
+                            "draft with ssd)")
         self.model_dir = resolve_model(model)
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         self.device = resolve_device(device)
@@ -121,19 +131,28 @@ class LLM:
                 "the tokenizer does not belong to this model"
             )
         eos = set(cfg.eos_token_ids) | self.tokenizer.eos_token_ids
-        self.draft_dir = self._pick_draft(draft, mode, self.model_dir)
-        self.mode = "ar" if self.draft_dir is None else ("ssd" if mode == "ssd" else "sd")
+        ngram = spec.ngram and mode != "ar"
+        pick = "sd" if spec.default_model and mode != "ar" else mode  # "ngram+default": the shipped draft
+        use_model = spec.uses_model or not spec.ngram
+        self.draft_dir = self._pick_draft(spec.model, pick, self.model_dir) if use_model else None
+        self.mode = "ar" if self.draft_dir is None and not ngram else ("ssd" if mode == "ssd" else "sd")
+        self.draft_name = ("ngram" + (f"+{self.draft_dir}" if self.draft_dir else "") if ngram
+                           else str(self.draft_dir) if self.draft_dir else None)
         self.k = k
         target = ModelRunner(self.model, self.max_model_len)
-        if self.mode == "ar":
+        if ngram:
+            proposer = NgramProposer(k, cfg.vocab_size, ngram_config)
+            if self.draft_dir is not None:
+                draft_runner = self._load_draft_runner()
+                proposer = CombinedProposer(proposer, DraftProposer(draft_runner, k))
+            decoder = SpeculativeDecoder(target, proposer, k=k)
+        elif self.mode == "ar":
             decoder = ARDecoder(target)
         elif self.mode == "ssd":
             config = ssd_config or SSDConfig(k=k, draft_dtype=self.dtype)
             decoder = SSDDecoder(target, self.draft_dir, self.model_dir, config)
         else:
-            self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype, self.model)
-            self.draft_model.set_rope(self.max_model_len)
-            decoder = SpeculativeDecoder(target, ModelRunner(self.draft_model, self.max_model_len), k=k)
+            decoder = SpeculativeDecoder(target, self._load_draft_runner(), k=k)
         self.engine = Engine(
             decoder,
             tokenizer=self.tokenizer,
@@ -145,6 +164,11 @@ class LLM:
         # generation; frozen, they are skipped by every later collection. (vLLM does the same.)
         gc.collect()
         gc.freeze()
+
+    def _load_draft_runner(self) -> ModelRunner:
+        self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype, self.model)
+        self.draft_model.set_rope(self.max_model_len)
+        return ModelRunner(self.draft_model, self.max_model_len)
 
     @staticmethod
     def _pick_draft(draft: str | Path | None, mode: str, target_dir: Path) -> Path | None:

@@ -6,9 +6,16 @@ One round for a batch of sequences:
     3. verify: the lossless rule (`verify.py`) -> n accepted + one correction/bonus token per row
     4. roll both caches back to what was accepted (a length update: the slot cache makes it free)
 Rows accept different numbers of tokens; the next round simply feeds each row what its draft cache lacks.
+
+The proposer is pluggable: the draft model (`DraftProposer`), prompt lookup (`ngram.NgramProposer`) or both
+(`ngram.CombinedProposer`). A proposer may leave a row undrafted for a round (no n-gram match): that row's target
+forward is its last token only, and its token is sampled from the target as in AR.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -17,6 +24,36 @@ from paperclub.engine.sampling import filtered_probs, greedy_tokens, next_tokens
 from paperclub.engine.sequence import Sequence
 from paperclub.speculative import metrics as spec_metrics
 from paperclub.speculative.verify import judge
+
+
+@dataclass
+class Proposal:
+    """One round's proposals for a batch: K tokens for every drafted row."""
+
+    tokens: torch.Tensor  # (B, K); an undrafted row's tokens are padding
+    q: torch.Tensor | None  # (B, K, V) proposal probabilities; None when every row is greedy
+    drafted: list[bool]  # per row: K tokens proposed (True) or none this round
+    source: list[str]  # per row: "draft" (model), "ngram" or "none"
+
+
+def one_hot_q(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, K) deterministic proposals -> their (B, K, V) proposal distribution: one-hot at each token."""
+    q = torch.zeros(*tokens.shape, vocab_size, dtype=torch.float32, device=tokens.device)
+    return q.scatter_(2, tokens[:, :, None], 1.0)
+
+
+class Proposer(Protocol):
+    runner: ModelRunner | None  # the draft model's runner, if any (the engine frees its cache when idle)
+
+    def prefill(self, seqs: list[Sequence]) -> None: ...
+
+    def reserve(self, capacity: int) -> None: ...
+
+    def propose(self, seqs: list[Sequence]) -> Proposal: ...
+
+    def accept(self, seqs: list[Sequence], num_accepted: list[int]) -> None: ...
+
+    def release(self, seq: Sequence) -> None: ...
 
 
 class DraftProposer:
@@ -39,7 +76,7 @@ class DraftProposer:
     def reserve(self, capacity: int) -> None:
         self.runner.reserve(self.runner.cache.num_slots, capacity)
 
-    def propose(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def propose(self, seqs: list[Sequence]) -> Proposal:
         """K draft tokens per row (B, K) and, unless every row is greedy, their probabilities q (B, K, V)."""
         params = [s.params for s in seqs]
         greedy = all(p.greedy for p in params)
@@ -62,7 +99,8 @@ class DraftProposer:
             chunks = [[x] for x in t.tolist()]
         for s, a, c in zip(seqs, starts, chunks, strict=True):
             self.cached[s.request_id] = a + len(c)  # now holds d_1..d_{K-1}; `accept` trims the rejected
-        return torch.stack(tokens, 1), (torch.stack(probs, 1) if probs else None)
+        return Proposal(torch.stack(tokens, 1), torch.stack(probs, 1) if probs else None, [True] * len(seqs),
+                        ["draft"] * len(seqs))
 
     def accept(self, seqs: list[Sequence], num_accepted: list[int]) -> None:
         """Roll the draft cache back to the accepted prefix: it holds d_1..d_{K-1} at most."""
@@ -77,12 +115,13 @@ class DraftProposer:
 class SpeculativeDecoder:
     """SD as an engine decoder: `step` runs one draft-verify round for every running sequence."""
 
-    def __init__(self, target: ModelRunner, draft: ModelRunner, k: int = 5):
+    def __init__(self, target: ModelRunner, draft: ModelRunner | Proposer, k: int = 5):
+        """draft: the draft model's runner, or a proposer built for the same k."""
         if k < 1:
             raise ValueError("k must be >= 1")
         self.runner, self.k = target, k
         self.lookahead = k + 1
-        self.proposer = DraftProposer(draft, k)
+        self.proposer: Proposer = DraftProposer(draft, k) if isinstance(draft, ModelRunner) else draft
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
         for s in seqs:
@@ -100,15 +139,37 @@ class SpeculativeDecoder:
 
     def step(self, seqs: list[Sequence]) -> list[list[int]]:
         self.proposer.reserve(self.runner.cache.capacity)  # the target's cache may have grown since prefill
-        draft, q = self.proposer.propose(seqs)
-        chunks = [[s.output_ids[-1]] + d for s, d in zip(seqs, draft.tolist(), strict=True)]
+        prop = self.proposer.propose(seqs)
+        draft_ids = prop.tokens.tolist()
+        chunks = [[s.output_ids[-1]] + (d if ok else [])
+                  for s, d, ok in zip(seqs, draft_ids, prop.drafted, strict=True)]
         logits = self.runner.append([s.slot for s in seqs], [s.num_cached for s in seqs], chunks, False)
-        verdict = judge(seqs, draft, q, logits)
-        self.proposer.accept(seqs, verdict.num_accepted)
-        for s, n in zip(seqs, verdict.num_accepted, strict=True):
+        draft, q = prop.tokens.to(logits.device), None if prop.q is None else prop.q.to(logits.device)
+        if all(prop.drafted):
+            verdict = judge(seqs, draft, q, logits)
+            num_accepted, next_token = verdict.num_accepted, verdict.next_token
+        else:  # undrafted rows: an AR step from the target's first position (their only one), as in SSD
+            num_accepted, next_token = [0] * len(seqs), [0] * len(seqs)
+            rows = [i for i, ok in enumerate(prop.drafted) if ok]
+            bare = [i for i, ok in enumerate(prop.drafted) if not ok]
+            if rows:
+                verdict = judge([seqs[i] for i in rows], draft[rows], None if q is None else q[rows],
+                                logits[rows, : self.k + 1])
+                for i, n, t in zip(rows, verdict.num_accepted, verdict.next_token, strict=True):
+                    num_accepted[i], next_token[i] = n, t
+            b_seqs = [seqs[i] for i in bare]
+            tokens = next_tokens(logits[bare, 0], [s.params for s in b_seqs], [s.generator for s in b_seqs])
+            for i, t in zip(bare, tokens.tolist(), strict=True):
+                next_token[i] = t
+        self.proposer.accept(seqs, num_accepted)
+        emitted = []
+        for s, d, ok, n, t, src in zip(seqs, draft_ids, prop.drafted, num_accepted, next_token, prop.source,
+                                       strict=True):
             s.num_cached += 1 + n  # the last token and the accepted drafts; the rest is rolled back
-            spec_metrics.count_draft(s.stats, self.k, n)
-        emitted = verdict.emitted(draft.tolist())
+            spec_metrics.count_draft(s.stats, self.k if ok else 0, n)
+            if src == "ngram":
+                s.stats["num_ngram_drafts"] = s.stats.get("num_ngram_drafts", 0) + 1
+            emitted.append(d[:n] + [t])
         record_logprobs(seqs, logits, emitted)
         return emitted
 
