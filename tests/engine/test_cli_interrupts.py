@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -37,17 +39,26 @@ def test_ssd_stops_on_sigint_within_5s_with_exit_130_and_no_traceback(default_mo
     out = tmp_path / "out.json"
     cmd = [sys.executable, "-m", "paperclub.cli", "generate", "--model", str(default_model_dir), "--mode", "ssd",
            "--max-new-tokens", "4000", "--json", str(out), "Once upon a time"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not children(p.pid):  # the draft process is up: the model has loaded
-        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else ""
-        time.sleep(0.1)
-    time.sleep(wait_s)
-    kids = children(p.pid)
-    t0 = time.monotonic()
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=30)
-    elapsed = time.monotonic() - t0
+    # SIGINT back to its default in the child: a test run started in the background of a non-interactive shell
+    # inherits "ignore SIGINT", and Python then installs no KeyboardInterrupt handler at all
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not children(p.pid):  # the draft process is up: the model has loaded
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else ""
+            time.sleep(0.1)
+        time.sleep(wait_s)
+        kids = children(p.pid)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:  # a failed run must not leave the decoder and its draft running
+        for pid in [*children(p.pid), p.pid] if p.poll() is None else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        p.wait()
     assert p.returncode == 130 and elapsed < 5, (p.returncode, elapsed, err)
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
     gone_by = time.monotonic() + 3  # a killed child may still be tearing down (empty cmdline) for a moment
