@@ -46,13 +46,18 @@ def hf_twin(size: str, vocab: int, seq_len: int):
     return transformers.LlamaForCausalLM(hf_cfg)
 
 
-def make_step(model, opt, ours: bool):
-    def step(batch):
+def make_step(model, opt, ours: bool, compile: bool = False):
+    def loss_of(batch):
         if ours:
             logits = model.logits(model.causal_forward(batch[:, :-1]))
         else:
             logits = model(batch[:, :-1]).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+
+    loss_fn = torch.compile(loss_of) if compile else loss_of
+
+    def step(batch):
+        loss = loss_fn(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -69,6 +74,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time paperclub through torch.compile (what `scaling sweep` does by default)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,6 +88,9 @@ def main() -> None:
         steps = {"paperclub": make_step(ours, optimizer(ours, run), True),
                  "transformers": make_step(peer, torch.optim.AdamW(peer.parameters(), lr=1e-3, betas=(0.9, 0.95)),
                                            False)}
+        if args.compile:
+            twin = build_model(run, args.vocab).train().requires_grad_(True)
+            steps["paperclub+compile"] = make_step(twin, optimizer(twin, run), True, compile=True)
         gen = torch.Generator().manual_seed(0)
         batch = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1), generator=gen)
         for step in steps.values():  # warm-up
@@ -98,9 +108,11 @@ def main() -> None:
         row = {"size": size, "non_embedding_params": non_embedding_params(ours.cfg), "params": ours.cfg.num_params(),
                "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
                "ratio": round(tps["paperclub"] / tps["transformers"], 3)}
+        if args.compile:
+            row["ratio_compiled"] = round(tps["paperclub+compile"] / tps["transformers"], 3)
         rows.append(row)
-        print(f"{size}: paperclub {tps['paperclub']:.0f} tok/s, transformers {tps['transformers']:.0f} tok/s, "
-              f"ratio {row['ratio']:.2f}", flush=True)
+        print(f"{size}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in tps.items()) + f"; ratio {row['ratio']:.2f}",
+              flush=True)
     import transformers
 
     result = {"cpu": cpu_name(), "date": date.today().isoformat(), "threads": args.threads, "torch": torch.__version__,

@@ -125,6 +125,9 @@ def test_fit_cli_recovers_asymptotes_and_multipliers_inside_their_intervals(tmp_
         truth = (TRUE["std_A"] / (asymptote - TRUE["std_C"])) ** (1 / TRUE["std_B"]) / budget
         lo, hi = result["data_efficiency"][name]["ci95"]
         assert lo <= truth <= hi, (name, truth, result["data_efficiency"][name])
+    # the orderings, paired: the joint asymptote 0.2 below the regularized one, with an interval that excludes 0
+    joint = result["comparisons"]["joint_minus_regularized_asymptote"]
+    assert joint["ci95"][1] < 0 and joint["ci95"][0] <= -0.2 <= joint["ci95"][1], joint
     for png in ("loss_vs_params.png", "loss_vs_members.png", "data_efficiency.png", "weight_decay_epochs.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 10_000
     assert "asymptote  regularized" in capsys.readouterr().out

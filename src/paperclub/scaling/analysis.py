@@ -222,10 +222,29 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
     best = {name: {str(m): {s: {"value": v, "ci95": ci(lambda b, n=name, m=m, s=s: b["best"][n][m][s])}
                             for s, v in per.items()} for m, per in per_budget.items()}
             for name, per_budget in point["best"].items()}
+    # the paper's orderings as paired differences: every replicate resamples the same documents for both sides,
+    # so a difference's interval is far narrower than either side's own (their shared document noise cancels)
+    def pairs(est: dict) -> dict[str, float]:
+        best, laws, out = est["best"], est["laws"], {}
+        at_d = {name: per.get(1, {}) for name, per in best.items()}
+        for s, reg in at_d.get("regularized", {}).items():
+            for other in ("standard", "ensemble", "distilled_ensemble", "distilled_self"):
+                if s in at_d.get(other, {}):
+                    out[f"{other}_minus_regularized_{s}"] = at_d[other][s] - reg
+        if "regularized_vs_params" in laws:
+            if at_d.get("standard"):
+                out["regularized_asymptote_minus_best_standard"] = (laws["regularized_vs_params"].C
+                                                                    - min(at_d["standard"].values()))
+            if "joint_vs_params" in laws:
+                out["joint_minus_regularized_asymptote"] = laws["joint_vs_params"].C - laws["regularized_vs_params"].C
+        return out
+
+    comparisons = {k: {"value": v, "ci95": ci(lambda b, k=k: pairs(b)[k])} for k, v in pairs(point).items()}
     certified = {f"{n}/{s}/{m}x": ok for (n, s, m), (_, ok) in searched.items()}
     result = {
         "asymptotes": asymptotes,
         "data_efficiency": efficiency,
+        "comparisons": comparisons,
         "runs": len(c.runs),
         "ensembles": len(c.ensembles),
         "best_loss": best,

@@ -75,6 +75,8 @@ def summary_table(result: dict) -> str:
             lines.append(f"best loss  {name:<12} {mult}x D: {row}")
     for name, entry in result["asymptotes"].items():
         lines.append(f"asymptote  {name:<20} {fmt(entry)}  (vs {entry['x']})")
+    for name, entry in result["comparisons"].items():
+        lines.append(f"difference  {name:<40} {fmt(entry)}")
     for name, entry in result["data_efficiency"].items():
         lines.append(f"data efficiency  {name:<18} {fmt(entry)}x  (loss {entry['loss']:.4f})")
     if result["skipped"]:
