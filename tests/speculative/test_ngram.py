@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -16,7 +14,6 @@ from paperclub.engine.sequence import Sequence
 from paperclub.errors import UserError
 from paperclub.speculative.ngram import CombinedProposer, NgramConfig, NgramProposer, parse_draft
 from paperclub.speculative.sd import DraftProposer, SpeculativeDecoder
-from tests.conftest import make_pair
 from tests.speculative.test_sd import exact_marginals, run
 
 pytest.importorskip("transformers")
@@ -92,17 +89,6 @@ def test_draft_specs():
 
 
 # -- the decoder -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def models():
-    _, target, _ = make_pair("smollm2-tied")
-    draft = copy.deepcopy(target)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.03)
-    return target, draft
 
 
 # repeats, so that n-grams match; the last one has no repeat in its prompt

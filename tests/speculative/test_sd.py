@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -13,20 +11,8 @@ from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import SamplingParams, filtered_probs
 from paperclub.engine.scheduler import Engine, EngineConfig
 from paperclub.speculative.sd import SpeculativeDecoder
-from tests.conftest import make_pair
 
 pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
-def models():
-    _, target, _ = make_pair("smollm2-tied")
-    draft = copy.deepcopy(target)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in draft.parameters():  # a draft that agrees with the target often, not always
-            p.add_(torch.randn(p.shape, generator=g) * 0.03)
-    return target, draft
 
 
 def run(decoder, prompts, params, max_num_seqs=16):
