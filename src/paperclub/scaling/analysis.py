@@ -91,16 +91,21 @@ def collect(out: Path) -> Collected:
     return c
 
 
-def _searched(c: Collected) -> dict[tuple[str, str, int], tuple[list[str], bool]]:
-    """Per search: the run ids it evaluated (the path and its neighbours) and whether it is certified."""
-    study = c.study
-
+def _loss_of(c: Collected):
+    """`loss(RunConfig) -> float | None` over the collected runs: what the study's planners replay against."""
     def loss(run: RunConfig) -> float | None:
         m = c.runs.get(run.run_id(c.fingerprint))
         return None if m is None else float(m["val_loss"])
 
+    return loss
+
+
+def _searched(c: Collected) -> dict[tuple[str, str, int], tuple[list[str], bool]]:
+    """Per search: the run ids it evaluated (the path and its neighbours) and whether it is certified."""
+    study = c.study
+
     out = {}
-    for key, w in study.walks(loss).items():
+    for key, w in study.walks(_loss_of(c)).items():
         name, size, mult = key
         axes = next(r.axes for r in study.searches if r.name == name)
         seen = {p for q in w.path for p in [q, *search.neighbours(q, axes)]}
@@ -113,12 +118,8 @@ def _searched(c: Collected) -> dict[tuple[str, str, int], tuple[list[str], bool]
 
 def _students(c: Collected) -> dict[tuple[str, str], str]:
     """(teacher kind, size) -> the finished distilled student's run id."""
-    def loss(run: RunConfig) -> float | None:
-        m = c.runs.get(run.run_id(c.fingerprint))
-        return None if m is None else float(m["val_loss"])
-
     found = {}
-    for job, student in c.study.synth_jobs(c.study.walks(loss)):
+    for job, student in c.study.synth_jobs(c.study.walks(_loss_of(c))):
         rid = student.run_id(c.fingerprint)
         if rid in c.runs:
             found[job.kind, job.size] = rid

@@ -12,6 +12,7 @@ student run's `synthetic_fraction`: the share of each epoch's sequences that are
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,8 +49,6 @@ def export_teacher(run_dirs: list[Path], corpus: Corpus, out: Path, seq_len: int
     parts = out.with_name(out.name + ".members")
     members = [export_run(d, corpus, parts / str(i), seq_len) for i, d in enumerate(run_dirs)]
     write_ensemble(members, out)
-    import shutil
-
     shutil.rmtree(parts, ignore_errors=True)
     return out
 
@@ -83,5 +82,4 @@ def generate_synthetic(teacher_dir: Path, corpus: Corpus, budget: int, samples: 
     arr = np.asarray(rows, dtype=np.uint16).reshape(-1)
     with atomic_path(out_file) as tmp:
         arr.tofile(tmp)
-    stats = llm.last_stats if hasattr(llm, "last_stats") else {}
-    return {"samples": samples, "tokens": int(arr.size), "tokens_per_s": stats.get("tokens_per_s")}
+    return {"samples": samples, "tokens": int(arr.size), "tokens_per_s": llm.last_stats["tokens_per_s"]}

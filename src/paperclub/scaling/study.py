@@ -176,7 +176,8 @@ class Study:
             for kind in d.teachers:
                 if teachers[kind] is None:
                     continue
-                samples = d.synthetic_budgets * self.budget // (int(self.train.get("seq_len", 256)) + 1)
+                seq_len = teachers["self"][0].seq_len  # samples are seq_len + 1 tokens
+                samples = d.synthetic_budgets * self.budget // (seq_len + 1)
                 job = SynthJob(kind, size, self.budget, teachers[kind], samples, d.prefix, d.seed)
                 student = self.run_config(size, 1, w.certified, synthetic=job.file(),
                                           synthetic_fraction=d.synthetic_fraction)
