@@ -13,6 +13,7 @@ from paperclub.atomic import check_writable, write_json
 from paperclub.errors import UserError
 
 log = logging.getLogger(__name__)
+SHIPPED_LM = Path(__file__).parent / "checkpoints" / "lm-python-stdlib"
 
 
 def _threads(n: int) -> None:
@@ -62,6 +63,60 @@ def cmd_classify(args) -> int:
     print(f"{args.dataset} label noise {args.label_noise:g}: train error {result['train_error']:.4f}, "
           f"test error {result['test_error']:.4f}, {result['compressed_bits']:.0f} bits -> "
           f"error <= {result['bound_error']:.4f} ({result['bound']}, delta={args.delta})")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def cmd_lm(args) -> int:
+    from paperclub.bounds import lm_message
+    from paperclub.bounds.lm_certify import certify_lm, load_corpus
+    from paperclub.bounds.lm_train import LMTrainConfig, quantize_lm, train_lm
+
+    if not 0.0 < args.delta < 1.0:
+        raise UserError(f"--delta {args.delta}: expected a probability in (0, 1)")
+    for path, what in ((args.json, "--json"), (args.save and Path(args.save) / lm_message.FILE, "--save")):
+        if path:
+            check_writable(path, what)
+    _threads(args.threads)
+    corpus = load_corpus(Path(args.corpus))
+    given = {k: getattr(args, k) for k in ("hidden", "layers", "seq_len", "tokens", "levels", "lr")}
+    cfg = replace(LMTrainConfig(), seed=args.seed, search_space=args.search_space,
+                  **{k: v for k, v in given.items() if v is not None})
+    cfg.check()
+    ckpt = None if args.train else Path(args.ckpt) if args.ckpt else SHIPPED_LM
+    if ckpt is not None and not (ckpt / "config.json").is_file():  # a compressed model: certify it as it is
+        compressed, meta = lm_message.load(ckpt)
+        made_on = meta.get("corpus_fingerprint")
+        if made_on != corpus.fingerprint:
+            raise UserError(f"{ckpt} was trained on corpus {made_on}, not on {args.corpus} ({corpus.fingerprint}): "
+                            "its training loss would not be the one it was selected on; pass that corpus, or "
+                            "train a model on this one with --train")
+        seq_len = int(meta.get("seq_len", cfg.seq_len))
+        log.info("certifying %s", ckpt)
+    else:
+        if ckpt is not None:  # a Hugging Face model folder: quantize it directly (fine-tuned on the corpus)
+            from paperclub.models.loader import load_model
+
+            model = load_model(ckpt).requires_grad_(True)
+            log.info("quantizing %s to %d levels per tensor", ckpt, cfg.levels)
+        else:
+            model = train_lm(corpus.train, corpus.vocab_size, cfg, progress=not args.quiet)
+        compressed = quantize_lm(model, corpus.train, cfg, progress=not args.quiet)
+        seq_len = cfg.seq_len
+        if args.save:
+            command = "paperclub bounds " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
+            lm_message.save(Path(args.save), compressed, {"corpus_fingerprint": corpus.fingerprint,
+                                                           "seq_len": seq_len, "train": asdict(cfg),
+                                                           "source": str(ckpt) if ckpt else "trained",
+                                                           "command": command})
+    result = certify_lm(compressed, corpus, seq_len, args.delta, args.eval_tokens, args.val_tokens, args.seed,
+                        progress=not args.quiet)
+    result["checkpoint"] = str(ckpt) if ckpt else None
+    print(f"bits per token: train {result['train_bits_per_token']:.3f}, test {result['test_bits_per_token']:.3f}, "
+          f"bound {result['bound_bits_per_token']:.3f} (vacuous at {result['vacuous_bits_per_token']:.2f}); "
+          f"top-1 error: train {result['train_top1_error']:.3f}, test {result['test_top1_error']:.3f}, "
+          f"bound {result['bound_top1_error']:.3f}; {result['compressed_bits']:,.0f} bits, delta={args.delta}")
     if args.json:
         write_json(args.json, result)
     return 0
@@ -118,6 +173,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", help="write the result here")
     p.set_defaults(func=cmd_classify)
+
+    p = gsub.add_parser("lm", help="certify a compressed language model's bits per token and top-1 error")
+    p.add_argument("--corpus", required=True,
+                   help="a corpus folder made by `paperclub scaling prepare` (the model's training split is in it)")
+    p.add_argument("--ckpt", help="a compressed model folder (default: the shipped one), or a Hugging Face Llama "
+                                  "folder trained on this corpus, to quantize and certify")
+    p.add_argument("--train", action="store_true", help="train a new model on the corpus")
+    p.add_argument("--save", help="when training or quantizing: write the compressed model to this folder")
+    p.add_argument("--hidden", type=int, help="model width when training (default 32)")
+    p.add_argument("--layers", type=int, help="blocks when training (default 2)")
+    p.add_argument("--seq-len", type=int, help="context window when training or quantizing (default 128)")
+    p.add_argument("--tokens", type=int, help="training tokens (default 0: one pass over the training split)")
+    p.add_argument("--levels", type=int, help="quantization levels per tensor (default 8)")
+    p.add_argument("--lr", type=float, help="peak learning rate when training (default 3e-3)")
+    p.add_argument("--seed", type=int, default=0, help="training seed, and the seed that draws --eval-tokens")
+    p.add_argument("--search-space", type=int, default=1,
+                   help="how many configurations you tried before this one (its log2 is paid in the bound)")
+    p.add_argument("--eval-tokens", type=int, default=0,
+                   help="score this many training positions drawn at random (the subsampled bound; 0: all)")
+    p.add_argument("--val-tokens", type=int, default=0, help="held-out positions to score (0: all)")
+    p.add_argument("--delta", type=float, default=0.05, help="each bound holds with probability 1 - delta")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", help="write the result here")
+    p.set_defaults(func=cmd_lm)
 
     p = gsub.add_parser("demo", help=f"the lecture demos: {', '.join(DEMOS)}")
     p.add_argument("name", choices=list(DEMOS))
