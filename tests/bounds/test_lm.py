@@ -226,3 +226,20 @@ def test_the_shipped_language_model_bound_is_non_vacuous(tmp_path):
     r = json.loads(out.read_text())
     assert r["bound_bits_per_token"] < r["vacuous_bits_per_token"] and r["bound_top1_error"] < 1.0
     assert r["train_smoothed_bits_per_token"] < r["bound_bits_per_token"]
+
+
+def test_lm_quantizes_a_hugging_face_model_trained_on_the_corpus(tmp_path):
+    from paperclub.models.hf_export import save_hf_model
+
+    corpus = make_corpus(tmp_path / "corpus")
+    model = tiny_model()
+    save_hf_model(model, tmp_path / "hf", {})
+    out = tmp_path / "q.json"
+    assert main(["bounds", "lm", "--corpus", str(corpus), "--ckpt", str(tmp_path / "hf"), "--levels", "6",
+                 "--seq-len", "16", "--tokens", "20000", "--save", str(tmp_path / "q"), "--json", str(out),
+                 "--quiet", "--threads", "1"]) == 0
+    compressed, meta = lm_message.load(tmp_path / "q")
+    assert meta["source"] == str(tmp_path / "hf") and meta["seq_len"] == 16
+    assert all(enc.levels == 6 for _, enc in compressed.tensors)
+    assert [n for n, _ in compressed.tensors] == [n for n, _ in model.named_parameters()]
+    assert json.loads(out.read_text())["compressed_bits"] == compressed.bits()["total"]
