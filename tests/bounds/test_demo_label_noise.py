@@ -25,7 +25,7 @@ needs_data = pytest.mark.skipif(not (DEBIAN_DIR / FILES["y_train"]).is_file(),
 # thread): clean stops at d = 400 (train error 0.14, ~2000 bits), random at d = 1600 (0.06, ~6500 bits); the other
 # dims miss by a wide margin (clean d = 100: 0.32; random d = 400: 0.44).
 TINY = LabelNoiseConfig(noise_levels=(0.0, 1.0), n_train=100, dims=(100, 400, 1600), levels=(15,),
-                        max_train_error=0.2, epochs=100, lr=0.1, lr_ref_dim=400, batch_size=50,
+                        refine_levels=(), max_train_error=0.2, epochs=100, lr=0.1, lr_ref_dim=400, batch_size=50,
                         net=NetConfig(channels=(4, 8), hidden=32))
 
 
@@ -113,14 +113,47 @@ def test_the_cache_key_follows_what_shapes_a_training():
 def test_the_learning_rate_shrinks_above_the_reference_dimension():
     cfg = LabelNoiseConfig(lr=0.2, lr_ref_dim=1000)
     assert cfg.lr_at(250) == 0.2 and cfg.lr_at(1000) == 0.2 and cfg.lr_at(4000) == pytest.approx(0.05)
-    assert cfg.search_space == len(cfg.dims) * len(cfg.levels)
+    assert cfg.search_space == len(cfg.dims) * len({15, 3, 7})  # the walk's levels and the refinement's
+    assert dataclasses.replace(cfg, refine_levels=(15,)).search_space == len(cfg.dims)
+
+
+@needs_data
+def test_refinement_keeps_the_fitting_model_with_the_lowest_bound(tmp_path, monkeypatch):
+    """Scripted trainings: clean fits first at d = 400 (L = 15); the coarser codebooks at 400 and 1600 are tried,
+    and the model with the lowest bound is kept (3 levels at d = 1600: not the fewest bits, but a lower training
+    error). Random labels fit only at d = 1600, above refine_max_dim: no refinement."""
+    table = {  # (noise, d, L) -> (train error, coded bits)
+        (0.0, 100, 15): (0.5, 100), (0.0, 400, 15): (0.1, 90), (0.0, 400, 3): (0.15, 40),
+        (0.0, 400, 7): (0.3, 60), (0.0, 1600, 3): (0.02, 60), (0.0, 1600, 7): (0.04, 200),
+        (1.0, 100, 15): (0.9, 100), (1.0, 400, 15): (0.5, 900), (1.0, 1600, 15): (0.1, 5000),
+    }
+    calls = []
+
+    def scripted(config, data, x, y, y_test, noise, dim, levels, progress):
+        calls.append((noise, dim, levels))
+        err, bits = table[noise, dim, levels]
+        return {"noise": noise, "dim": dim, "levels": levels, "lr": 0.1, "train_error": err, "test_error": 0.5,
+                "test_error_clean": 0.5, "coded_bits": bits, "seconds": 0.0}
+
+    monkeypatch.setattr(demo, "_train_one", scripted)
+    cfg = dataclasses.replace(TINY, refine_levels=(3, 7), refine_max_dim=400)
+    result = run(cfg)
+    assert calls == [(0.0, 100, 15), (0.0, 400, 15), (0.0, 400, 3), (0.0, 400, 7), (0.0, 1600, 3), (0.0, 1600, 7),
+                     (1.0, 100, 15), (1.0, 400, 15), (1.0, 1600, 15)]
+    clean, noisy = result["rows"]
+    assert (clean["dim"], clean["levels"]) == (1600, 3)
+    assert clean["compressed_bits"] == pytest.approx(60 + math.log2(3 * 3))  # 3 dims x 3 level counts paid
+    fitting = [(e, b) for (n, _, _), (e, b) in table.items() if n == 0.0 and e <= 0.2]
+    assert clean["bound_error"] == min(certify(e, b + math.log2(9), 100).bound_error for e, b in fitting)
+    assert (noisy["dim"], noisy["levels"]) == (1600, 15)
 
 
 @pytest.mark.parametrize("field, value", [
     ("noise_levels", ()), ("noise_levels", (0.0, 1.5)), ("noise_levels", (0.5, 0.5)), ("noise_levels", "0.5"),
     ("n_train", 5), ("n_train", 100_000), ("n_train", 2.5),
     ("dims", ()), ("dims", (800, 200)), ("dims", (0, 10)), ("dims", (10**9,)),
-    ("levels", ()), ("levels", (1,)), ("levels", (7, 7)), ("levels", 7),
+    ("levels", ()), ("levels", (1,)), ("levels", (7, 7)), ("levels", 7), ("refine_levels", (1,)),
+    ("refine_levels", 3), ("refine_max_dim", -1),
     ("max_train_error", 1.0), ("max_train_error", -0.1), ("max_train_error", float("nan")),
     ("epochs", 0), ("qat_epochs", -1), ("lr", 0.0), ("lr", float("inf")), ("lr_ref_dim", 0), ("batch_size", 0),
     ("delta", 0.0), ("delta", 1.0), ("seed", -1), ("seed", True), ("seed", 2**64),
