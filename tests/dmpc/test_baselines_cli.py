@@ -61,6 +61,17 @@ def test_every_planner_writes_the_eval_contract(ckpts, tmp_path, planner):
         assert result["planner_config"]["horizon"] == 2 and result["planner_config"]["trajectories"] == 4
 
 
+@pytest.mark.parametrize("ablation", [["--dynamics", "single-step"], ["--proposal", "mlp"]])
+def test_ablations_through_eval(ckpts, tmp_path, ablation):
+    out = tmp_path / "e.json"
+    assert main(["dmpc", "eval", "--env", "pendulum", "--ckpt", str(ckpts["dmpc"]), "--mbop", str(ckpts["mbop"]),
+                 *ablation, "--episodes", "1", "--quiet", "--json", str(out), *PLANNER_ARGS["dmpc"]]) == 0
+    result = json.loads(out.read_text())
+    assert CONTRACT <= set(result) and result["planner"] == "dmpc"
+    assert result["planner_config"][ablation[0][2:]] == ablation[1]
+    assert result["planner_config"]["mbop"] == str(ckpts["mbop"])
+
+
 def test_distilled_checkpoint_records_its_teacher(ckpts):
     config = json.loads((ckpts["distilled"] / "config.json").read_text())
     assert config["format"] == "paperclub.dmpc.distilled/1" and config["teacher"] == str(ckpts["dmpc"])
@@ -94,6 +105,10 @@ def test_bad_inputs_to_the_baselines(ckpts, tmp_path, capsys):
                    "`paperclub dmpc distill`)")
     one_line_error(capsys, [*ev, "--planner", "mbop", "--ckpt", str(ckpts["mbop"]), "--candidates", "5"],
                    "--candidates 5 must be a multiple of the MBOP ensemble size 2")
+    one_line_error(capsys, [*ev, "--planner", "dmpc", "--ckpt", str(ckpts["dmpc"]), "--dynamics", "single-step"],
+                   "pass --mbop DIR")
+    one_line_error(capsys, [*ev, "--planner", "bc", "--ckpt", str(ckpts["bc"]), "--proposal", "mlp"],
+                   "they go with --planner dmpc")
     one_line_error(capsys, ["dmpc", "eval", "--env", "hopper", "--planner", "bc", "--ckpt", str(ckpts["bc"])],
                    "trained for env pendulum, not hopper")
     one_line_error(capsys, ["dmpc", "prediction-error", "--ckpt", str(ckpts["mbop"]), "--mbop", str(ckpts["mbop"]),

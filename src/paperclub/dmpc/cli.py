@@ -223,6 +223,8 @@ def cmd_eval(args) -> int:
     if args.planner != "random" and not args.ckpt:
         command = checkpoint.KINDS[args.planner][1]
         raise UserError(f"--planner {args.planner} needs --ckpt DIR (make one with `{command}`)")
+    if args.planner != "dmpc" and ((args.proposal, args.dynamics) != ("diffusion", "diffusion") or args.mbop):
+        raise UserError("--proposal, --dynamics and --mbop ablate D-MPC's parts: they go with --planner dmpc")
     _threads(args.threads)
     torch.manual_seed(args.seed)
     space = make_env(args.env).action_space
@@ -237,11 +239,20 @@ def cmd_eval(args) -> int:
         if args.chunk > model.cfg.horizon:
             raise UserError(f"--chunk {args.chunk} exceeds the checkpoint's horizon {model.cfg.horizon}: a plan holds "
                             "only that many actions")
+        ablated = (args.proposal, args.dynamics) != ("diffusion", "diffusion") or args.mbop
+        if ablated:
+            from paperclub.dmpc import mbop
+            from paperclub.dmpc.ablations import Hybrid
+
+            parts = mbop.load(args.mbop, env=args.env)[0] if args.mbop else None
+            model = Hybrid(model, parts, args.proposal, args.dynamics, sigma=args.sigma)
         planner = _ssr_planner(model, reward, args, space, value_weight, args.chunk)
         planner_config = {"candidates": args.candidates, "chunk": args.chunk,
                           "proposal_steps": args.proposal_steps or model.cfg.proposal_steps,
                           "dynamics_steps": args.dynamics_steps or model.cfg.dynamics_steps,
-                          "value_weight": value_weight}
+                          "value_weight": value_weight, "proposal": args.proposal, "dynamics": args.dynamics}
+        if ablated:
+            planner_config.update({"mbop": args.mbop, "sigma": args.sigma})
     elif args.planner == "mbop":
         from dataclasses import asdict
 
@@ -430,6 +441,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=0.2, help="MBOP: noise around the prior, in action stds")
     p.add_argument("--beta", type=float, default=0.5, help="MBOP: weight of the previous plan")
     p.add_argument("--kappa", type=float, default=1.0, help="MBOP: return weighting exp(kappa R)")
+    p.add_argument("--proposal", default="diffusion", help="ablation, with --planner dmpc: diffusion (default) or "
+                   "mlp (MBOP's prior with noise --sigma, rolled out through its ensemble; needs --mbop)")
+    p.add_argument("--dynamics", default="diffusion", help="ablation, with --planner dmpc: diffusion (default) or "
+                   "single-step (MBOP's ensemble rolled out F times; needs --mbop)")
+    p.add_argument("--mbop", help="an MBOP checkpoint whose parts the ablations use")
     p.add_argument("--learned-reward", action="store_true", help="MBOP: plan with the ensemble's reward head "
                    "(as published) instead of the objective on predicted states")
     p.add_argument("--threads", type=int, default=1)
