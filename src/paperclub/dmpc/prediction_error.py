@@ -76,7 +76,7 @@ def plot(result: dict, path: str) -> None:
                     linestyle=":" if name == "copy" else "-")
     ax.set_xlabel("horizon k (steps ahead)")
     ax.set_ylabel("state error (RMS, in training std)")
-    ax.set_title(f"{result['env']}: prediction error on held-out data ({result['rows']} starts)")
+    ax.set_title(f"{result['env']}: held-out prediction error ({result['rows']} starts)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
