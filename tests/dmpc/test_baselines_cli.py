@@ -107,6 +107,10 @@ def test_bad_inputs_to_the_baselines(ckpts, tmp_path, capsys):
                    "--candidates 5 must be a multiple of the MBOP ensemble size 2")
     one_line_error(capsys, [*ev, "--planner", "dmpc", "--ckpt", str(ckpts["dmpc"]), "--dynamics", "single-step"],
                    "pass --mbop DIR")
+    one_line_error(capsys, [*ev, "--planner", "bc", "--ckpt", str(ckpts["bc"]), "--learned-reward"],
+                   "--learned-reward is an MBOP option")
+    one_line_error(capsys, [*ev, "--planner", "mbop", "--ckpt", str(ckpts["mbop"]), "--learned-reward", "--reward",
+                            "math:sqrt"], "not --reward math:sqrt: drop one of them")
     one_line_error(capsys, [*ev, "--planner", "bc", "--ckpt", str(ckpts["bc"]), "--proposal", "mlp"],
                    "they go with --planner dmpc")
     one_line_error(capsys, ["dmpc", "eval", "--env", "hopper", "--planner", "bc", "--ckpt", str(ckpts["bc"])],

@@ -122,3 +122,18 @@ def test_training_round_trip_and_refusals(tmp_path):
     (tmp_path / "m" / "prior.safetensors").write_bytes(b"\0" * 8)
     with pytest.raises(UserError, match="prior.safetensors cannot be loaded"):
         mbop.load(tmp_path / "m")
+
+
+def test_the_learned_reward_head_can_replace_the_objective():
+    class RewardHead(StubMbop):  # the ensemble's own reward: -(s_{t+1})^2
+        def step(self, states, actions):
+            nxt = states + actions
+            return nxt, -(nxt[..., 0] ** 2)
+
+    def never(states, actions):
+        raise AssertionError("the objective must not be called with learned_reward")
+
+    planner = MbopPlanner(RewardHead(), never, MppiConfig(trajectories=64, sigma=1.0, kappa=5.0, value_weight=0.0,
+                                                          learned_reward=True))
+    chosen = planner.plan(torch.tensor([-3.0, 3.0]).view(2, 1, 1), torch.zeros(2, 1, 1))[:, 0, 0]
+    assert chosen[0] > 0.7 and chosen[1] < -0.7, chosen

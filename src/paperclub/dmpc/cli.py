@@ -223,6 +223,11 @@ def cmd_eval(args) -> int:
     if args.planner != "random" and not args.ckpt:
         command = checkpoint.KINDS[args.planner][1]
         raise UserError(f"--planner {args.planner} needs --ckpt DIR (make one with `{command}`)")
+    if args.learned_reward and args.planner != "mbop":
+        raise UserError("--learned-reward is an MBOP option: it goes with --planner mbop")
+    if args.learned_reward and args.reward not in (None, "task"):
+        raise UserError(f"--learned-reward plans with the task reward the ensemble learned, not --reward "
+                        f"{args.reward}: drop one of them")
     if args.planner != "dmpc" and ((args.proposal, args.dynamics) != ("diffusion", "diffusion") or args.mbop):
         raise UserError("--proposal, --dynamics and --mbop ablate D-MPC's parts: they go with --planner dmpc")
     _threads(args.threads)
@@ -266,9 +271,6 @@ def cmd_eval(args) -> int:
             seed=args.seed, low=tuple(space.low.tolist()), high=tuple(space.high.tolist())))
         planner_config = {k: v for k, v in asdict(planner.cfg).items() if k not in ("low", "high", "seed")}
         planner_config["horizon"] = planner.horizon
-        if args.learned_reward and args.reward not in (None, "task"):
-            raise UserError(f"--learned-reward plans with the task reward the ensemble learned, not --reward "
-                            f"{args.reward}: drop one of them")
     else:  # bc, distilled
         from paperclub.dmpc import bc
 
