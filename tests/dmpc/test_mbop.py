@@ -137,3 +137,24 @@ def test_the_learned_reward_head_can_replace_the_objective():
                                                           learned_reward=True))
     chosen = planner.plan(torch.tensor([-3.0, 3.0]).view(2, 1, 1), torch.zeros(2, 1, 1))[:, 0, 0]
     assert chosen[0] > 0.7 and chosen[1] < -0.7, chosen
+
+
+def test_run_episodes_resets_stateful_planners_and_passes_episode_ids():
+    from paperclub.dmpc.evaluate import run_episodes
+
+    class Recording:
+        needs_ids = True
+
+        def __init__(self):
+            self.resets, self.ids = 0, []
+
+        def reset(self):
+            self.resets += 1
+
+        def plan(self, states, actions, ids=None):
+            self.ids.append(list(ids))
+            return torch.zeros(len(states), 1, 1)
+
+    planner = Recording()
+    run_episodes("pendulum", planner, 3, seed=0, history=1, progress=False)
+    assert planner.resets == 1 and len(planner.ids) == 200 and all(i == [0, 1, 2] for i in planner.ids)
