@@ -1,4 +1,5 @@
-"""`paperclub dmpc ...`: collect offline data, train D-MPC, fine-tune its dynamics, plan and evaluate."""
+"""`paperclub dmpc ...`: collect offline data, train D-MPC and its baselines (MBOP, behaviour cloning), fine-tune
+the dynamics, distill the planner into a policy, plan and evaluate, and compare prediction errors."""
 
 from __future__ import annotations
 
@@ -107,55 +108,211 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_train_mbop(args) -> int:
+    from paperclub.dmpc.dataset import load_dataset
+    from paperclub.dmpc.mbop import MbopTrainConfig, train_mbop
+
+    for name in ("steps", "batch_size", "members", "hidden", "layers", "horizon"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "members", "hidden", "layers",
+                                               "horizon") if getattr(args, k) is not None}
+    cfg = MbopTrainConfig(**overrides)
+    check_writable(Path(args.out) / "config.json", "--out")
+    _threads(args.threads)
+    data = load_dataset(args.data)
+    last = train_mbop(data, Path(args.out), cfg, progress=not args.quiet, meta={"data": str(args.data)})
+    print(f"{args.out}: MBOP trained {cfg.steps} steps on {args.data}; last losses "
+          + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
+    return 0
+
+
+def _fit_config(args):
+    from paperclub.dmpc.bc import FitConfig
+
+    for name in ("steps", "batch_size", "hidden", "layers"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "hidden", "layers")
+                 if getattr(args, k) is not None}
+    return FitConfig(**overrides)
+
+
+def cmd_train_bc(args) -> int:
+    from paperclub.dmpc.bc import train_bc
+    from paperclub.dmpc.dataset import load_dataset
+
+    cfg = _fit_config(args)
+    check_writable(Path(args.out) / "config.json", "--out")
+    _threads(args.threads)
+    data = load_dataset(args.data)
+    last = train_bc(data, Path(args.out), cfg, progress=not args.quiet, meta={"data": str(args.data)})
+    print(f"{args.out}: behaviour cloning trained {cfg.steps} steps on {args.data}; last loss {last:.4f}")
+    return 0
+
+
+def _ssr_planner(model, reward, args, space, value_weight: float | None, chunk: int):
+    from paperclub.dmpc.planner import PlannerConfig, SSRPlanner
+
+    return SSRPlanner(model, reward, PlannerConfig(
+        candidates=args.candidates, chunk=chunk, proposal_steps=args.proposal_steps,
+        dynamics_steps=args.dynamics_steps, value_weight=value_weight, seed=args.seed,
+        low=tuple(space.low.tolist()), high=tuple(space.high.tolist())))
+
+
+def cmd_distill(args) -> int:
+    from paperclub.dmpc import checkpoint
+    from paperclub.dmpc.dataset import load_dataset
+    from paperclub.dmpc.distill import DistillConfig, distill
+    from paperclub.dmpc.envs import make_env
+    from paperclub.dmpc.rewards import get_reward
+
+    for name in ("--candidates", "--proposal-steps", "--dynamics-steps", "--label-batch"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.states < 0 or args.rollouts < 0:
+        raise UserError("--states and --rollouts must be 0 or more")
+    if args.states == 0 and args.rollouts == 0:
+        raise UserError("nothing to label: give --states N (dataset states) and/or --rollouts N (planner episodes)")
+    if Path(args.out).resolve() == Path(args.ckpt).resolve():
+        raise UserError("--out must differ from --ckpt: distillation writes a new checkpoint")
+    fit = _fit_config(args)
+    model, config = checkpoint.load(args.ckpt)
+    env = model.cfg.env
+    data_path = args.data or config.get("data")
+    data = None
+    if args.states:
+        if not data_path:
+            raise UserError(f"--states needs --data: the checkpoint {args.ckpt} does not record its dataset")
+        data = load_dataset(data_path, env=env)
+    check_writable(Path(args.out) / "config.json", "--out")
+    _threads(args.threads)
+    space = make_env(env).action_space
+    planner = _ssr_planner(model, get_reward(env, None), args, space, 1.0, 1)
+    cfg = DistillConfig(states=args.states, rollouts=args.rollouts, label_batch=args.label_batch, seed=args.seed,
+                        fit=fit)
+    summary = distill(planner, env, model.cfg.history, data, Path(args.out), cfg, progress=not args.quiet,
+                      meta={"teacher": str(args.ckpt), "data": str(data_path) if data_path else None,
+                            "teacher_planner": {"candidates": args.candidates,
+                                                "proposal_steps": args.proposal_steps or model.cfg.proposal_steps,
+                                                "dynamics_steps": args.dynamics_steps or model.cfg.dynamics_steps}})
+    print(f"{args.out}: distilled {args.ckpt} on {summary['labels']} planner labels; label RMSE "
+          f"{summary['label_rmse']:.4f} (label std {summary['label_action_std']:.4f}); "
+          f"{summary['policy_actions_per_s']:.0f} actions/s at batch 1")
+    return 0
+
+
+PLANNERS = ("dmpc", "mbop", "bc", "distilled", "random")
+
+
 def cmd_eval(args) -> int:
     import torch
 
     from paperclub.dmpc import checkpoint
     from paperclub.dmpc.envs import check_variant, make_env
     from paperclub.dmpc.evaluate import run_episodes
-    from paperclub.dmpc.planner import PlannerConfig, RandomPlanner, SSRPlanner
+    from paperclub.dmpc.planner import RandomPlanner
     from paperclub.dmpc.rewards import get_reward
 
+    if args.planner not in PLANNERS:
+        raise UserError(f"unknown planner {args.planner!r}: choose one of {', '.join(PLANNERS)}")
     check_variant(args.env, args.variant)
-    for name in ("--episodes", "--candidates", "--chunk", "--proposal-steps", "--dynamics-steps"):
+    for name in ("--episodes", "--candidates", "--chunk", "--proposal-steps", "--dynamics-steps",
+                 "--mbop-horizon"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
     reward = get_reward(args.env, args.reward)
     if args.json:
         check_writable(args.json, "--json")
+    if args.planner != "random" and not args.ckpt:
+        command = checkpoint.KINDS[args.planner][1]
+        raise UserError(f"--planner {args.planner} needs --ckpt DIR (make one with `{command}`)")
+    if args.learned_reward and args.planner != "mbop":
+        raise UserError("--learned-reward is an MBOP option: it goes with --planner mbop")
+    if args.learned_reward and args.reward not in (None, "task"):
+        raise UserError(f"--learned-reward plans with the task reward the ensemble learned, not --reward "
+                        f"{args.reward}: drop one of them")
+    if args.planner != "dmpc" and ((args.proposal, args.dynamics) != ("diffusion", "diffusion") or args.mbop):
+        raise UserError("--proposal, --dynamics and --mbop ablate D-MPC's parts: they go with --planner dmpc")
     _threads(args.threads)
     torch.manual_seed(args.seed)
     space = make_env(args.env).action_space
-    history = 0
+    value_weight = args.value_weight if args.value_weight is not None else \
+        (1.0 if args.reward in (None, "task") else 0.0)
+    history, planner_config = 0, None
     if args.planner == "random":
         planner = RandomPlanner(space.low, space.high, seed=args.seed)
-    else:
-        if not args.ckpt:
-            raise UserError("--planner dmpc needs --ckpt DIR (train one with `paperclub dmpc train`)")
+    elif args.planner == "dmpc":
         model, _ = checkpoint.load(args.ckpt, env=args.env)
         history = model.cfg.history
         if args.chunk > model.cfg.horizon:
             raise UserError(f"--chunk {args.chunk} exceeds the checkpoint's horizon {model.cfg.horizon}: a plan holds "
                             "only that many actions")
-        value_weight = args.value_weight if args.value_weight is not None else \
-            (1.0 if args.reward in (None, "task") else 0.0)
-        planner = SSRPlanner(model, reward, PlannerConfig(
-            candidates=args.candidates, chunk=args.chunk, proposal_steps=args.proposal_steps,
-            dynamics_steps=args.dynamics_steps, value_weight=value_weight, seed=args.seed,
-            low=tuple(space.low.tolist()), high=tuple(space.high.tolist())))
+        ablated = (args.proposal, args.dynamics) != ("diffusion", "diffusion") or args.mbop
+        if ablated:
+            from paperclub.dmpc import mbop
+            from paperclub.dmpc.ablations import Hybrid
+
+            parts = mbop.load(args.mbop, env=args.env)[0] if args.mbop else None
+            model = Hybrid(model, parts, args.proposal, args.dynamics, sigma=args.sigma)
+        planner = _ssr_planner(model, reward, args, space, value_weight, args.chunk)
+        planner_config = {"candidates": args.candidates, "chunk": args.chunk,
+                          "proposal_steps": args.proposal_steps or model.cfg.proposal_steps,
+                          "dynamics_steps": args.dynamics_steps or model.cfg.dynamics_steps,
+                          "value_weight": value_weight, "proposal": args.proposal, "dynamics": args.dynamics}
+        if ablated:
+            planner_config.update({"mbop": args.mbop, "sigma": args.sigma})
+    elif args.planner == "mbop":
+        from dataclasses import asdict
+
+        from paperclub.dmpc import mbop
+
+        model, _ = mbop.load(args.ckpt, env=args.env)
+        history = 1  # MBOP conditions on the previous action
+        planner = mbop.MbopPlanner(model, reward, mbop.MppiConfig(
+            trajectories=args.candidates, horizon=args.mbop_horizon, sigma=args.sigma, beta=args.beta,
+            kappa=args.kappa, chunk=args.chunk, value_weight=value_weight, learned_reward=args.learned_reward,
+            seed=args.seed, low=tuple(space.low.tolist()), high=tuple(space.high.tolist())))
+        planner_config = {k: v for k, v in asdict(planner.cfg).items() if k not in ("low", "high", "seed")}
+        planner_config["horizon"] = planner.horizon
+    else:  # bc, distilled
+        from paperclub.dmpc import bc
+
+        policy, _ = bc.load(args.ckpt, kind=args.planner, env=args.env)
+        planner = bc.PolicyPlanner(policy)
     result = run_episodes(args.env, planner, args.episodes, args.seed, history=history, variant=args.variant,
                           objective=reward, progress=not args.quiet)
     result.update({"planner": args.planner, "reward": args.reward or "task", "ckpt": args.ckpt})
-    if args.planner == "dmpc":
-        result["planner_config"] = {"candidates": args.candidates, "chunk": args.chunk,
-                                    "proposal_steps": args.proposal_steps or model.cfg.proposal_steps,
-                                    "dynamics_steps": args.dynamics_steps or model.cfg.dynamics_steps,
-                                    "value_weight": planner.cfg.value_weight}
+    if planner_config is not None:
+        result["planner_config"] = planner_config
     ns = result["normalized_score"]
     print(f"{args.env}{'/' + args.variant if args.variant else ''} {args.planner}: normalized score "
           f"{ns['mean']:.1f} +- {ns['stderr']:.1f} (return {result['mean_return']:.1f}, {args.episodes} episodes, "
           f"{result['actions_per_s']:.1f} actions/s)")
     if args.json:
         write_json(args.json, result)
+    return 0
+
+
+def cmd_prediction_error(args) -> int:
+    from paperclub.dmpc import checkpoint, mbop
+    from paperclub.dmpc.dataset import load_dataset
+    from paperclub.dmpc.prediction_error import plot, prediction_errors
+
+    _positive("--rows", args.rows)
+    _positive("--dynamics-steps", args.dynamics_steps)
+    for name in ("json", "plot"):
+        if getattr(args, name):
+            check_writable(getattr(args, name), f"--{name}")
+    _threads(args.threads)
+    model, _ = checkpoint.load(args.ckpt)
+    single, _ = mbop.load(args.mbop, env=model.cfg.env)
+    data = load_dataset(args.data, env=model.cfg.env)
+    result = prediction_errors(model, single, data, rows=args.rows, seed=args.seed,
+                               dynamics_steps=args.dynamics_steps)
+    result.update({"ckpt": args.ckpt, "mbop_ckpt": args.mbop, "data": args.data})
+    for k, d, m in zip(result["horizon"], result["dmpc"]["mean"], result["mbop"]["mean"], strict=True):
+        print(f"k={k}: D-MPC {d:.4f}  MBOP rolled out {m:.4f}")
+    if args.json:
+        write_json(args.json, result)
+    if args.plot:
+        plot(result, args.plot)
     return 0
 
 
@@ -169,6 +326,17 @@ def _add_train_options(p: argparse.ArgumentParser, steps_help: str) -> None:
     p.add_argument("--layers", type=int, help="denoiser transformer layers (default 3)")
     p.add_argument("--heads", type=int, help="attention heads (default 4)")
     p.add_argument("--save-every", type=int, help="steps between checkpoints (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help="training steps (default 5000)")
+    p.add_argument("--hidden", type=int, help="MLP width (default 256)")
+    p.add_argument("--layers", type=int, help="MLP hidden layers (default 2)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -208,20 +376,80 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_train_options(p, "fine-tuning steps (default 20000)")
     p.set_defaults(func=cmd_finetune)
 
-    p = gsub.add_parser("eval", help="plan with D-MPC (or random actions) and report normalized scores")
+    p = gsub.add_parser("train-mbop", help="train the MBOP baseline (single-step ensemble, prior, value)")
+    p.add_argument("--data", required=True, help="a dataset from `paperclub dmpc collect`")
+    p.add_argument("--out", required=True, help="the checkpoint directory (written at the end)")
+    p.add_argument("--steps", type=int, help="training steps (default 5000)")
+    p.add_argument("--members", type=int, help="dynamics ensemble size K (default 4)")
+    p.add_argument("--hidden", type=int, help="MLP width (default 256)")
+    p.add_argument("--layers", type=int, help="MLP hidden layers (default 2)")
+    p.add_argument("--horizon", type=int, help="planning horizon H stored as the default (default 8)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train_mbop)
+
+    p = gsub.add_parser("train-bc", help="train a behaviour-cloning MLP policy on a dataset's (state, action) pairs")
+    p.add_argument("--data", required=True, help="a dataset from `paperclub dmpc collect`")
+    p.add_argument("--out", required=True, help="the checkpoint directory")
+    _add_fit_options(p)
+    p.set_defaults(func=cmd_train_bc)
+
+    p = gsub.add_parser("distill", help="distill the D-MPC planner into a reactive MLP policy")
+    p.add_argument("--ckpt", required=True, help="the D-MPC checkpoint (the teacher)")
+    p.add_argument("--out", required=True, help="the distilled policy's checkpoint directory")
+    p.add_argument("--data", help="dataset whose states are labelled (default: the one the teacher trained on)")
+    p.add_argument("--states", type=int, default=4000, help="dataset states labelled by the planner")
+    p.add_argument("--rollouts", type=int, default=0, help="planner episodes whose visited states are labelled too")
+    p.add_argument("--label-batch", type=int, default=64, help="states per batched planner call")
+    p.add_argument("--candidates", type=int, default=64, help="the teacher's N")
+    p.add_argument("--proposal-steps", type=int, help="the teacher's DDIM steps (default: the checkpoint's)")
+    p.add_argument("--dynamics-steps", type=int, help="the teacher's DDIM steps (default: the checkpoint's)")
+    _add_fit_options(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = gsub.add_parser("prediction-error", help="multi-step diffusion dynamics vs the single-step ensemble rolled "
+                        "out: held-out state error against horizon")
+    p.add_argument("--ckpt", required=True, help="a D-MPC checkpoint")
+    p.add_argument("--mbop", required=True, help="an MBOP checkpoint for the same env")
+    p.add_argument("--data", required=True, help="held-out trajectories (not the training data)")
+    p.add_argument("--rows", type=int, default=512, help="held-out starting steps sampled")
+    p.add_argument("--dynamics-steps", type=int, help="D-MPC's DDIM steps (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="write the figures here")
+    p.add_argument("--plot", help="write the plot (PNG) here")
+    p.set_defaults(func=cmd_prediction_error)
+
+    p = gsub.add_parser("eval", help="plan with D-MPC, MBOP, a BC or distilled policy, or random actions, and "
+                        "report normalized scores")
     p.add_argument("--env", required=True, choices=ENVS)
     p.add_argument("--variant", help="e.g. broken-ankle (walker2d)")
-    p.add_argument("--ckpt", help="a checkpoint from `paperclub dmpc train`")
-    p.add_argument("--planner", default="dmpc", choices=["dmpc", "random"])
+    p.add_argument("--ckpt", help="the planner's checkpoint: from `paperclub dmpc train` (dmpc), `train-mbop`, "
+                   "`train-bc` or `distill`")
+    p.add_argument("--planner", default="dmpc", help=f"one of {', '.join(PLANNERS)} (default dmpc)")
     p.add_argument("--reward", help="task (default), jump, backward, balance (walker2d), or module:function")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--candidates", type=int, default=64, help="N action sequences per plan")
+    p.add_argument("--candidates", type=int, default=64, help="N action sequences per plan (MBOP: trajectories)")
     p.add_argument("--chunk", type=int, default=1, help="actions executed per plan")
     p.add_argument("--proposal-steps", type=int, help="DDIM steps of the proposal (default: the checkpoint's, 32)")
     p.add_argument("--dynamics-steps", type=int, help="DDIM steps of the dynamics (default: the checkpoint's, 10)")
     p.add_argument("--value-weight", type=float, help="weight of the terminal value (default 1 for the task "
                    "reward, 0 for others)")
+    p.add_argument("--mbop-horizon", type=int, help="MBOP's planning horizon H (default: the checkpoint's)")
+    p.add_argument("--sigma", type=float, default=0.2, help="MBOP: noise around the prior, in action stds")
+    p.add_argument("--beta", type=float, default=0.5, help="MBOP: weight of the previous plan")
+    p.add_argument("--kappa", type=float, default=1.0, help="MBOP: return weighting exp(kappa R)")
+    p.add_argument("--proposal", default="diffusion", help="ablation, with --planner dmpc: diffusion (default) or "
+                   "mlp (MBOP's prior with noise --sigma, rolled out through its ensemble; needs --mbop)")
+    p.add_argument("--dynamics", default="diffusion", help="ablation, with --planner dmpc: diffusion (default) or "
+                   "single-step (MBOP's ensemble rolled out F times; needs --mbop)")
+    p.add_argument("--mbop", help="an MBOP checkpoint whose parts the ablations use")
+    p.add_argument("--learned-reward", action="store_true", help="MBOP: plan with the ensemble's reward head "
+                   "(as published) instead of the objective on predicted states")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", help="write the results here")

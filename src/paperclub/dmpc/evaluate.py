@@ -25,7 +25,11 @@ def stderr(x: np.ndarray) -> float:
 def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int = 1, variant: str | None = None,
                  objective: Reward | None = None, progress: bool = True) -> dict:
     """Run `episodes` episodes (episode i reset with seed + i) under `planner.plan(states, actions) -> (E, chunk, A)`.
-    Returns the evaluation JSON's figures."""
+    A planner that keeps state per episode (MBOP's previous plan) has `needs_ids` and gets `ids=` (the episode of
+    each row) too, and its `reset()` is called first. Returns the evaluation JSON's figures."""
+    if hasattr(planner, "reset"):
+        planner.reset()
+    extra = (lambda need: {"ids": need}) if getattr(planner, "needs_ids", False) else (lambda need: {})
     envs = [make_env(env_name, variant) for _ in range(episodes)]
     low, high = envs[0].action_space.low, envs[0].action_space.high
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
@@ -43,7 +47,7 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
         if need:
             states, acts = zip(*(hist[i].tensors() for i in need), strict=True)
             t0 = time.perf_counter()
-            planned = planner.plan(torch.stack(states), torch.stack(acts)).numpy()
+            planned = planner.plan(torch.stack(states), torch.stack(acts), **extra(need)).numpy()
             planning_s += time.perf_counter() - t0
             for i, chunk in zip(need, planned, strict=True):
                 queues[i].extend(chunk)
