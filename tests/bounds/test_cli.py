@@ -50,7 +50,7 @@ def test_a_checkpoint_that_is_not_one_gets_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "corrupt or truncated" in err[0]
     assert main(["bounds", "classify", "--ckpt", str(tmp_path / "none")]) == 2
-    assert "no compressed checkpoint" in capsys.readouterr().err
+    assert "no compressed classifier" in capsys.readouterr().err
 
 
 def test_an_unwritable_json_path_is_refused_first(tmp_path, capsys):

@@ -133,5 +133,5 @@ def test_corrupt_and_foreign_checkpoints_get_clear_errors(tmp_path, compressed):
     path.write_text(json.dumps(obj | {"counts": obj["counts"][:-1] + [obj["counts"][-1] + 1]}))
     with pytest.raises(UserError):
         checkpoint.load(tmp_path / "ck")
-    with pytest.raises(UserError, match="no compressed checkpoint"):
+    with pytest.raises(UserError, match="no compressed classifier"):
         checkpoint.load(tmp_path / "nothing-here")

@@ -7,11 +7,8 @@ file is the hypothesis: loading decodes the message and rebuilds theta0 + P w fr
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
-
-import numpy as np
 
 from paperclub.atomic import write_json
 from paperclub.bounds.coding import Encoded
@@ -25,15 +22,11 @@ FORMAT = "paperclub-bounds-compressed/1"
 
 def save(path: Path, compressed: Compressed, meta: dict) -> Path:
     """Write `path/compressed.json` atomically; `meta` records how it was made (dataset, label noise, ...)."""
-    enc = compressed.encoded
     obj = {
         "format": FORMAT,
         "subspace": compressed.subspace.to_dict(),
         "search_space": compressed.search_space,
-        "levels": enc.levels,
-        "counts": list(enc.counts),
-        "centres_f16": base64.b64encode(enc.centres_f16).decode(),
-        "stream_u32le": base64.b64encode(np.asarray(enc.stream, dtype="<u4").tobytes()).decode(),
+        **compressed.encoded.to_dict(),
         "bits": compressed.bits(),
         "meta": meta,
     }
@@ -41,23 +34,27 @@ def save(path: Path, compressed: Compressed, meta: dict) -> Path:
     return Path(path) / FILE
 
 
-def load(path: Path) -> tuple[Compressed, dict]:
-    """The compressed classifier in a checkpoint folder (or its compressed.json), and its `meta`."""
+def read_message(path: Path, fmt: str, kind: str, how: str) -> tuple[Path, dict]:
+    """The JSON object in a checkpoint folder's compressed.json (or that file), checked to be of format `fmt`;
+    a one-line UserError naming the file otherwise. `kind` and `how` (the command that writes one) go in it."""
     path = Path(path)
     file = path / FILE if path.is_dir() else path
     if not file.is_file():
-        raise UserError(f"no compressed checkpoint at {path}: expected a folder holding {FILE} "
-                        "(`paperclub bounds classify --save DIR` writes one)")
+        raise UserError(f"no compressed {kind} at {path}: expected a folder holding {FILE} (`{how}` writes one)")
     try:
         obj = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{file} is not valid JSON ({e}): the checkpoint is corrupt or truncated") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UserError(f"{file} is not a compressed classifier of this version (format {FORMAT!r} expected)")
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise UserError(f"{file} is not a compressed {kind} of this version (format {fmt!r} expected)")
+    return file, obj
+
+
+def load(path: Path) -> tuple[Compressed, dict]:
+    """The compressed classifier in a checkpoint folder (or its compressed.json), and its `meta`."""
+    file, obj = read_message(path, FORMAT, "classifier", "paperclub bounds classify --train --save DIR")
     try:
-        stream = np.frombuffer(base64.b64decode(obj["stream_u32le"], validate=True), dtype="<u4").astype(np.uint32)
-        enc = Encoded(int(obj["levels"]), tuple(int(c) for c in obj["counts"]),
-                      base64.b64decode(obj["centres_f16"], validate=True), stream)
+        enc = Encoded.from_dict(obj)
         compressed = Compressed(SubspaceConfig.from_dict(obj["subspace"]), enc, int(obj["search_space"]))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{file} is missing or garbles a field ({e}): the checkpoint is corrupt") from None

@@ -15,6 +15,7 @@ messages because a prefix-free code satisfies Kraft's inequality.
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 
@@ -34,6 +35,19 @@ class Encoded:
     @property
     def dim(self) -> int:
         return sum(self.counts)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (centres and stream in base64)."""
+        return {"levels": self.levels, "counts": list(self.counts),
+                "centres_f16": base64.b64encode(self.centres_f16).decode(),
+                "stream_u32le": base64.b64encode(np.asarray(self.stream, dtype="<u4").tobytes()).decode()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Encoded:
+        """The inverse of `to_dict`; KeyError, TypeError or ValueError (binascii.Error) on a damaged entry."""
+        stream = np.frombuffer(base64.b64decode(d["stream_u32le"], validate=True), dtype="<u4").astype(np.uint32)
+        return cls(int(d["levels"]), tuple(int(c) for c in d["counts"]),
+                   base64.b64decode(d["centres_f16"], validate=True), stream)
 
     def bits(self) -> dict[str, int]:
         """The message length, part by part, and in total."""

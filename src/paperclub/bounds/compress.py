@@ -76,13 +76,18 @@ class Compressed:
         return net.eval()
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first 5% of `steps`, then a cosine decay to zero."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else 0.5 * (
+        1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, steps - warmup)))))
+
+
 def _epochs(params: list, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
             batch_size: int, seed: int, desc: str, progress: bool, forward) -> None:
     opt = torch.optim.Adam(params, lr=lr)
     steps = epochs * math.ceil(len(x) / batch_size)
-    warmup = max(1, steps // 20)  # linear warm-up over 5% of the steps, then a cosine decay to zero
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, steps - warmup)))) if i >= warmup else 1.0))
+    sched = warmup_cosine(opt, steps)
     g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
     for _ in range(epochs):

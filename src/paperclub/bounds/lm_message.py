@@ -10,8 +10,6 @@ coded tensors (base64), the search-space size and `meta` (corpus fingerprint, tr
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from paperclub.atomic import write_json
+from paperclub.bounds.checkpoint import read_message
 from paperclub.bounds.coding import Encoded, decode
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
@@ -83,10 +82,7 @@ def save(path: Path, compressed: CompressedLM, meta: dict) -> Path:
         "format": FORMAT,
         "config": compressed.config.to_dict(),
         "search_space": compressed.search_space,
-        "tensors": [{"name": name, "levels": enc.levels, "counts": list(enc.counts),
-                     "centres_f16": base64.b64encode(enc.centres_f16).decode(),
-                     "stream_u32le": base64.b64encode(np.asarray(enc.stream, dtype="<u4").tobytes()).decode()}
-                    for name, enc in compressed.tensors],
+        "tensors": [{"name": name, **enc.to_dict()} for name, enc in compressed.tensors],
         "bits": compressed.bits(),
         "num_params": compressed.num_params(),
         "meta": meta,
@@ -95,41 +91,15 @@ def save(path: Path, compressed: CompressedLM, meta: dict) -> Path:
     return Path(path) / FILE
 
 
-def is_checkpoint(path: Path) -> bool:
-    file = path / FILE if path.is_dir() else path
-    if not file.is_file():
-        return False
-    try:
-        head = file.read_text()[:200]
-    except (OSError, UnicodeDecodeError):
-        return False
-    return FORMAT in head
-
-
 def load(path: Path) -> tuple[CompressedLM, dict]:
     """The compressed model in a checkpoint folder (or its compressed.json), and its `meta`."""
-    path = Path(path)
-    file = path / FILE if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"no compressed language model at {path}: expected a folder holding {FILE} "
-                        "(`paperclub bounds lm --train --save DIR` writes one)")
-    try:
-        obj = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{file} is not valid JSON ({e}): the checkpoint is corrupt or truncated") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UserError(f"{file} is not a compressed language model (format {FORMAT!r} expected; "
-                        "`paperclub bounds classify` reads image classifiers)")
+    file, obj = read_message(path, FORMAT, "language model", "paperclub bounds lm --train --save DIR")
     try:
         config = ModelConfig(**{k: v for k, v in obj["config"].items()
                                 if k not in ("rope_scaling", "eos_token_ids")},
                              rope_scaling=obj["config"].get("rope_scaling") or {},
                              eos_token_ids=tuple(obj["config"].get("eos_token_ids") or ()))
-        tensors = []
-        for t in obj["tensors"]:
-            stream = np.frombuffer(base64.b64decode(t["stream_u32le"], validate=True), dtype="<u4").astype(np.uint32)
-            tensors.append((t["name"], Encoded(int(t["levels"]), tuple(int(c) for c in t["counts"]),
-                                               base64.b64decode(t["centres_f16"], validate=True), stream)))
+        tensors = [(t["name"], Encoded.from_dict(t)) for t in obj["tensors"]]
         compressed = CompressedLM(config, tensors, int(obj["search_space"]))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{file} is missing or garbles a field ({e}): the checkpoint is corrupt") from None

@@ -14,7 +14,6 @@ pay twice (fewer bits, and a smaller smoothed-loss range).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from paperclub.bounds.coding import encode
+from paperclub.bounds.compress import warmup_cosine
 from paperclub.bounds.lm_message import CompressedLM
 from paperclub.bounds.quantize import as_float16, assign, kmeans_1d, straight_through
 from paperclub.errors import UserError
@@ -84,9 +84,7 @@ def _windows(tokens: np.ndarray, seq_len: int, batch: int, g: torch.Generator) -
 def _run(params: list, loss_of, tokens: np.ndarray, cfg: LMTrainConfig, steps: int, lr: float, weight_decay: float,
          seed: int, desc: str, progress: bool) -> None:
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else 0.5 * (
-        1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, steps - warmup)))))
+    sched = warmup_cosine(opt, steps)
     g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
     for _ in range(steps):
