@@ -98,8 +98,8 @@ def main() -> None:
         sample = samples[name]
         bare = predict(name, costs, sample.acceptance, sample.hit_rate, sample.fanout or 1,
                        cm.Workload(sample.new_tokens, sample.prompt_tokens))
-        overhead = cm.overhead_from(sample, bare) if name != "ar" else 0.0
-        with_o = cm.Costs(costs.target, costs.draft, round_overhead_s=overhead)
+        overhead = cm.overhead_from(sample, bare)
+        with_o = cm.Costs(costs.target, costs.draft, round_overhead_s=overhead, ar_overhead_s=overhead)
         pred0 = predict(name, costs, acc, hit, fanout, w)
         pred = predict(name, with_o, acc, hit, fanout, w)
         measured = statistics.median(tps)

@@ -19,7 +19,10 @@ with the ratio of the last two (a constant per-token acceptance alpha gives a_i 
 
 AR. Prefill gives the first token; each of the N - 1 others costs one decode step over b rows:
 
-    time_AR = T_pre + (N - 1) T_t(b),        tok/s = b N / time_AR
+    time_AR = T_pre + (N - 1) (T_t(b) + o_AR),        tok/s = b N / time_AR
+
+(o_AR, like SD's o below: engine bookkeeping per step outside the forward; 0 unless calibrated, see
+`overhead_from`: a short real run on a calibration prompt, minus what the step times predict for it.)
 
 SD. The draft runs K steps (the first feeds the row's uncached tokens, about one), then the target verifies
 K + 1 positions per row in one forward; both run one after the other with the same placement:
@@ -171,6 +174,7 @@ class Costs:
     target: dict[int, StepTimes]  # threads -> step times (0: a device)
     draft: dict[int, StepTimes]
     round_overhead_s: float = 0.0  # o: per-round bookkeeping of SD/SSD outside the forwards
+    ar_overhead_s: float = 0.0  # the same for an AR step (scheduling, sampling, detokenizing)
     ssd_message_s: float = 0.0  # c: the SSD target <-> draft round trip per round
     contention: float = 1.0  # step-time factor when target and draft run at once on one CPU
 
@@ -213,7 +217,7 @@ def _tps(w: Workload, prefill_s: float, rounds: float, round_s: float) -> float:
 
 def predict_ar(costs: Costs, w: Workload, threads: int) -> Prediction:
     t = costs.of(costs.target, threads, "target")
-    step = t.at(w.batch_size)
+    step = t.at(w.batch_size) + costs.ar_overhead_s
     prefill = t.prefill_per_token_s * w.prompt_tokens * w.batch_size
     return Prediction("ar", _tps(w, prefill, w.new_tokens - 1, step), round_s=step, tokens_per_round=1.0,
                       detail={"prefill_s": prefill})
