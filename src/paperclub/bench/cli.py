@@ -41,6 +41,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats, model=args.model, draft=args.draft, dtype=args.dtype, device=args.device,
         seed=args.seed,
     )
+    if args.predict:
+        from paperclub.bench.predict import lines, predict
+
+        if args.measure:
+            settings.peers = []  # the model predicts our modes
+        data = run_bench(settings) if args.measure else None
+        given = {k: v for k, v in vars(args).items() if k != "func"}
+        out = predict(settings, data) | {"settings": given, "measured": data}
+        write_json(args.json, out)
+        print("\n".join(lines(out)))
+        print(f"wrote {args.json}", file=sys.stderr)
+        return 0
     data = run_bench(settings)
     write_json(args.json, data)
     plot = args.plot or str(Path(args.json).with_suffix(".png"))
@@ -185,6 +197,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--draft", default=None, help="draft directory (default: the shipped draft)")
     b.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     b.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights/activations")
+    b.add_argument("--predict", action="store_true",
+                   help="print the cost model's tokens/s for --modes (ar, sd, ssd) after a short calibration "
+                        "instead of benchmarking (speculative.cost_model)")
+    b.add_argument("--measure", action="store_true", help="with --predict: also run the bench and compare")
     b.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-plot", help="plot one or more `paperclub bench` JSON files")

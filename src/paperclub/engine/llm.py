@@ -84,8 +84,11 @@ class LLM:
 
     mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), "ssd" (speculative
     speculative decoding: the draft runs in its own process and pre-drafts the likely outcomes; `ssd_config`
-    tunes fan-out, fallback and threads), or "auto" (SD when a draft is given, else AR). `draft_fallback`: when
-    the SSD draft process is lost, go on decoding AR instead of failing the running requests (the server does).
+    tunes fan-out, fallback and threads), or "auto": with a draft (given, or the target's shipped one), a short
+    calibration on this machine and the cost model (`speculative.auto`) pick AR, SD or SSD and K, and log why;
+    without one, AR. `auto_calibrate=False` keeps the old rule (SD when a draft is given, else AR).
+    `draft_fallback`: when the SSD draft process is lost, go on decoding AR instead of failing the running requests
+    (the server does).
 
     draft: a draft model (directory or name); "ngram" for prompt-lookup drafting (no draft model, SD only);
     "ngram+DRAFT" for prompt lookup where the context has a match and the model DRAFT elsewhere ("ngram+default":
@@ -104,6 +107,7 @@ class LLM:
         ssd_config: SSDConfig | None = None,
         draft_fallback: bool = False,
         ngram_config: NgramConfig | None = None,
+        auto_calibrate: bool = True,
     ):
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -135,11 +139,26 @@ class LLM:
         pick = "sd" if spec.default_model and mode != "ar" else mode  # "ngram+default": the shipped draft
         use_model = spec.uses_model or not spec.ngram
         self.draft_dir = self._pick_draft(spec.model, pick, self.model_dir) if use_model else None
+        calibrate = mode == "auto" and auto_calibrate and not ngram
+        if calibrate and self.draft_dir is None:
+            self.draft_dir = default_draft_for(self.model_dir)
         self.mode = "ar" if self.draft_dir is None and not ngram else ("ssd" if mode == "ssd" else "sd")
         self.draft_name = ("ngram" + (f"+{self.draft_dir}" if self.draft_dir else "") if ngram
                            else str(self.draft_dir) if self.draft_dir else None)
-        self.k = k
         target = ModelRunner(self.model, self.max_model_len)
+        self.engine_config = EngineConfig(max_num_seqs=max_num_seqs, draft_fallback=draft_fallback)
+        self.eos = eos
+        self.auto_choice = None
+        if calibrate and self.draft_dir is not None:
+            self.auto_choice = self._auto(target)
+            self.mode, k = self.auto_choice.mode, self.auto_choice.k
+            if self.mode == "ar":
+                self.draft_dir = self.draft_name = None
+                self.draft_model = None
+            elif self.mode == "ssd":
+                self._draft_runner = None  # the draft runs in its own process
+                ssd_config = ssd_config or SSDConfig(k=k, draft_dtype=self.dtype)
+        self.k = k
         if ngram:
             proposer = NgramProposer(k, cfg.vocab_size, ngram_config)
             if self.draft_dir is not None:
@@ -152,18 +171,39 @@ class LLM:
             config = ssd_config or SSDConfig(k=k, draft_dtype=self.dtype)
             decoder = SSDDecoder(target, self.draft_dir, self.model_dir, config)
         else:
-            decoder = SpeculativeDecoder(target, self._load_draft_runner(), k=k)
-        self.engine = Engine(
-            decoder,
-            tokenizer=self.tokenizer,
-            eos_token_ids=eos,
-            config=EngineConfig(max_num_seqs=max_num_seqs, draft_fallback=draft_fallback),
-        )
+            runner = self._draft_runner if self.auto_choice is not None else self._load_draft_runner()
+            decoder = SpeculativeDecoder(target, runner, k=k)
+        self.engine = Engine(decoder, tokenizer=self.tokenizer, eos_token_ids=eos, config=self.engine_config)
         # After loading, the interpreter holds ~300k long-lived objects (mostly torch's modules and functions).
         # A full garbage collection walks all of them (0.1 s on a 2-core Xeon) and can fall in the middle of a
         # generation; frozen, they are skipped by every later collection. (vLLM does the same.)
         gc.collect()
         gc.freeze()
+
+    def _auto(self, target: ModelRunner):
+        """Calibrate (or reuse this machine's stored calibration) and let the cost model choose."""
+        from paperclub.device import cpu_model
+        from paperclub.speculative import auto
+
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 0
+        key = {"target": str(self.model_dir), "draft": str(self.draft_dir), "dtype": str(self.dtype),
+               "device": str(self.device), "threads": threads, "cpu": cpu_model(), "version": 1}
+        choice = auto.load(key)
+        if choice is None:
+            self._draft_runner = self._load_draft_runner()
+
+            def sd_engine(k: int) -> None:
+                self.engine = Engine(SpeculativeDecoder(target, self._draft_runner, k=k), tokenizer=self.tokenizer,
+                                     eos_token_ids=self.eos, config=self.engine_config)
+
+            choice = auto.calibrate_and_choose(self, target, self._draft_runner, max(threads, 1), sd_engine)
+            auto.save(key, choice, {})
+            log.info("mode auto: %s -> %s K=%d (%s)", "calibrated", choice.mode, choice.k, choice.reason)
+        else:
+            log.info("mode auto: %s K=%d, from the stored calibration (%s)", choice.mode, choice.k, choice.reason)
+            if choice.mode == "sd":
+                self._draft_runner = self._load_draft_runner()
+        return choice
 
     def _load_draft_runner(self) -> ModelRunner:
         self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype, self.model)

@@ -1,0 +1,164 @@
+"""The cost model: hand-computed predictions, limits, the SSD paper's setting, and auto's choice."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from paperclub.errors import UserError
+from paperclub.speculative import auto
+from paperclub.speculative import cost_model as cm
+
+
+def flat_costs(target_s: float = 0.010, draft_s: float = 0.001, **kw) -> cm.Costs:
+    """Step times that do not depend on the row count (a memory-bound step), for 1 and 2 threads alike."""
+    t, d = cm.StepTimes({1: target_s, 64: target_s}), cm.StepTimes({1: draft_s, 64: draft_s})
+    return cm.Costs(target={1: t, 2: t}, draft={1: d, 2: d}, **kw)
+
+
+W = cm.Workload(new_tokens=101, prompt_tokens=0)  # 100 decode rounds after the prefill's token
+
+
+def test_hand_computed_ar_and_sd():
+    costs = cm.Costs(target={2: cm.StepTimes({1: 0.010, 3: 0.012})}, draft={2: cm.StepTimes({1: 0.001})})
+    assert cm.predict_ar(costs, W, 2).tokens_per_s == pytest.approx(101 / (100 * 0.010))
+    acc = cm.Acceptance([0.5, 0.25])
+    sd = cm.predict_sd(costs, acc, 2, W, 2)
+    assert sd.tokens_per_round == pytest.approx(1.75)
+    assert sd.round_s == pytest.approx(2 * 0.001 + 0.012)
+    assert sd.tokens_per_s == pytest.approx(101 / (100 / 1.75 * 0.014))
+
+
+def test_prefill_counts():
+    costs = cm.Costs(target={2: cm.StepTimes({1: 0.010}, prefill_per_token_s=0.001)}, draft={})
+    w = cm.Workload(new_tokens=101, prompt_tokens=50)
+    assert cm.predict_ar(costs, w, 2).tokens_per_s == pytest.approx(101 / (0.05 + 1.0))
+
+
+def test_zero_acceptance_costs_ar_plus_the_draft():
+    costs = flat_costs()
+    for k in (1, 3, 5):
+        sd = cm.predict_sd(costs, cm.Acceptance([0.0] * 8), k, W, 2)
+        assert sd.tokens_per_round == 1.0
+        assert 1 / sd.tokens_per_s * W.new_tokens == pytest.approx(100 * (0.010 + k * 0.001))
+        assert sd.tokens_per_s < cm.predict_ar(costs, W, 2).tokens_per_s
+
+
+def test_perfect_acceptance_gives_k_plus_one_tokens_per_round():
+    for k in (1, 4, 8):
+        assert cm.Acceptance([1.0] * 3).tokens_per_round(k) == k + 1
+    assert cm.Acceptance.geometric(0.5).tokens_per_round(2) == pytest.approx(1.75)
+
+
+def test_sd_rises_with_acceptance_and_falls_with_draft_cost():
+    tps = [cm.predict_sd(flat_costs(), cm.Acceptance.geometric(a), 4, W, 2).tokens_per_s for a in (0.2, 0.5, 0.8)]
+    assert tps == sorted(tps) and tps[0] < tps[-1]
+    tps = [cm.predict_sd(flat_costs(draft_s=d), cm.Acceptance.geometric(0.7), 4, W, 2).tokens_per_s
+           for d in (0.0005, 0.001, 0.003)]
+    assert tps == sorted(tps, reverse=True)
+
+
+def test_ssd_on_its_own_device_hides_the_draft_on_hits():
+    costs = cm.Costs(target={0: cm.StepTimes({1: 0.010})}, draft={0: cm.StepTimes({1: 0.001})})
+    acc, place = cm.Acceptance.geometric(0.7), cm.Placement(1, 1, 5, separate_devices=True)
+    all_hits = cm.predict_ssd(costs, acc, cm.HitRate({3: 1.0}), 4, 3, W, place)
+    assert all_hits.round_s == pytest.approx(0.010)  # the build (5 draft steps) hides behind the verify
+    half = cm.predict_ssd(costs, acc, cm.HitRate({3: 0.5}), 4, 3, W, place)
+    assert half.round_s == pytest.approx(0.010 + 0.5 * 4 * 0.001)
+    sd = cm.predict_sd(costs, acc, 4, W, 0)
+    assert sd.tokens_per_s < half.tokens_per_s < all_hits.tokens_per_s
+
+
+def test_ssd_waits_for_a_long_build_and_oversubscription_slows_both():
+    costs = flat_costs(target_s=0.010, draft_s=0.004)
+    acc, hits = cm.Acceptance.geometric(0.7), cm.HitRate({1: 1.0})
+    p = cm.predict_ssd(costs, acc, hits, 4, 1, W, cm.Placement(1, 1, 2))
+    assert p.round_s == pytest.approx(5 * 0.004)  # build (glue + 4 branch steps) > verify
+    over = cm.predict_ssd(costs, acc, hits, 4, 1, W, cm.Placement(1, 2, 2))
+    assert over.round_s == pytest.approx(1.5 * p.round_s)
+
+
+def test_hit_rate_interpolates_and_extrapolates_as_a_power_law():
+    h = cm.HitRate({1: 0.5, 2: 0.75})
+    assert h.at(1.5) == pytest.approx(0.625)
+    assert h.at(4) == pytest.approx(1 - 0.25 * 0.5)  # miss halves per doubling of F
+    assert h.at(0.5) == 0.5
+
+
+def test_paper_setting_lands_within_20_percent_of_the_published_figures():
+    pred = cm.predict_paper()
+    for mode, published in cm.PAPER_PUBLISHED.items():
+        assert abs(pred[mode].tokens_per_s / published - 1) < 0.20, (mode, pred[mode].tokens_per_s, published)
+    assert pred["ar"].tokens_per_s < pred["sd"].tokens_per_s < pred["ssd"].tokens_per_s
+
+
+def test_choose_follows_the_costs():
+    good, none = cm.Acceptance.geometric(0.8), cm.Acceptance([0.0] * 8)
+    hits = cm.HitRate({1: 0.5, 3: 0.7})
+    two_cores = flat_costs()  # one thread runs at half the speed of two, as on this machine
+    two_cores.target[1], two_cores.draft[1] = two_cores.target[2].scaled(2), two_cores.draft[2].scaled(2)
+    assert cm.choose(two_cores, good, hits, W, cores=2).best.mode == "sd"
+    choice = cm.choose(flat_costs(), none, hits, W, cores=2)
+    assert choice.best.mode == "ar" and "AR" in choice.reason
+    assert cm.choose(flat_costs(), None, None, W, cores=2).best.mode == "ar"
+    # a draft that costs as much as the target: speculation loses
+    assert cm.choose(flat_costs(draft_s=0.010), cm.Acceptance.geometric(0.3), hits, W, cores=2).best.mode == "ar"
+    # a barely faster SD is within the margin: AR
+    slow = flat_costs(draft_s=0.0095)
+    close = cm.choose(slow, cm.Acceptance([0.97, 0.0]), None, W, cores=2, ks=[1], margin=0.05)
+    assert close.best.mode == "ar"
+    # step times at 1 thread half as fast, draft cheap, every outcome predicted: SSD on (1 + 1) beats SD on 2
+    t1, t2 = cm.StepTimes({1: 0.010, 64: 0.010}), cm.StepTimes({1: 0.009, 64: 0.009})
+    d = cm.StepTimes({1: 0.0004, 64: 0.0004})
+    costs = cm.Costs(target={1: t1, 2: t2}, draft={1: d, 2: d})
+    best = cm.choose(costs, good, cm.HitRate({1: 1.0}), W, cores=2).best
+    assert best.mode == "ssd"
+
+
+def test_bad_inputs_are_user_errors():
+    with pytest.raises(UserError):
+        cm.StepTimes({0: 0.01})
+    with pytest.raises(UserError):
+        cm.Acceptance([1.2])
+    with pytest.raises(UserError):
+        cm.HitRate({1: 2.0})
+    with pytest.raises(UserError):
+        cm.Workload(new_tokens=0)
+    with pytest.raises(UserError, match="no target step times"):
+        cm.predict_ar(cm.Costs(target={2: cm.StepTimes({1: 0.01})}, draft={}), W, 1)
+
+
+def test_auto_choice_round_trips_through_its_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERCLUB_HOME", str(tmp_path))
+    key = {"target": "t", "draft": "d", "threads": 2}
+    choice = auto.AutoChoice("sd", 4, None, "because", {"AR": 1.0})
+    assert auto.load(key) is None
+    auto.save(key, choice, {})
+    assert auto.load(key) == choice
+    assert auto.load(key | {"threads": 1}) is None
+
+
+@pytest.mark.slow
+def test_auto_on_the_default_pair_picks_what_measures_fastest(default_model_dir, tmp_path, monkeypatch):
+    """Calibrate from scratch, then measure AR, SD (the chosen K) and SSD on held-out prompts: auto's mode must
+    not be measurably slower than the fastest (5% for noise)."""
+    from paperclub.bench.bench import OurSystem, load_prompts
+    from paperclub.engine.llm import LLM
+
+    monkeypatch.setenv("PAPERCLUB_HOME", str(tmp_path))  # a fresh calibration (models come from default_model_dir)
+    picked = LLM(model=str(default_model_dir), dtype="bfloat16", device="cpu")
+    k = picked.k if picked.mode != "ar" else 4
+    systems = {"ar": LLM(model=str(default_model_dir), mode="ar", dtype="bfloat16", device="cpu"),
+               "sd": LLM(model=str(default_model_dir), mode="sd", k=k, dtype="bfloat16", device="cpu"),
+               "ssd": LLM(model=str(default_model_dir), mode="ssd", k=k, dtype="bfloat16", device="cpu")}
+    ids = [systems["ar"].encode(p) for p in load_prompts("instruct", 4)]
+    runs = {n: [] for n in systems}
+    for _ in range(3):
+        for n, s in systems.items():
+            r = OurSystem(s, n).run(ids, 1, 48, 0.0, 0)
+            runs[n].append(r.tokens / r.wall_s)
+    for s in [*systems.values(), picked]:
+        s.close()
+    tps = {n: statistics.median(v) for n, v in runs.items()}
+    assert tps[picked.mode] >= 0.95 * max(tps.values()), (picked.auto_choice, tps)
