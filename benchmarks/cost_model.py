@@ -15,7 +15,6 @@ and the adaptive fan-out's F from the measured run of the same mode: the model p
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import json
 import statistics
 import sys
@@ -39,7 +38,6 @@ def main() -> None:
     p.add_argument("--skip-ssd2", action="store_true", help="leave out SSD with a 2-thread draft")
     p.add_argument("--out", default="benchmarks/results/cost_model/cost_model.json")
     args = p.parse_args()
-    faulthandler.dump_traceback_later(480, exit=False)
     torch.set_num_threads(2)
     k = args.k
     systems = {

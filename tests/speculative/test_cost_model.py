@@ -147,7 +147,10 @@ def test_auto_on_the_default_pair_picks_what_measures_fastest(default_model_dir,
     from paperclub.engine.llm import LLM
 
     monkeypatch.setenv("PAPERCLUB_HOME", str(tmp_path))  # a fresh calibration (models come from default_model_dir)
-    picked = LLM(model=str(default_model_dir), dtype="bfloat16", device="cpu")
+    from paperclub.models.draft import default_draft_for
+
+    draft = default_draft_for(default_model_dir)
+    picked = LLM(model=str(default_model_dir), draft=str(draft), dtype="bfloat16", device="cpu")
     k = picked.k if picked.mode != "ar" else 4
     systems = {"ar": LLM(model=str(default_model_dir), mode="ar", dtype="bfloat16", device="cpu"),
                "sd": LLM(model=str(default_model_dir), mode="sd", k=k, dtype="bfloat16", device="cpu"),

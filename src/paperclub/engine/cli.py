@@ -24,7 +24,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model directory, .gguf file or cached name (default: embedded)")
     p.add_argument("--mode", default="auto", choices=["auto", "ar", "sd", "ssd"],
                    help="decoding algorithm (auto: a short calibration and the cost model pick ar, sd or ssd and K "
-                        "when a draft is available, else ar)")
+                        "when --draft is given, else ar)")
     p.add_argument("--draft", default=None,
                    help="draft model for sd (default: the shipped draft of the default model); ngram: prompt-lookup "
                         "drafting, no draft model; ngram+DRAFT: prompt lookup where the context has a match, the "

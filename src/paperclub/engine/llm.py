@@ -84,8 +84,8 @@ class LLM:
 
     mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), "ssd" (speculative
     speculative decoding: the draft runs in its own process and pre-drafts the likely outcomes; `ssd_config`
-    tunes fan-out, fallback and threads), or "auto": with a draft (given, or the target's shipped one), a short
-    calibration on this machine and the cost model (`speculative.auto`) pick AR, SD or SSD and K, and log why;
+    tunes fan-out, fallback and threads), or "auto": with a draft given, a short calibration on this machine and
+    the cost model (`speculative.auto`) pick AR, SD or SSD and K, and log why (the choice is stored per machine);
     without one, AR. `auto_calibrate=False` keeps the old rule (SD when a draft is given, else AR).
     `draft_fallback`: when the SSD draft process is lost, go on decoding AR instead of failing the running requests
     (the server does).
@@ -139,9 +139,8 @@ class LLM:
         pick = "sd" if spec.default_model and mode != "ar" else mode  # "ngram+default": the shipped draft
         use_model = spec.uses_model or not spec.ngram
         self.draft_dir = self._pick_draft(spec.model, pick, self.model_dir) if use_model else None
-        calibrate = mode == "auto" and auto_calibrate and not ngram
-        if calibrate and self.draft_dir is None:
-            self.draft_dir = default_draft_for(self.model_dir)
+        # auto calibrates only for a draft the caller named: a plain LLM() stays AR and starts without timing runs
+        calibrate = mode == "auto" and auto_calibrate and not ngram and draft is not None
         self.mode = "ar" if self.draft_dir is None and not ngram else ("ssd" if mode == "ssd" else "sd")
         self.draft_name = ("ngram" + (f"+{self.draft_dir}" if self.draft_dir else "") if ngram
                            else str(self.draft_dir) if self.draft_dir else None)
