@@ -36,7 +36,7 @@ bound from 0.90 (clean) through 0.95, 0.98 and 0.9995 (2, 5 and 10% noise) to 1.
 anywhere at this n: subspace coding is far from the information-theoretic minimum (50-60 bits per random label,
 not 3.32), and even the clean model needs ~2.9 bits per training example; non-vacuous bounds need n large enough
 that the clean model's bits are well below n, which the full 60k training set gives and a two-core demo cannot
-afford. Coarser codebooks (3 or 7 levels) did not fit the labels to 5% at the d where 15 levels did. Levels of
+afford. Coarser codebooks (3 or 7 levels) fitted the labels to 5% once only, with a higher bound. Levels of
 noise that land on the same d (the grid steps by ~sqrt(2)) get about the same size, so neighbouring bounds so
 close to 1 may even swap by ~1e-10, the smaller training error winning (0.5 and 0.75 do).
 
