@@ -76,14 +76,20 @@ def _train_config(args):
     return replace(base, denoiser=den, **overrides)
 
 
-def cmd_train(args) -> int:
+def _training_data(args, env: str | None = None):
+    """What every training command does first: refuse an unwritable --out, set the threads, read --data."""
     from paperclub.dmpc.dataset import load_dataset
+
+    check_writable(Path(args.out) / "config.json", "--out")
+    _threads(args.threads)
+    return load_dataset(args.data, env=env)
+
+
+def cmd_train(args) -> int:
     from paperclub.dmpc.train import train
 
     cfg = _train_config(args)
-    check_writable(Path(args.out) / "config.json", "--out")
-    _threads(args.threads)
-    data = load_dataset(args.data)
+    data = _training_data(args)
     last = train(data, Path(args.out), cfg, progress=not args.quiet, meta={"data": str(args.data)})
     print(f"{args.out}: trained {cfg.steps} steps on {args.data}; last losses "
           + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
@@ -92,16 +98,13 @@ def cmd_train(args) -> int:
 
 def cmd_finetune(args) -> int:
     from paperclub.dmpc import checkpoint
-    from paperclub.dmpc.dataset import load_dataset
     from paperclub.dmpc.train import train
 
     if Path(args.out).resolve() == Path(args.ckpt).resolve():
         raise UserError("--out must differ from --ckpt: fine-tuning writes a new checkpoint")
     config = checkpoint.read_config(Path(args.ckpt))
     cfg = _train_config(args)
-    check_writable(Path(args.out) / "config.json", "--out")
-    _threads(args.threads)
-    data = load_dataset(args.data, env=config["model"]["env"])
+    data = _training_data(args, env=config["model"]["env"])
     last = train(data, Path(args.out), cfg, parts=("dynamics",), init=Path(args.ckpt), progress=not args.quiet,
                  meta={"data": str(args.data)})
     print(f"{args.out}: dynamics fine-tuned {cfg.steps} steps on {args.data}; last loss {last.get('dynamics', 0):.4f}")
@@ -109,7 +112,6 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_train_mbop(args) -> int:
-    from paperclub.dmpc.dataset import load_dataset
     from paperclub.dmpc.mbop import MbopTrainConfig, train_mbop
 
     for name in ("steps", "batch_size", "members", "hidden", "layers", "horizon"):
@@ -117,9 +119,7 @@ def cmd_train_mbop(args) -> int:
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "members", "hidden", "layers",
                                                "horizon") if getattr(args, k) is not None}
     cfg = MbopTrainConfig(**overrides)
-    check_writable(Path(args.out) / "config.json", "--out")
-    _threads(args.threads)
-    data = load_dataset(args.data)
+    data = _training_data(args)
     last = train_mbop(data, Path(args.out), cfg, progress=not args.quiet, meta={"data": str(args.data)})
     print(f"{args.out}: MBOP trained {cfg.steps} steps on {args.data}; last losses "
           + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
@@ -138,12 +138,9 @@ def _fit_config(args):
 
 def cmd_train_bc(args) -> int:
     from paperclub.dmpc.bc import train_bc
-    from paperclub.dmpc.dataset import load_dataset
 
     cfg = _fit_config(args)
-    check_writable(Path(args.out) / "config.json", "--out")
-    _threads(args.threads)
-    data = load_dataset(args.data)
+    data = _training_data(args)
     last = train_bc(data, Path(args.out), cfg, progress=not args.quiet, meta={"data": str(args.data)})
     print(f"{args.out}: behaviour cloning trained {cfg.steps} steps on {args.data}; last loss {last:.4f}")
     return 0
