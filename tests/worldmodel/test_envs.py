@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from paperclub.worldmodel.envs import make_env, make_policy
 from paperclub.worldmodel.envs.pusht import PushTEnv
@@ -87,3 +88,17 @@ def test_pusht_render_state_roundtrip_and_policy(rng):
     assert np.allclose(env.get_state(), s) and np.array_equal(env.render(), obs)
     colours = {tuple(c) for c in env.render().reshape(-1, 3)}
     assert (70, 110, 200) in colours and (220, 60, 60) in colours
+
+
+@pytest.mark.parametrize("name", ["tworoom", "pusht"])
+def test_advance_is_step_without_the_frame(name):
+    """Simulating planners call `advance`: the same motion as `step`, without counting the step or rendering."""
+    stepped, advanced = make_env(name), make_env(name)
+    stepped.reset(seed=3)
+    advanced.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for a in rng.uniform(-1, 1, size=(12, 2)):
+        frame, *_ = stepped.step(a)
+        advanced.advance(a)
+    np.testing.assert_allclose(advanced.get_state(), stepped.get_state())
+    assert (advanced.render() == frame).all() and advanced.steps == 0 and stepped.steps == 12

@@ -115,6 +115,13 @@ class PushTEnv(gym.Env):
         return self.render(), {"proprio": self.proprio(), "state": self.get_state()}
 
     def step(self, action):
+        self.advance(action)
+        self.steps += 1
+        truncated = self.steps >= self.max_steps
+        return self.render(), 0.0, False, truncated, {"proprio": self.proprio(), "state": self.get_state()}
+
+    def advance(self, action) -> None:
+        """The physics of one step, without rendering or counting it (planners that simulate call this)."""
         a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         self.pusher.velocity = (float(a[0] * MAX_SPEED), float(a[1] * MAX_SPEED))
         for _ in range(SUBSTEPS):
@@ -125,9 +132,6 @@ class PushTEnv(gym.Env):
             cy = min(max(y, 10 + PUSHER_RADIUS), WORLD - 10 - PUSHER_RADIUS)
             if (cx, cy) != (x, y):
                 self.pusher.position = (cx, cy)
-        self.steps += 1
-        truncated = self.steps >= self.max_steps
-        return self.render(), 0.0, False, truncated, {"proprio": self.proprio(), "state": self.get_state()}
 
     def render(self) -> np.ndarray:
         img = np.empty((self.image_size, self.image_size, 3), dtype=np.uint8)

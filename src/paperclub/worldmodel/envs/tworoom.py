@@ -62,11 +62,15 @@ class TwoRoomEnv(gym.Env):
         return self.render(), {"proprio": self.proprio(), "state": self.get_state()}
 
     def step(self, action):
-        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        self.pos = self._move(self.pos, self.pos + STEP * a)
+        self.advance(action)
         self.steps += 1
         truncated = self.steps >= self.max_steps
         return self.render(), 0.0, False, truncated, {"proprio": self.proprio(), "state": self.get_state()}
+
+    def advance(self, action) -> None:
+        """The motion of one step, without rendering or counting it (planners that simulate call this)."""
+        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        self.pos = self._move(self.pos, self.pos + STEP * a)
 
     @staticmethod
     def is_free(p: np.ndarray) -> bool:
