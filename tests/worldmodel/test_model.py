@@ -112,3 +112,21 @@ def test_vit_encoder_presets_shapes_and_size():
         assert big.encode(torch.randn(2, 3, 224, 224)).shape == (2, 192)
     with pytest.raises(UserError, match="not a multiple of the ViT patch size 14"):
         preset("vit-tiny", image_size=64)
+
+
+def test_imagine_is_the_rollout_with_gradients_and_starts_like_teacher_forcing():
+    """`imagine` returns every latent that `rollout` computes on the way to its last one; its first prediction
+    reads only z0, exactly the input of the teacher-forced prediction at position 0; and gradients reach the
+    predictor through every step (the multi-step training loss needs them)."""
+    m = tiny().eval()
+    z = torch.randn(3, 4, 32)
+    a = torch.randn(3, 4, 10)
+    z0 = z[:, 0].clone().requires_grad_()
+    imagined = m.imagine(z0, a[:, :-1])
+    assert imagined.shape == (3, 3, 32)
+    torch.testing.assert_close(imagined[:, -1], m.rollout(z[:, 0], a[:, :-1]))
+    torch.testing.assert_close(imagined[:, 0], m.predict(z[:, :-1], a[:, :-1])[:, 0])
+    # later steps read the model's own predictions, not the encoded latents: they differ from teacher forcing
+    assert not torch.allclose(imagined[:, 2], m.predict(z[:, :-1], a[:, :-1])[:, 2], atol=1e-4)
+    imagined[:, 2].pow(2).sum().backward()
+    assert m.predictor.out.weight.grad.abs().sum() > 0 and z0.grad.abs().sum() > 0

@@ -72,6 +72,24 @@ def test_lr_schedule_and_config_validation():
     assert lr_at(999, cfg) < 1e-5
     with pytest.raises(UserError):
         TrainConfig(sigreg_weight=-1)
+    with pytest.raises(UserError, match="rollout-weight"):
+        TrainConfig(rollout_weight=-0.5)
+
+
+def test_rollout_weight_adds_the_imagined_latents_loss(tworoom_data, tmp_path):
+    """Same seed, same first batch: the first step's total loss with the multi-step term exceeds the plain one by
+    rollout_weight x (a positive MSE), while the teacher-forced term is identical; both runs log the validation
+    rollout loss."""
+    logs = {}
+    for w in (0.0, 2.0):
+        cfg = TrainConfig(steps=60, batch_size=16, sigreg_directions=64, eval_every=60, warmup=5, lr=3e-3,
+                          rollout_weight=w)
+        final = train(preset("tiny"), cfg, tworoom_data, tmp_path / str(w), progress=False)
+        assert final["val_rollout_loss"] > 0
+        logs[w] = json.loads((tmp_path / str(w) / "train_log.json").read_text())["history"] | {"final": final}
+    plain, multi = logs[0.0], logs[2.0]
+    assert multi["pred_loss"][0] == pytest.approx(plain["pred_loss"][0], rel=1e-5)
+    assert multi["loss"][0] > plain["loss"][0] + 1e-3
 
 
 def test_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tworoom_data, tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ def cmd_collect(args) -> int:
 # setting comes from the run being resumed instead
 CLI_TRAIN_DEFAULTS = {"config": "small", "eval_every": 250}
 FIXED_ON_RESUME = ("config", "batch_size", "lr", "sigreg_weight", "sigreg_directions", "eval_every", "seed",
-                   "frameskip", "latent_dim", "episodes")
+                   "frameskip", "latent_dim", "episodes", "rollout_weight")
 # what to do when the run to resume has a corrupt config.json
 RESUME_FIX = "start a new run (without --resume) in another --out"
 
@@ -70,7 +70,8 @@ def cmd_train(args) -> int:
         config_name = saved.get("config_name")
     else:
         defaults = {f.name: f.default for f in fields(TrainConfig)} | CLI_TRAIN_DEFAULTS
-        for key in ("config", "steps", "batch_size", "lr", "sigreg_weight", "sigreg_directions", "eval_every", "seed"):
+        for key in ("config", "steps", "batch_size", "lr", "sigreg_weight", "sigreg_directions", "eval_every", "seed",
+                    "rollout_weight"):
             setattr(args, key, or_default(getattr(args, key), defaults[key]))
         data_path, model_cfg, cfg = _new_run(args, out)
         config_name = args.config
@@ -158,6 +159,7 @@ def _new_run(args, out: Path):
         lr=args.lr,
         sigreg_weight=args.sigreg_weight,
         sigreg_directions=args.sigreg_directions,
+        rollout_weight=args.rollout_weight,
         max_minutes=args.max_minutes,
         seed=args.seed,
         eval_every=min(args.eval_every, args.steps),
@@ -229,6 +231,9 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     p.add_argument("--sigreg-weight", type=float, default=None, help="lambda, the SIGReg weight (default 0.1)")
     p.add_argument("--sigreg-directions", type=int, default=None, help="default 1024")
+    p.add_argument("--rollout-weight", type=float, default=None,
+                   help="weight of the multi-step loss on latents imagined from the window's first frame, as "
+                        "planning imagines them (default 0: teacher forcing only)")
     p.add_argument("--frameskip", type=int, default=None)
     p.add_argument("--latent-dim", type=int, default=None,
                    help="override the preset's latent size (on TwoRoom, 8 and 16 planned worse than the default "

@@ -10,7 +10,8 @@
                block with AdaLN-zero; output token i is the prediction of latent i + 1
 
 Training loss (see train.py): MSE(predicted next latents, encoded next latents) + lambda * SIGReg(latents),
-gradients through both sides, no EMA target, no stop-gradient.
+gradients through both sides, no EMA target, no stop-gradient; optionally plus the same MSE for the latents
+imagined autoregressively from the window's first frame (`imagine`, what planning uses).
 """
 
 from __future__ import annotations
@@ -231,10 +232,10 @@ class LeWM(nn.Module):
         pred = self.predict(z[:, :-1], action_blocks[:, :-1])
         return pred, z
 
-    @torch.no_grad()
-    def rollout(self, z0: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
-        """Imagine: start latents z0 (B, D), action-block plans (B, H, kA) -> final latent (B, D).
-        The predictor sees at most the last `history` latents, as in training."""
+    def imagine(self, z0: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+        """Autoregressive prediction, as planning does it: start latents z0 (B, D), action-block plans (B, H, kA)
+        -> the predicted latents after each block (B, H, D). After the first block the predictor reads its own
+        predictions, at most the last `history` latents, as in training."""
         zs = [z0]
         h = self.cfg.history
         emb = self.action_encoder(plan)
@@ -242,7 +243,12 @@ class LeWM(nn.Module):
             lo = max(0, step + 1 - h)
             z = torch.stack(zs[lo:], dim=1)
             zs.append(self.predictor(z, emb[:, lo : step + 1])[:, -1])
-        return zs[-1]
+        return torch.stack(zs[1:], dim=1)
+
+    @torch.no_grad()
+    def rollout(self, z0: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+        """Imagine without gradients: start latents z0 (B, D), action-block plans (B, H, kA) -> final latent (B, D)."""
+        return self.imagine(z0, plan)[:, -1]
 
 
 def prediction_loss(pred: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""Training loop: MSE(next-latent prediction) + lambda * SIGReg(latents), end to end, no EMA/stop-grad."""
+"""Training loop: MSE(next-latent prediction) + lambda * SIGReg(latents), end to end, no EMA/stop-grad.
+
+With `rollout_weight` > 0 the loss also has rollout_weight * MSE(imagined, encoded): the window's latents
+predicted autoregressively from its first frame alone, each prediction fed back as the next input, the way the
+planner imagines a plan. Teacher forcing alone never shows the predictor its own errors.
+"""
 
 from __future__ import annotations
 
@@ -47,12 +52,15 @@ class TrainConfig:
     val_fraction: float = 0.1
     eval_every: int = 200
     seed: int = 0
+    rollout_weight: float = 0.0  # weight of the autoregressive (multi-step) prediction loss; 0: teacher forcing only
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 2:
             raise UserError("--steps must be >= 1 and --batch-size >= 2")
         if self.sigreg_weight < 0:
             raise UserError("--sigreg-weight must be >= 0")
+        if self.rollout_weight < 0:
+            raise UserError("--rollout-weight must be >= 0")
         if self.sigreg_directions < 1:
             raise UserError("--sigreg-directions must be >= 1")
         if not 0 <= self.val_fraction < 1:
@@ -75,23 +83,30 @@ def split_episodes(data: Episodes, val_fraction: float, seed: int) -> tuple[np.n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def forward_batch(model: LeWM, frames: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model on a sampled batch, on the model's device; bf16 autocast on CUDA, float32 outputs."""
+def forward_batch(
+    model: LeWM, frames: np.ndarray, actions: np.ndarray, rollout: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The model on a sampled batch, on the model's device; bf16 autocast on CUDA, float32 outputs:
+    (teacher-forced predictions of latents 1..T, encoded latents 0..T, and with `rollout` the latents 1..T
+    imagined from latent 0 alone, else None)."""
     device = next(model.parameters()).device
     x = frames_to_tensor(torch.from_numpy(frames).to(device, non_blocking=True))  # uint8 over the bus, not float
+    a = torch.from_numpy(actions).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        pred, z = model(x, torch.from_numpy(actions).to(device))
-    return pred.float(), z.float()
+        pred, z = model(x, a)
+        imagined = model.imagine(z[:, 0], a[:, :-1]) if rollout else None
+    return pred.float(), z.float(), None if imagined is None else imagined.float()
 
 
 @torch.no_grad()
 def evaluate(model: LeWM, sampler: WindowSampler, n: int = 256, seed: int = 1234) -> dict:
     model.eval()
     frames, actions = sampler.sample(n, np.random.default_rng(seed))
-    pred, z = forward_batch(model, frames, actions)
+    pred, z, imagined = forward_batch(model, frames, actions, rollout=True)
     model.train()
     return {
         "val_pred_loss": float(prediction_loss(pred, z)),
+        "val_rollout_loss": float(prediction_loss(imagined, z)),
         "val_effective_rank": effective_rank(z.reshape(-1, z.shape[-1]).cpu()),
     }
 
@@ -143,10 +158,12 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg, time.perf_counter() - start)
             frames, actions = sampler.sample(cfg.batch_size, rng)
-            pred, z = forward_batch(model, frames, actions)
+            pred, z, imagined = forward_batch(model, frames, actions, rollout=cfg.rollout_weight > 0)
             pred_loss = prediction_loss(pred, z)
             reg = sigreg(z, cfg.sigreg_directions, generator=gen)
             loss = pred_loss + cfg.sigreg_weight * reg
+            if imagined is not None:
+                loss = loss + cfg.rollout_weight * prediction_loss(imagined, z)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
