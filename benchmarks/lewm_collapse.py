@@ -1,9 +1,13 @@
-"""Collapse experiment: train LeWM with lambda = 0 and lambda = 0.1 under the same budget, then compare the
-effective rank of the latents and planning success. An untrained network of the same shape plans on the same
-episodes too: that is the chance level, what planning with latents that carry no learned information gives.
+"""Collapse experiment: train LeWM with lambda = 0 and lambda = 0.1 under the same budget, from several training
+seeds, then compare the effective rank of the latents (each seed's, and their spread) and planning success. An
+untrained network of the same shape plans on the same episodes too: that is the chance level, what planning with
+latents that carry no learned information gives. Planning uses the first training seed's model.
+
+Resumable: an arm whose checkpoint already holds the asked-for steps is probed, not retrained, and the JSON is
+rewritten after every arm.
 
     PYTHONPATH=src python benchmarks/lewm_collapse.py --data runs/tworoom600h5.h5 --steps 1500 --minutes 30 \
-        --plan-episodes 50 --plan-seeds 0 1 --out runs/collapse
+        --train-seeds 0 1 2 --plan-episodes 50 --plan-seeds 0 1 --out runs/collapse
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ def main() -> None:
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1])
     p.add_argument("--plan-episodes", type=int, default=10, help="held-out episodes per planning seed")
     p.add_argument("--plan-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0],
+                   help="training seeds (init, batch order, SIGReg directions) per arm")
+    p.add_argument("--probe-seeds", type=int, nargs="+", default=[0],
+                   help="fresh frame sets the effective rank is measured on (each model on each)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -43,9 +51,11 @@ def main() -> None:
     out = Path(args.out)
     data = load(args.data)
     env = make_env(data.env)
-    probe_frames = np.concatenate(
-        [run_episode(data.env, env, 100, 10_000_000 + i)["frames"] for i in range(10)]
-    )
+    probe_sets = {  # fresh episodes, as `paperclub lewm probe --seed S` draws them
+        s: np.concatenate([run_episode(data.env, env, 100, 10_000_000 + 1000 * s + i)["frames"] for i in range(10)])
+        for s in args.probe_seeds
+    }
+    probe_frames = probe_sets[args.probe_seeds[0]]
 
     def plan(model) -> dict:
         runs = [
@@ -60,27 +70,40 @@ def main() -> None:
             "success_rate_per_seed": {str(s): r["success_rate"] for s, r in zip(args.plan_seeds, runs, strict=True)},
         }
 
+    def save() -> None:
+        write_json(
+            out / "collapse.json",
+            {"data": args.data, "config": args.config, "minutes": args.minutes, "steps": args.steps,
+             "train_seeds": args.train_seeds, "probe_seeds": args.probe_seeds, "plan_seeds": args.plan_seeds,
+             "results": results},
+        )
+
     torch.manual_seed(0)
     untrained = LeWM(preset(args.config)).eval()
     results = {"untrained": {"probe": probe_latents(untrained, probe_frames), **plan(untrained)}}
     for w in args.weights:
-        ckpt = out / f"lambda_{w}"
-        cfg = TrainConfig(steps=args.steps, sigreg_weight=w, max_minutes=args.minutes, eval_every=250)
-        summary = train(
-            preset(args.config), cfg, data, ckpt, meta={"env": data.env, "command": "lewm_collapse"}
-        )
-        model, _ = load_checkpoint(ckpt)
-        probe = probe_latents(model, probe_frames)
-        results[str(w)] = {"train": summary, "probe": probe, **plan(model)}
-        logging.info("lambda=%s: %s", w, json.dumps(results[str(w)]))
-    write_json(
-        out / "collapse.json",
-        {"data": args.data, "config": args.config, "minutes": args.minutes, "steps": args.steps,
-         "plan_seeds": args.plan_seeds, "results": results},
-    )
+        arm: dict = {"seeds": {}}
+        results[str(w)] = arm
+        for seed in args.train_seeds:
+            ckpt = out / (f"lambda_{w}" if seed == 0 else f"lambda_{w}_seed{seed}")
+            cfg = TrainConfig(steps=args.steps, sigreg_weight=w, max_minutes=args.minutes, eval_every=250, seed=seed)
+            summary = _trained(ckpt, args.steps) or train(
+                preset(args.config), cfg, data, ckpt, meta={"env": data.env, "command": "lewm_collapse"}
+            )
+            model, _ = load_checkpoint(ckpt)
+            probes = {str(s): probe_latents(model, f) for s, f in probe_sets.items()}
+            arm["seeds"][str(seed)] = {"train": summary, "probe": probes[str(args.probe_seeds[0])], "probes": probes}
+            if seed == args.train_seeds[0]:
+                arm.update(plan(model))
+            fractions = [p["effective_rank_fraction"] for r in arm["seeds"].values() for p in r["probes"].values()]
+            arm["effective_rank_fraction"] = {"mean": float(np.mean(fractions)), "min": min(fractions),
+                                              "max": max(fractions), "sd": float(np.std(fractions, ddof=1))
+                                              if len(fractions) > 1 else 0.0}
+            logging.info("lambda=%s seed %d: %s", w, seed, json.dumps(arm["seeds"][str(seed)]))
+            save()
     bar_plot(
         out / "collapse_effective_rank",
-        {_label(w): r["probe"]["effective_rank_fraction"] for w, r in results.items()},
+        {_label(w): _rank(r) for w, r in results.items()},
         "effective rank / latent dim",
         "Latent effective rank with and without SIGReg",
     )
@@ -91,6 +114,24 @@ def main() -> None:
         "Planning success with and without SIGReg",
     )
     print(json.dumps(results, indent=2))
+
+
+def _trained(ckpt: Path, steps: int) -> dict | None:
+    """The saved summary of an arm already trained for `steps` (a resumed experiment skips it), else None."""
+    try:
+        meta = json.loads((ckpt / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("steps_done", 0) < steps:
+        return None
+    return {"steps_done": meta["steps_done"], **meta["final_eval"]}
+
+
+def _rank(result: dict) -> float:
+    """Effective rank / dim: the untrained network's, or the mean over an arm's training and probe seeds."""
+    if "probe" in result:
+        return result["probe"]["effective_rank_fraction"]
+    return result["effective_rank_fraction"]["mean"]
 
 
 def _label(key: str) -> str:
