@@ -38,7 +38,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=6.0, help="training wall-time budget per arm")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1])
-    p.add_argument("--plan-episodes", type=int, default=10, help="held-out episodes per planning seed")
+    p.add_argument("--plan-episodes", type=int, default=10,
+                   help="held-out episodes per planning seed (0: measure the ranks only)")
     p.add_argument("--plan-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0],
                    help="training seeds (init, batch order, SIGReg directions) per arm")
@@ -58,6 +59,8 @@ def main() -> None:
     probe_frames = probe_sets[args.probe_seeds[0]]
 
     def plan(model) -> dict:
+        if args.plan_episodes == 0:
+            return {}
         runs = [
             evaluate_planning(
                 model, data.env, PlanConfig(episodes=args.plan_episodes, seed=s, baseline_plans=0, cem=CEMConfig())
@@ -101,19 +104,38 @@ def main() -> None:
                                               if len(fractions) > 1 else 0.0}
             logging.info("lambda=%s seed %d: %s", w, seed, json.dumps(arm["seeds"][str(seed)]))
             save()
-    bar_plot(
-        out / "collapse_effective_rank",
-        {_label(w): _rank(r) for w, r in results.items()},
-        "effective rank / latent dim",
-        "Latent effective rank with and without SIGReg",
-    )
-    bar_plot(
-        out / "collapse_success",
-        {_label(w): r["success_rate"] for w, r in results.items()},
-        "planning success rate",
-        "Planning success with and without SIGReg",
-    )
+    rank_plot(out / "collapse_effective_rank.png", results)
+    if args.plan_episodes:
+        bar_plot(
+            out / "collapse_success",
+            {_label(w): r["success_rate"] for w, r in results.items()},
+            "planning success rate",
+            "Planning success with and without SIGReg",
+        )
     print(json.dumps(results, indent=2))
+
+
+def rank_plot(path: Path, results: dict) -> None:
+    """Effective rank / dim per arm: a bar at the mean, one dot per (training seed, probe set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, r in enumerate(results.values()):
+        ax.bar(i, _rank(r), color=["tab:gray", "tab:red", "tab:blue", "tab:green"][i % 4], alpha=0.6)
+        dots = [r["probe"]["effective_rank_fraction"]] if "probe" in r else [
+            p["effective_rank_fraction"] for seed in r["seeds"].values() for p in seed["probes"].values()]
+        ax.scatter([i] * len(dots), dots, color="black", s=12, zorder=3)
+        ax.text(i, max(dots), f"{_rank(r):.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(results)), [_label(w) for w in results])
+    ax.set_ylabel("effective rank / latent dim")
+    ax.set_title("Latent effective rank (dots: training seed x probe set)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _trained(ckpt: Path, steps: int) -> dict | None:

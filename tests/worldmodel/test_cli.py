@@ -94,6 +94,25 @@ def test_plan_contract(cli_ckpt, tmp_path):
     assert (tmp_path / "plan_plan_time.png").is_file() and (tmp_path / "plan_plan_time.json").is_file()
 
 
+def test_plan_over_several_seeds_reports_each_and_their_spread(cli_ckpt, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    small = ["--samples", "8", "--elites", "2", "--iterations", "1", "--horizon", "1", "--max-steps", "5",
+             "--baseline-plans", "0", "--quiet"]
+    assert main(["lewm", "plan", "--ckpt", str(cli_ckpt), "--episodes", "2", "--seeds", "3", "4",
+                 "--json", str(out), *small]) == 0
+    r = json.loads(out.read_text())
+    assert r["seeds"] == [3, 4] and r["episodes"] == 4 and len(r["per_episode"]) == 4
+    # the two episode sets are the ones --seed 3 and --seed 4 give alone
+    assert [e["seed"] for e in r["per_episode"]][::2] == [1_003_001, 1_004_001]
+    rates = list(r["success_rate_per_seed"].values())
+    assert r["success_rate_mean"] == pytest.approx(sum(rates) / 2)
+    assert r["success_rate_se"] == pytest.approx(abs(rates[0] - rates[1]) / 2)  # sd (ddof 1) / sqrt(2)
+    assert (tmp_path / "plan_success.png").is_file()
+    capsys.readouterr()
+    assert main(["lewm", "plan", "--ckpt", str(cli_ckpt), "--episodes", "1", "--seeds", "2", "2", *small]) == 2
+    assert "distinct" in capsys.readouterr().err
+
+
 def test_collect_writes_dataset(tmp_path):
     assert (
         main(

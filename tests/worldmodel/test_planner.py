@@ -6,7 +6,7 @@ import torch
 from paperclub.errors import UserError
 from paperclub.worldmodel.checkpoint import load_checkpoint
 from paperclub.worldmodel.envs import make_env
-from paperclub.worldmodel.planner import CEMConfig, PlanConfig, cem_plan, evaluate_planning
+from paperclub.worldmodel.planner import CEMConfig, PlanConfig, cem_plan, combine_seeds, evaluate_planning
 
 
 class IntegratorModel:
@@ -124,3 +124,21 @@ def test_bad_cem_config():
         CEMConfig(samples=4, elites=8)
     with pytest.raises(UserError, match="best"):
         CEMConfig(execute="median")
+
+
+def test_combine_seeds_pools_episodes_and_gives_the_standard_error_over_seeds():
+    def run(successes: list[bool], times: list[float]) -> dict:
+        rows = [{"seed": 0, "success": s, "steps": 1, "start_distance": 1.0, "final_distance": 0.5} for s in successes]
+        return {"env": "tworoom", "episodes": len(rows), "successes": sum(successes),
+                "success_rate": sum(successes) / len(rows), "plan_times_s": times, "per_episode": rows}
+
+    runs = [run([True, False], [1.0]), run([True, True, True, False, False], [2.0, 3.0]), run([True] * 4, [4.0])]
+    out = combine_seeds(runs, [4, 5, 6])
+    assert out["episodes"] == 11 and out["successes"] == 8 and out["success_rate"] == pytest.approx(8 / 11)
+    assert out["success_rate_per_seed"] == {"4": 0.5, "5": 0.6, "6": 1.0}
+    assert out["success_rate_mean"] == pytest.approx(0.7)
+    # sample sd of (0.5, 0.6, 1.0) = sqrt(0.07) ; / sqrt(3)
+    assert out["success_rate_se"] == pytest.approx((0.07 ** 0.5) / 3 ** 0.5)
+    assert out["success_rate_binomial_se"] == pytest.approx((8 / 11 * 3 / 11 / 11) ** 0.5)
+    assert out["median_plan_time_s"] == 2.5 and out["num_plans"] == 4 and len(out["per_episode"]) == 11
+    assert "plan_times_s" not in out and out["seeds"] == [4, 5, 6]

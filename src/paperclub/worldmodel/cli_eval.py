@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from paperclub.atomic import write_json
@@ -36,9 +37,11 @@ def cmd_plan(args) -> int:
 
     from paperclub.worldmodel.defaults import ENV_DEFAULTS, or_default
     from paperclub.worldmodel.patch_baseline import PatchWM, matched_config
-    from paperclub.worldmodel.planner import CEMConfig, PlanConfig, evaluate_planning
+    from paperclub.worldmodel.planner import CEMConfig, PlanConfig, combine_seeds, evaluate_planning
     from paperclub.worldmodel.plots import bar_plot
 
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds must be distinct episode sets, got {' '.join(map(str, args.seeds))}")
     model, meta = _load(args)
     env = meta["env"]
     d = ENV_DEFAULTS[env]
@@ -58,9 +61,15 @@ def cmd_plan(args) -> int:
     )
     baseline = None
     if args.baseline_plans > 0:
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed if args.seeds is None else args.seeds[0])
         baseline = PatchWM(matched_config(model.cfg)).eval().to(next(model.parameters()).device)
-    result = evaluate_planning(model, env, cfg, baseline=baseline, progress=not args.quiet)
+    if args.seeds is None:
+        result = evaluate_planning(model, env, cfg, baseline=baseline, progress=not args.quiet)
+    else:  # one episode set per seed; the baseline is timed on the first only
+        runs = [evaluate_planning(model, env, replace(cfg, seed=s), baseline=baseline if i == 0 else None,
+                                  progress=not args.quiet) for i, s in enumerate(args.seeds)]
+        result = combine_seeds(runs, args.seeds)
+    result.pop("plan_times_s", None)
     result["ckpt"] = str(args.ckpt or "shipped")
     if args.json:
         write_json(args.json, result)
@@ -78,9 +87,11 @@ def cmd_plan(args) -> int:
             f"{env}: planning time (same states, same CEM)",
             logy=True,
         )
+        rates = {"LeWM": result["success_rate"]} if args.seeds is None else {
+            f"seed {s}": r for s, r in result["success_rate_per_seed"].items()} | {"pooled": result["success_rate"]}
         bar_plot(
             _sidecar(args.json, "_success"),
-            {"LeWM": result["success_rate"]},
+            rates,
             "success rate",
             f"{env}: MPC success over {result['episodes']} episodes",
         )
@@ -131,7 +142,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     p = sub.add_parser("plan", help="CEM/MPC planning success and speed vs the patch-token baseline")
     _common(p)
-    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--episodes", type=int, default=20, help="held-out episodes (per seed with --seeds)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="several episode sets (instead of --seed): the JSON adds per-seed success rates, their "
+                        "mean and its standard error over seeds")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--elites", type=int, default=16)

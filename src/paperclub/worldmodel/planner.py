@@ -185,6 +185,7 @@ def evaluate_planning(model, env_name: str, cfg: PlanConfig, baseline=None, prog
         "mean_plan_time_s": float(np.mean(plan_times)),
         "median_plan_time_s": float(statistics.median(plan_times)),
         "num_plans": len(plan_times),
+        "plan_times_s": plan_times,
         "mean_start_distance": float(np.mean([r["start_distance"] for r in results])),
         "mean_final_distance": float(np.mean([r["final_distance"] for r in results])),
         "config": {**asdict(cfg)},
@@ -198,4 +199,33 @@ def evaluate_planning(model, env_name: str, cfg: PlanConfig, baseline=None, prog
         out["speedup_vs_patch_baseline"] = float(
             statistics.median(paired_base) / statistics.median(paired_lewm)
         )
+    return out
+
+
+def combine_seeds(results: list[dict], seeds: list[int]) -> dict:
+    """One result from `evaluate_planning` runs on several episode sets (`seeds`, one run each, the first with
+    the baseline timing): the pooled success rate, the per-seed rates, their mean and its standard error over
+    seeds (sample standard deviation / sqrt(seeds)), and the pooled binomial standard error for comparison."""
+    rates = [r["success_rate"] for r in results]
+    episodes = sum(r["episodes"] for r in results)
+    successes = sum(r["successes"] for r in results)
+    pooled = successes / episodes
+    times = [t for r in results for t in r["plan_times_s"]]
+    out = {k: v for k, v in results[0].items() if k not in ("per_episode", "plan_times_s")}
+    out.update(
+        seeds=list(seeds),
+        episodes=episodes,
+        successes=successes,
+        success_rate=pooled,
+        success_rate_per_seed={str(s): r for s, r in zip(seeds, rates, strict=True)},
+        success_rate_mean=float(np.mean(rates)),
+        success_rate_se=float(np.std(rates, ddof=1) / np.sqrt(len(rates))) if len(rates) > 1 else None,
+        success_rate_binomial_se=float(np.sqrt(pooled * (1 - pooled) / episodes)),
+        mean_plan_time_s=float(np.mean(times)),
+        median_plan_time_s=float(statistics.median(times)),
+        num_plans=len(times),
+        mean_start_distance=float(np.mean([e["start_distance"] for r in results for e in r["per_episode"]])),
+        mean_final_distance=float(np.mean([e["final_distance"] for r in results for e in r["per_episode"]])),
+        per_episode=[e for r in results for e in r["per_episode"]],
+    )
     return out
