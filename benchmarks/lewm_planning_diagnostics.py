@@ -18,6 +18,10 @@ CEM settings and noise) is run with a choice of "imagination":
 Reading it: model << sim-latent means the predictor is what fails; sim-latent << sim-state, the goal cost;
 sim-state low, the CEM budget or horizon.
 
+With --sensitivity (Push-T) it first measures what the latent goal cost sees: the median squared latent distance
+between a frame and the same frame with only the pusher moved 20 or 60 units, only the block moved 20 or 60
+units (20 is the success tolerance), or only the block turned 20 degrees (the angle tolerance), over fresh starts.
+
     PYTHONPATH=src python benchmarks/lewm_planning_diagnostics.py --env pusht [--ckpt DIR] --episodes 50 \
         --seed 0 --json benchmarks/results/lewm/pusht_diag.json
 """
@@ -93,6 +97,32 @@ def features(state: np.ndarray, env, kind: str) -> np.ndarray:
 
 
 @torch.no_grad()
+def sensitivity(model, starts: int = 60) -> dict:
+    """Median squared latent distance caused by moving one thing in a Push-T frame (see the module docstring)."""
+    env = make_env("pusht", model.cfg.image_size)
+    rng = np.random.default_rng(0)
+    moves = {"pusher_20": (0, 20.0), "pusher_60": (0, 60.0), "block_20": (2, 20.0), "block_60": (2, 60.0)}
+    out: dict[str, list[float]] = {k: [] for k in [*moves, "block_turn_20deg"]}
+    for i in range(starts):
+        env.reset(seed=5_000_000 + i)
+        state = env.get_state()
+        z = encode_one(model, env.render())
+        u = rng.normal(size=2)
+        u /= np.linalg.norm(u)
+        for name, (at, dist) in moves.items():
+            moved = state.copy()
+            moved[at : at + 2] += dist * u
+            env.set_state(moved)
+            out[name].append(float((encode_one(model, env.render()) - z).pow(2).sum()))
+        moved = state.copy()
+        moved[4] += np.radians(20) * rng.choice([-1, 1])
+        env.set_state(moved)
+        out["block_turn_20deg"].append(float((encode_one(model, env.render()) - z).pow(2).sum()))
+        env.set_state(state)
+    return {k: statistics.median(v) for k, v in out.items()} | {"starts": starts}
+
+
+@torch.no_grad()
 def run(model, env_name: str, kind: str, episodes: int, seed0: int, cem: CEMConfig, replan_every: int,
         progress: bool) -> dict:
     d = ENV_DEFAULTS[env_name]
@@ -156,6 +186,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--replan-every", type=int, default=5,
                     help="env steps executed between plans (default: one action block, as `lewm plan`)")
+    ap.add_argument("--sensitivity", action="store_true", help="Push-T: also measure what the latent cost sees")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
@@ -168,7 +199,11 @@ def main() -> None:
     cem = CEMConfig(samples=args.samples, iterations=args.iterations, horizon=horizon)
     out = {"env": args.env, "ckpt": args.ckpt or "shipped", "seed": args.seed, "cem": vars(cem),
            "replan_every": args.replan_every, "planners": {}}
-    for kind in args.planners.split(","):
+    if args.sensitivity and args.env == "pusht":
+        out["sensitivity"] = sensitivity(model)
+        logging.info("latent distance by move: %s", out["sensitivity"])
+        write_json(args.json, out)
+    for kind in filter(None, args.planners.split(",")):
         if kind not in PLANNERS or (kind == "sim-full" and args.env != "pusht"):
             raise SystemExit(f"unknown planner {kind!r} for {args.env}: use {', '.join(PLANNERS)} (sim-full: pusht)")
         out["planners"][kind] = run(model, args.env, kind, args.episodes, args.seed, cem, args.replan_every,
