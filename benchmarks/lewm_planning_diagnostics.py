@@ -55,12 +55,7 @@ class EveryStep:
         self.model = model
 
     def rollout(self, z0: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
-        zs, h = [z0], self.model.cfg.history
-        emb = self.model.action_encoder(plans)
-        for step in range(plans.shape[1]):
-            lo = max(0, step + 1 - h)
-            zs.append(self.model.predictor(torch.stack(zs[lo:], dim=1), emb[:, lo : step + 1])[:, -1])
-        return torch.cat(zs[1:], dim=-1)
+        return self.model.imagine(z0, plans).flatten(1)
 
 
 class Simulated:
