@@ -15,17 +15,21 @@ def test_shapes_and_matched_interface():
 
 
 def test_block_causal_over_frames():
+    torch.manual_seed(0)
     m = PatchWM(matched_config(preset("tiny"))).eval()
     for p in m.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
+        p.data.add_(0.2 * torch.randn_like(p))  # open the AdaLN-zero gates
     z = torch.randn(1, 3, 64, m.cfg.dim)
     a = torch.randn(1, 3, 10)
     out = m.predict(z, a)
     z2 = z.clone()
-    z2[:, 2, 5] += 3.0  # one token of the last frame
+    # A random direction: a constant shift of a token is removed by every LayerNorm and would be invisible.
+    z2[:, 2, 5] += 3.0 * torch.randn(m.cfg.dim)  # one token of the last frame
     out2 = m.predict(z2, a)
     assert torch.allclose(out[:, :2], out2[:, :2], atol=1e-5)
-    assert not torch.allclose(out[:, 2], out2[:, 2])  # tokens in the same frame see each other
+    others = [i for i in range(out.shape[2]) if i != 5]
+    # tokens in the same frame see each other
+    assert (out[:, 2, others] - out2[:, 2, others]).abs().max() > 1e-4
 
 
 def test_patch_rollout_is_much_slower_than_lewm_rollout():
