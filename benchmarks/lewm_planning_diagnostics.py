@@ -15,6 +15,9 @@ CEM settings and noise) is run with a choice of "imagination":
     sim-full    Push-T only: as sim-state, plus the pusher's position error (/ pos_tol)^2: what matching the whole
                 goal picture (pusher included, as a latent distance does) costs.
 
+With --cost step, `model`, `model-all` and `sim-latent` score in the checkpoint's step metric (goal_metric.py, what
+`lewm plan` uses where the checkpoint has one) instead of the squared latent distance, and so does --sensitivity.
+
 Reading it: model << sim-latent means the predictor is what fails; sim-latent << sim-state, the goal cost;
 sim-state low, the CEM budget or horizon.
 
@@ -41,8 +44,9 @@ from paperclub.atomic import write_json
 from paperclub.worldmodel.checkpoint import load_checkpoint, resolve_checkpoint
 from paperclub.worldmodel.defaults import ENV_DEFAULTS
 from paperclub.worldmodel.envs import make_env
+from paperclub.worldmodel.goal_metric import load_step_metric
 from paperclub.worldmodel.model import frames_to_tensor
-from paperclub.worldmodel.planner import CEMConfig, cem_plan, encode_one, make_goal
+from paperclub.worldmodel.planner import CEMConfig, cem_plan, cost, encode_one, make_goal
 
 PLANNERS = ("model", "model-all", "sim-latent", "sim-state", "sim-full")
 
@@ -64,7 +68,7 @@ class Simulated:
 
     def __init__(self, kind: str, model, env_name: str, start: np.ndarray):
         self.kind, self.model, self.start = kind, model, start
-        self.env = make_env(env_name, model.cfg.image_size)
+        self.env = make_env(env_name, model.cfg.image_size, model.cfg.antialias)
 
     def rollout(self, z0s: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
         finals = []
@@ -92,9 +96,14 @@ def features(state: np.ndarray, env, kind: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def sensitivity(model, starts: int = 60) -> dict:
-    """Median squared latent distance caused by moving one thing in a Push-T frame (see the module docstring)."""
-    env = make_env("pusht", model.cfg.image_size)
+def sensitivity(model, starts: int = 60, whiten: torch.Tensor | None = None) -> dict:
+    """Median squared latent distance (in the step metric with `whiten`) caused by moving one thing in a Push-T
+    frame (see the module docstring)."""
+
+    def goal_cost(z_moved: torch.Tensor, z: torch.Tensor) -> float:
+        return float(cost(z_moved[None], z, whiten)[0])
+
+    env = make_env("pusht", model.cfg.image_size, model.cfg.antialias)
     rng = np.random.default_rng(0)
     moves = {"pusher_20": (0, 20.0), "pusher_60": (0, 60.0), "block_20": (2, 20.0), "block_60": (2, 60.0)}
     out: dict[str, list[float]] = {k: [] for k in [*moves, "block_turn_20deg"]}
@@ -108,21 +117,21 @@ def sensitivity(model, starts: int = 60) -> dict:
             moved = state.copy()
             moved[at : at + 2] += dist * u
             env.set_state(moved)
-            out[name].append(float((encode_one(model, env.render()) - z).pow(2).sum()))
+            out[name].append(goal_cost(encode_one(model, env.render()), z))
         moved = state.copy()
         moved[4] += np.radians(20) * rng.choice([-1, 1])
         env.set_state(moved)
-        out["block_turn_20deg"].append(float((encode_one(model, env.render()) - z).pow(2).sum()))
+        out["block_turn_20deg"].append(goal_cost(encode_one(model, env.render()), z))
         env.set_state(state)
     return {k: statistics.median(v) for k, v in out.items()} | {"starts": starts}
 
 
 @torch.no_grad()
 def run(model, env_name: str, kind: str, episodes: int, seed0: int, cem: CEMConfig, replan_every: int,
-        progress: bool) -> dict:
+        progress: bool, whiten: torch.Tensor | None = None) -> dict:
     d = ENV_DEFAULTS[env_name]
     block_dim = model.cfg.action_block_dim
-    env = make_env(env_name, model.cfg.image_size)
+    env = make_env(env_name, model.cfg.image_size, model.cfg.antialias)
     rows, times = [], []
     seed = 1_000_000 + 1000 * seed0  # the held-out episodes of `lewm plan --seed seed0`
     bar = tqdm(total=episodes, desc=kind, disable=not progress)
@@ -135,6 +144,11 @@ def run(model, env_name: str, kind: str, episodes: int, seed0: int, cem: CEMConf
         goal = zg if kind in ("model", "sim-latent") else torch.from_numpy(features(goal_state, env, kind)).float()
         if kind == "model-all":
             goal = zg.repeat(cem.horizon)
+        metric = None
+        if whiten is not None and kind.startswith("model"):  # model-all: block-diagonal over the horizon
+            metric = torch.block_diag(*[whiten] * (cem.horizon if kind == "model-all" else 1))
+        elif whiten is not None and kind == "sim-latent":
+            metric = whiten
         start_dist = env.goal_distance(goal_state)
         success, steps, warm = False, 0, None
         while steps < d["max_steps"] and not success:
@@ -144,7 +158,7 @@ def run(model, env_name: str, kind: str, episodes: int, seed0: int, cem: CEMConf
             world = world or Simulated(kind, model, env_name, env.get_state())
             z0 = encode_one(model, frame) if imagined else torch.zeros(1)
             plan, _ = cem_plan(world, z0, goal, cem, block_dim, torch.Generator().manual_seed(seed * 100 + steps),
-                               warm)
+                               warm, metric)
             times.append(time.perf_counter() - t0)
             flat = plan.reshape(-1, model.cfg.action_dim)  # (horizon * k, action_dim)
             warm = torch.cat([flat[replan_every:], torch.zeros_like(flat[:replan_every])]).reshape(plan.shape)
@@ -182,27 +196,33 @@ def main() -> None:
     ap.add_argument("--replan-every", type=int, default=5,
                     help="env steps executed between plans (default: one action block, as `lewm plan`)")
     ap.add_argument("--sensitivity", action="store_true", help="Push-T: also measure what the latent cost sees")
+    ap.add_argument("--cost", choices=("latent", "step"), default="latent",
+                    help="goal cost of the latent planners: squared latent distance (default) or the step metric")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
-    model, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.env))
+    path = resolve_checkpoint(args.ckpt, args.env)
+    model, meta = load_checkpoint(path)
     if meta["env"] != args.env:
         raise SystemExit(f"{args.ckpt} is a {meta['env']} checkpoint, not {args.env}")
+    whiten = load_step_metric(path, model.cfg.latent_dim) if args.cost == "step" else None
+    if args.cost == "step" and whiten is None:
+        raise SystemExit(f"{path} has no step metric: make one with `paperclub lewm metric`")
     horizon = args.horizon or ENV_DEFAULTS[args.env]["horizon"]
     cem = CEMConfig(samples=args.samples, iterations=args.iterations, horizon=horizon)
     out = {"env": args.env, "ckpt": args.ckpt or "shipped", "seed": args.seed, "cem": vars(cem),
-           "replan_every": args.replan_every, "planners": {}}
+           "replan_every": args.replan_every, "cost": args.cost, "planners": {}}
     if args.sensitivity and args.env == "pusht":
-        out["sensitivity"] = sensitivity(model)
+        out["sensitivity"] = sensitivity(model, whiten=whiten)
         logging.info("latent distance by move: %s", out["sensitivity"])
         write_json(args.json, out)
     for kind in filter(None, args.planners.split(",")):
         if kind not in PLANNERS or (kind == "sim-full" and args.env != "pusht"):
             raise SystemExit(f"unknown planner {kind!r} for {args.env}: use {', '.join(PLANNERS)} (sim-full: pusht)")
         out["planners"][kind] = run(model, args.env, kind, args.episodes, args.seed, cem, args.replan_every,
-                                    progress=True)
+                                    progress=True, whiten=whiten)
         logging.info("%s: %.0f%%", kind, 100 * out["planners"][kind]["success_rate"])
         write_json(args.json, out)  # after each planner: a long run keeps what it measured
 

@@ -37,6 +37,7 @@ def cmd_collect(args) -> int:
         image_size=args.image_size,
         explore=args.explore,
         explore_hold=args.explore_hold,
+        antialias=args.antialias,
     )
     path = collect(cfg, args.out, progress=not args.quiet)
     print(f"wrote {cfg.episodes} episodes to {path}")
@@ -78,6 +79,9 @@ def cmd_train(args) -> int:
     data = load(data_path)
     if data.env != args.env:
         raise UserError(f"dataset {data_path} is for {data.env}, not {args.env}: pass a matching --data")
+    if data.antialias != model_cfg.antialias:
+        raise UserError(f"dataset {data_path} has {'antialiased' if data.antialias else 'hard-edged'} frames, but "
+                        f"the model in {out} reads {'antialiased' if model_cfg.antialias else 'hard-edged'} ones")
     argv = sys.argv[1:]
     command = "paperclub " + " ".join(argv[argv.index("lewm"):]) if "lewm" in argv else None
     result = train(
@@ -90,11 +94,41 @@ def cmd_train(args) -> int:
         device=args.device,
         resume=args.resume,
     )
+    if not result.get("interrupted"):
+        _write_step_metric(out, data, data_path)
     print(json.dumps(result, indent=2))
     if result.get("interrupted"):
         print(f"interrupted after {result['steps_done']} steps; saved {out}: continue with "
               f"`paperclub lewm train --env {args.env} --out {out} --resume`", file=sys.stderr)
         return 130
+    return 0
+
+
+def _write_step_metric(ckpt: Path, data, data_path, cfg=None, model=None) -> Path:
+    """Fit the step metric (goal_metric.py) of the checkpoint in `ckpt` on `data` and save it there."""
+    from paperclub.worldmodel.checkpoint import load_checkpoint
+    from paperclub.worldmodel.goal_metric import StepMetricConfig, fit_step_metric, save_step_metric
+
+    cfg = cfg or StepMetricConfig()
+    model = model if model is not None else load_checkpoint(ckpt)[0]
+    path = save_step_metric(ckpt, fit_step_metric(model, data, cfg), cfg, str(data_path))
+    log.info("wrote the step metric (lag %d, shrink %g) to %s", cfg.lag, cfg.shrink, path)
+    return path
+
+
+def cmd_metric(args) -> int:
+    from paperclub.worldmodel.checkpoint import load_checkpoint
+    from paperclub.worldmodel.data import load
+    from paperclub.worldmodel.goal_metric import StepMetricConfig
+
+    _torch_threads(args.threads)
+    cfg = StepMetricConfig(lag=args.lag, shrink=args.shrink, max_episodes=args.max_episodes)
+    ckpt = Path(args.ckpt)
+    model, meta = load_checkpoint(ckpt)
+    data = load(args.data)
+    if data.env != meta["env"]:
+        raise UserError(f"dataset {args.data} is for {data.env}, but {ckpt} is a {meta['env']} checkpoint")
+    print(f"wrote {_write_step_metric(ckpt, data, args.data, cfg, model)}")
     return 0
 
 
@@ -151,6 +185,7 @@ def _new_run(args, out: Path):
         frameskip=or_default(args.frameskip, d["frameskip"]),
         action_dim=int(data.actions.shape[1]),
         image_size=int(data.frames.shape[1]),
+        antialias=data.antialias,
         **({"latent_dim": args.latent_dim} if args.latent_dim is not None else {}),
     )
     cfg = TrainConfig(
@@ -182,7 +217,7 @@ def cmd_probe(args) -> int:
         frames = load(args.data).frames
         frames = frames[np.random.default_rng(args.seed).permutation(len(frames))[: args.frames]]
     else:  # fresh held-out episodes of the scripted policy
-        env = make_env(env_name, model.cfg.image_size)
+        env = make_env(env_name, model.cfg.image_size, model.cfg.antialias)
         eps, total = [], 0
         i = 0
         while total < args.frames:
@@ -214,6 +249,9 @@ def register(subparsers) -> None:
                    help="probability that a step's action is uniform random instead of the scripted policy's")
     p.add_argument("--explore-hold", type=int, default=1,
                    help="hold each random action for a uniform 1..N steps (pushes into walls and along lines)")
+    p.add_argument("--antialias", action="store_true",
+                   help="Push-T: antialiased frames (each pixel shaded by the fraction a shape covers), so that a "
+                        "sub-pixel move of the block changes the image; a model trained on them plans on them")
     p.add_argument("--out", required=True, help="output .h5 file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_collect)
@@ -247,6 +285,17 @@ def register(subparsers) -> None:
                    help="continue the run saved in --out (after Ctrl-C, or with a larger --steps/--max-minutes)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("metric", help="fit a checkpoint's step metric, the goal cost `lewm plan` uses "
+                                      "(`lewm train` writes one at the end)")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+    p.add_argument("--data", required=True, help="dataset .h5 (the one the model trained on)")
+    p.add_argument("--lag", type=int, default=1, help="env steps per move (default 1)")
+    p.add_argument("--shrink", type=float, default=0.01,
+                   help="added to the move covariance, as a fraction of its median eigenvalue (default 0.01)")
+    p.add_argument("--max-episodes", type=int, default=300, help="episodes read, evenly spaced (default 300)")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_metric)
 
     p = sub.add_parser("probe", help="effective rank of the latents (collapse diagnostic)")
     p.add_argument("--ckpt", default=None, help="checkpoint directory (default: the shipped one for --env)")

@@ -18,7 +18,9 @@ def _load(args):
     from paperclub.worldmodel.checkpoint import load_checkpoint, resolve_checkpoint
 
     torch.set_num_threads(max(1, args.threads))
-    model, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.env))
+    path = resolve_checkpoint(args.ckpt, args.env)
+    model, meta = load_checkpoint(path)
+    meta = {**meta, "path": str(path)}
     model.to(resolve_device(getattr(args, "device", "cpu")))
     if args.env and meta.get("env") != args.env:
         raise UserError(
@@ -36,6 +38,7 @@ def cmd_plan(args) -> int:
     import torch
 
     from paperclub.worldmodel.defaults import ENV_DEFAULTS, or_default
+    from paperclub.worldmodel.goal_metric import METRIC_FILE, load_step_metric
     from paperclub.worldmodel.patch_baseline import PatchWM, matched_config
     from paperclub.worldmodel.planner import CEMConfig, PlanConfig, combine_seeds, evaluate_planning
     from paperclub.worldmodel.plots import bar_plot
@@ -45,12 +48,17 @@ def cmd_plan(args) -> int:
     model, meta = _load(args)
     env = meta["env"]
     d = ENV_DEFAULTS[env]
+    whiten = load_step_metric(meta["path"], model.cfg.latent_dim) if args.cost != "latent" else None
+    if args.cost == "step" and whiten is None:
+        raise UserError(f"--cost step: {meta['path']} has no {METRIC_FILE}; make it with `paperclub lewm metric "
+                        f"--ckpt {meta['path']} --data DATASET` (the dataset the model trained on)")
     cfg = PlanConfig(
         episodes=args.episodes,
         seed=args.seed,
         goal_offset=or_default(args.goal_offset, d["goal_offset"]),
         max_steps=or_default(args.max_steps, d["max_steps"]),
         baseline_plans=args.baseline_plans,
+        cost="latent" if whiten is None else "step",
         cem=CEMConfig(
             samples=args.samples,
             elites=args.elites,
@@ -64,13 +72,14 @@ def cmd_plan(args) -> int:
         torch.manual_seed(args.seed if args.seeds is None else args.seeds[0])
         baseline = PatchWM(matched_config(model.cfg)).eval().to(next(model.parameters()).device)
     if args.seeds is None:
-        result = evaluate_planning(model, env, cfg, baseline=baseline, progress=not args.quiet)
+        result = evaluate_planning(model, env, cfg, baseline=baseline, progress=not args.quiet, whiten=whiten)
     else:  # one episode set per seed; the baseline is timed on the first only
         runs = [evaluate_planning(model, env, replace(cfg, seed=s), baseline=baseline if i == 0 else None,
-                                  progress=not args.quiet) for i, s in enumerate(args.seeds)]
+                                  progress=not args.quiet, whiten=whiten) for i, s in enumerate(args.seeds)]
         result = combine_seeds(runs, args.seeds)
     result.pop("plan_times_s", None)
     result["ckpt"] = str(args.ckpt or "shipped")
+    result["cost"] = cfg.cost
     if args.json:
         write_json(args.json, result)
         times = (
@@ -154,6 +163,9 @@ def register(sub) -> None:
                    help="action blocks planned ahead (default: 5 on tworoom, 3 on pusht)")
     p.add_argument("--execute", choices=("best", "mean"), default="best",
                    help="execute CEM's lowest-cost sample (default) or its final elite mean (textbook CEM)")
+    p.add_argument("--cost", choices=("auto", "step", "latent"), default="auto",
+                   help="goal cost: the step metric (the checkpoint's goal_metric.safetensors; see `lewm metric`) "
+                        "or the squared latent distance; auto (default): step where the checkpoint has one")
     p.add_argument("--goal-offset", type=int, default=None, help="env steps from start to goal")
     p.add_argument("--max-steps", type=int, default=None, help="env steps the MPC loop may use")
     p.add_argument(

@@ -7,7 +7,7 @@ Schema (HDF5, `schema` attribute = SCHEMA):
     state    float64 (S, Z)        full simulator state at each observation (for goals and analysis)
     episode_starts  int64 (E,)     index of each episode's first observation; episode i spans
     episode_lengths int64 (E,)     [start_i, start_i + length_i)
-attributes: env, image_size, seed, num_episodes, steps_per_episode, policy, created_by
+attributes: env, image_size, antialias (absent: False), seed, num_episodes, steps_per_episode, policy, created_by
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class CollectConfig:
     # a random action, once drawn, is held for 1..explore_hold steps (uniform): long holds push the agent into
     # walls and the block along a line, the contacts CEM's candidate plans reach and the policy never does
     explore_hold: int = 1
+    antialias: bool = False  # Push-T: frames with edge coverage (envs/render.py)
 
     def __post_init__(self):
         if self.explore_hold < 1:
@@ -50,6 +51,8 @@ class CollectConfig:
             raise UserError(f"--explore must be in [0, 1], got {self.explore}")
         if self.image_size < 16 or self.image_size % 8:
             raise UserError("--image-size must be a multiple of 8, at least 16")
+        if self.antialias and self.env != "pusht":
+            raise UserError(f"--antialias is a Push-T option; {self.env} renders hard edges only")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Episodes:
     state: np.ndarray
     starts: np.ndarray
     lengths: np.ndarray
+    antialias: bool = False  # how the frames were rendered (older datasets: hard edges)
 
     @property
     def num_episodes(self) -> int:
@@ -112,7 +116,7 @@ def run_episode(
 
 def collect(cfg: CollectConfig, out: str | os.PathLike, progress: bool = True) -> Path:
     """Run `cfg.episodes` scripted episodes and write them atomically to the HDF5 file `out`."""
-    env = make_env(cfg.env, cfg.image_size)
+    env = make_env(cfg.env, cfg.image_size, cfg.antialias)
     eps = [
         run_episode(cfg.env, env, cfg.steps, cfg.seed * 100_003 + i, cfg.explore, cfg.explore_hold)
         for i in tqdm(range(cfg.episodes), desc=f"collect {cfg.env}", disable=not progress)
@@ -132,6 +136,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, progress: bool = True) -
                 policy=type(make_policy(cfg.env, env, np.random.default_rng(0))).__name__,
                 explore=cfg.explore,
                 explore_hold=cfg.explore_hold,
+                antialias=cfg.antialias,
                 created_by="paperclub lewm collect",
             )
             frames = np.concatenate([e["frames"] for e in eps])
@@ -165,6 +170,7 @@ def load(path: str | os.PathLike) -> Episodes:
             state=f["state"][:],
             starts=f["episode_starts"][:],
             lengths=f["episode_lengths"][:],
+            antialias=bool(f.attrs.get("antialias", False)),
         )
 
 

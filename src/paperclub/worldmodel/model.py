@@ -50,6 +50,8 @@ class LeWMConfig:
     # BatchNorm without affine parameters on the latent itself: the latent cannot shrink toward a constant,
     # so the only collapse left to the prediction loss is of dimension, which SIGReg is there to prevent.
     latent_batchnorm: bool = True
+    # the frames it reads are antialiased (Push-T's `antialias` rendering); planning renders them the same way
+    antialias: bool = False
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)

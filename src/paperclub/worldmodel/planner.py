@@ -1,6 +1,7 @@
 """Latent planning: CEM over action blocks, cost = distance between the imagined final latent and the
-encoded goal image; receding-horizon MPC (execute the first block, re-plan); success rate over episodes
-whose goals are states a held-out scripted trajectory reaches some steps ahead.
+encoded goal image (squared, or in the step metric of `goal_metric.py`); receding-horizon MPC (execute the
+first block, re-plan); success rate over episodes whose goals are states a held-out scripted trajectory reaches
+some steps ahead.
 
 Any world model with `encode(frames)` and `rollout(z0, plans)` plugs in (LeWM, or the patch-token
 baseline), so both are timed by the same code at the same CEM settings.
@@ -55,17 +56,24 @@ class PlanConfig:
     max_steps: int = 50  # env steps the MPC loop may use
     cem: CEMConfig = field(default_factory=CEMConfig)
     baseline_plans: int = 3  # how many plans (from the same states) to time with the patch-token baseline
+    cost: str = "latent"  # goal cost: "latent" (squared latent distance) or "step" (the step metric)
 
     def __post_init__(self):
         if self.episodes < 1:
             raise UserError("--episodes must be >= 1")
+        if self.cost not in ("latent", "step"):
+            raise UserError(f"goal cost must be 'latent' or 'step', got {self.cost!r}")
         if self.goal_offset < 1 or self.max_steps < 1:
             raise UserError("goal offset and max steps must be >= 1")
 
 
-def cost(z_final: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
-    """Squared distance between imagined final latents (S, ...) and the goal latent (...)."""
-    return (z_final - z_goal).pow(2).flatten(1).sum(dim=1)
+def cost(z_final: torch.Tensor, z_goal: torch.Tensor, whiten: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared distance between imagined final latents (S, ...) and the goal latent (...); with `whiten` (W, for
+    latents (S, D)), the step metric ||W (z - g)||^2 of `goal_metric.py`."""
+    diff = z_final - z_goal
+    if whiten is not None:
+        diff = diff @ whiten.T
+    return diff.pow(2).flatten(1).sum(dim=1)
 
 
 @torch.no_grad()
@@ -77,11 +85,14 @@ def cem_plan(
     block_dim: int,
     generator: torch.Generator,
     init_mean: torch.Tensor | None = None,
+    whiten: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Cross-entropy method over (horizon, block_dim) action plans in [-1, 1]. Returns (plan, imagined cost):
     the lowest-cost sample of all iterations (`cfg.execute == "best"`) or the final elite mean ("mean").
-    z0 and z_goal are single latents (no batch dim)."""
+    z0 and z_goal are single latents (no batch dim); `whiten`: the step metric's matrix, or None for the plain
+    latent distance."""
     dev = z0.device
+    whiten = None if whiten is None else whiten.to(dev)
     mean = torch.zeros(cfg.horizon, block_dim, device=dev) if init_mean is None else init_mean.to(dev).clone()
     std = torch.full((cfg.horizon, block_dim), cfg.init_std, device=dev)
     z0s = z0.unsqueeze(0).expand(cfg.samples, *z0.shape)
@@ -90,7 +101,7 @@ def cem_plan(
         noise = torch.randn(cfg.samples, *mean.shape, generator=generator).to(dev)
         plans = (mean + std * noise).clamp(-1, 1)
         plans[0] = mean.clamp(-1, 1)  # keep the current mean among the candidates
-        costs = cost(model.rollout(z0s, plans), z_goal)
+        costs = cost(model.rollout(z0s, plans), z_goal, whiten)
         elite_idx = torch.topk(costs, cfg.elites, largest=False).indices
         elites = plans[elite_idx]
         mean, std = elites.mean(dim=0), elites.std(dim=0).clamp_min(cfg.min_std) if cfg.elites > 1 else std
@@ -98,7 +109,7 @@ def cem_plan(
             best_cost, best_plan = float(costs[elite_idx[0]]), elites[0]
     if cfg.execute == "mean":
         mean = mean.clamp(-1, 1)
-        return mean.cpu(), float(cost(model.rollout(z0.unsqueeze(0), mean.unsqueeze(0)), z_goal)[0])
+        return mean.cpu(), float(cost(model.rollout(z0.unsqueeze(0), mean.unsqueeze(0)), z_goal, whiten)[0])
     return best_plan.cpu(), best_cost
 
 
@@ -123,22 +134,28 @@ def make_goal(env_name: str, env, seed: int, goal_offset: int) -> tuple[np.ndarr
 
 
 def time_plan(
-    model, frame, goal_frame, cfg: CEMConfig, block_dim: int, seed: int, init_mean: torch.Tensor | None = None
+    model, frame, goal_frame, cfg: CEMConfig, block_dim: int, seed: int, init_mean: torch.Tensor | None = None,
+    whiten: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """One full plan (encode current and goal frames + CEM), timed."""
     t0 = time.perf_counter()
     z0, zg = encode_one(model, frame), encode_one(model, goal_frame)
-    plan, _ = cem_plan(model, z0, zg, cfg, block_dim, torch.Generator().manual_seed(seed), init_mean)
+    plan, _ = cem_plan(model, z0, zg, cfg, block_dim, torch.Generator().manual_seed(seed), init_mean, whiten)
     return plan, time.perf_counter() - t0
 
 
-def evaluate_planning(model, env_name: str, cfg: PlanConfig, baseline=None, progress: bool = True) -> dict:
+def evaluate_planning(
+    model, env_name: str, cfg: PlanConfig, baseline=None, progress: bool = True, whiten: torch.Tensor | None = None
+) -> dict:
     """MPC success rate over `cfg.episodes` held-out episodes; LeWM plan times; and, when `baseline` is
-    given, the patch-token model timed planning from the first `baseline_plans` identical states."""
+    given, the patch-token model timed planning from the first `baseline_plans` identical states (with the plain
+    latent distance: a patch-token model has no step metric). `whiten`: LeWM's step metric (`cfg.cost == "step"`)."""
+    if (whiten is not None) != (cfg.cost == "step"):
+        raise ValueError(f"cost {cfg.cost!r} with{'out' if whiten is None else ''} a step metric")
     model.eval()
     k = model.cfg.frameskip
     block_dim = model.cfg.action_block_dim
-    env = make_env(env_name, model.cfg.image_size)
+    env = make_env(env_name, model.cfg.image_size, getattr(model.cfg, "antialias", False))
     plan_times, paired_lewm, paired_base, results = [], [], [], []
     seed = 1_000_000 + 1000 * cfg.seed  # held out: collection uses seeds < 1e6
     bar = tqdm(total=cfg.episodes, desc=f"plan {env_name}", disable=not progress)
@@ -150,7 +167,7 @@ def evaluate_planning(model, env_name: str, cfg: PlanConfig, baseline=None, prog
         start_dist = env.goal_distance(goal_state)
         success, steps, warm = False, 0, None
         while steps < cfg.max_steps and not success:
-            plan, dt = time_plan(model, frame, goal_frame, cfg.cem, block_dim, seed * 100 + steps, warm)
+            plan, dt = time_plan(model, frame, goal_frame, cfg.cem, block_dim, seed * 100 + steps, warm, whiten)
             plan_times.append(dt)
             if baseline is not None and len(paired_base) < cfg.baseline_plans:
                 _, dt_base = time_plan(

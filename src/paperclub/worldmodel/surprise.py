@@ -78,7 +78,7 @@ def paired_p_value(spike: np.ndarray, base: np.ndarray) -> float:
 
 def surprise_experiment(model: LeWM, env_name: str, cfg: SurpriseConfig, progress: bool = True) -> dict:
     model.eval()
-    env = make_env(env_name, model.cfg.image_size)
+    env = make_env(env_name, model.cfg.image_size, getattr(model.cfg, "antialias", False))
     traces = {k: [] for k in KINDS}
     for i in tqdm(range(cfg.episodes), desc=f"surprise {env_name}", disable=not progress):
         seed = 2_000_000 + 1000 * cfg.seed + i

@@ -17,8 +17,12 @@ def check_env_name(name: str) -> str:
     return name
 
 
-def make_env(name: str, image_size: int = 64):
-    return ENVS[check_env_name(name)][0](image_size=image_size)
+def make_env(name: str, image_size: int = 64, antialias: bool = False):
+    """The environment `name` rendering image_size x image_size frames, antialiased (Push-T only) or not."""
+    if antialias and check_env_name(name) != "pusht":
+        raise UserError(f"antialiased frames are a Push-T option; {name} renders hard edges only")
+    extra = {"antialias": True} if antialias else {}
+    return ENVS[check_env_name(name)][0](image_size=image_size, **extra)
 
 
 def make_policy(name: str, env, rng: np.random.Generator):

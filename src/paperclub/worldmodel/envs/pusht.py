@@ -14,7 +14,7 @@ import numpy as np
 import pymunk
 from gymnasium import spaces
 
-from paperclub.worldmodel.envs.render import fill_disc, fill_rect, pixel_centres
+from paperclub.worldmodel.envs.render import blend, disc_coverage, fill_disc, fill_rect, pixel_centres, rect_coverage
 
 WORLD = 512.0
 PUSHER_RADIUS = 15.0
@@ -39,9 +39,15 @@ class PushTEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(
-        self, image_size: int = 64, max_steps: int = 300, pos_tol: float = 20.0, angle_tol: float = np.pi / 9
+        self,
+        image_size: int = 64,
+        max_steps: int = 300,
+        pos_tol: float = 20.0,
+        angle_tol: float = np.pi / 9,
+        antialias: bool = False,
     ):
         self.image_size = image_size
+        self.antialias = antialias  # frames with edge coverage: sub-pixel moves of the block show (render.py)
         self.max_steps = max_steps
         self.pos_tol = pos_tol
         self.angle_tol = angle_tol
@@ -134,6 +140,8 @@ class PushTEnv(gym.Env):
                 self.pusher.position = (cx, cy)
 
     def render(self) -> np.ndarray:
+        if self.antialias:
+            return self._render_antialiased()
         img = np.empty((self.image_size, self.image_size, 3), dtype=np.uint8)
         img[:] = BG_COLOR
         bx, by = self.block.position
@@ -154,6 +162,22 @@ class PushTEnv(gym.Env):
         px, py = self.pusher.position
         fill_disc(img, self._xs, self._ys, px, py, PUSHER_RADIUS, PUSHER_COLOR)
         return img
+
+    def _render_antialiased(self) -> np.ndarray:
+        pixel = WORLD / self.image_size
+        img = np.empty((self.image_size, self.image_size, 3), dtype=np.float32)
+        img[:] = BG_COLOR
+        bx, by = self.block.position
+        ang = self.block.angle
+        c, s = np.cos(ang), np.sin(ang)
+        parts = [
+            rect_coverage(self._xs, self._ys, bx + c * cx - s * cy, by + s * cx + c * cy, hw, hh, ang, pixel)
+            for cx, cy, hw, hh in T_PARTS
+        ]
+        blend(img, np.maximum(*parts), self.block_color)  # the two bars overlap: one shape, not two layers
+        px, py = self.pusher.position
+        blend(img, disc_coverage(self._xs, self._ys, px, py, PUSHER_RADIUS, pixel), PUSHER_COLOR)
+        return np.rint(img).astype(np.uint8)
 
     # -- task --------------------------------------------------------------------------------------------
     def is_success(self, goal_state: np.ndarray) -> bool:
