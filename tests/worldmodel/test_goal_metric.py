@@ -115,3 +115,7 @@ def test_train_writes_the_metric(tworoom_data_path, tmp_path):
                  str(tworoom_data_path), "--sigreg-directions", "16", "--out", str(out), "--quiet"]) == 0
     model, _ = load_checkpoint(out)
     assert load_step_metric(out, model.cfg.latent_dim).shape == (model.cfg.latent_dim,) * 2
+    # more training changes the weights: the metric is fitted again on them, not kept
+    first = (out / METRIC_FILE).read_bytes()
+    assert main(["lewm", "train", "--env", "tworoom", "--out", str(out), "--resume", "--steps", "6", "--quiet"]) == 0
+    assert (out / METRIC_FILE).read_bytes() != first

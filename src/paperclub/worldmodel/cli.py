@@ -56,6 +56,7 @@ RESUME_FIX = "start a new run (without --resume) in another --out"
 def cmd_train(args) -> int:
     from paperclub.worldmodel.checkpoint import CONFIG, saved_section
     from paperclub.worldmodel.data import load
+    from paperclub.worldmodel.goal_metric import METRIC_FILE
     from paperclub.worldmodel.model import LeWMConfig
     from paperclub.worldmodel.train import TrainConfig, train
 
@@ -84,6 +85,8 @@ def cmd_train(args) -> int:
                         f"the model in {out} reads {'antialiased' if model_cfg.antialias else 'hard-edged'} ones")
     argv = sys.argv[1:]
     command = "paperclub " + " ".join(argv[argv.index("lewm"):]) if "lewm" in argv else None
+    # a step metric belongs to the weights it was fitted on: training changes them, so drop it until the end
+    (out / METRIC_FILE).unlink(missing_ok=True)
     result = train(
         model_cfg,
         cfg,
