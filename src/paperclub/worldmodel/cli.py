@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
         resume=args.resume,
     )
     if not result.get("interrupted"):
-        _write_step_metric(out, data, data_path)
+        _write_step_metric(out, data, data_path, device=args.device)
     print(json.dumps(result, indent=2))
     if result.get("interrupted"):
         print(f"interrupted after {result['steps_done']} steps; saved {out}: continue with "
@@ -107,13 +107,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _write_step_metric(ckpt: Path, data, data_path, cfg=None, model=None) -> Path:
+def _write_step_metric(ckpt: Path, data, data_path, cfg=None, model=None, device: str = "cpu") -> Path:
     """Fit the step metric (goal_metric.py) of the checkpoint in `ckpt` on `data` and save it there."""
+    from paperclub.device import resolve_device
     from paperclub.worldmodel.checkpoint import load_checkpoint
     from paperclub.worldmodel.goal_metric import StepMetricConfig, fit_step_metric, save_step_metric
 
     cfg = cfg or StepMetricConfig()
-    model = model if model is not None else load_checkpoint(ckpt)[0]
+    model = model if model is not None else load_checkpoint(ckpt)[0].to(resolve_device(device))
     path = save_step_metric(ckpt, fit_step_metric(model, data, cfg), cfg, str(data_path))
     log.info("wrote the step metric (lag %d, shrink %g) to %s", cfg.lag, cfg.shrink, path)
     return path
