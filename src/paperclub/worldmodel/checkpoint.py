@@ -98,7 +98,7 @@ def read_meta(path: Path, fix: str = FIX) -> dict:
     try:
         meta = json.loads(file.read_text())
     except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8, as a cut-short copy leaves it
-        raise UserError(f"{file} is truncated or corrupt ({_first_line(e)}): {fix}") from e
+        raise UserError(f"{file} is truncated or corrupt ({first_line(e)}): {fix}") from e
     if not isinstance(meta, dict):
         raise UserError(f"{file} is corrupt (a JSON {type(meta).__name__}, not an object): {fix}")
     if meta.get("env") not in ENV_DEFAULTS:
@@ -138,7 +138,7 @@ def read_weights(file: Path, fix: str = FIX) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError) as e:  # a cut-short copy fails here, in the header or the data it lists
-        raise UserError(f"{file} is truncated or corrupt ({_first_line(e)}): {fix}") from e
+        raise UserError(f"{file} is truncated or corrupt ({first_line(e)}): {fix}") from e
 
 
 def check_weights(state: dict[str, torch.Tensor], model: LeWM, file: Path, fix: str = FIX) -> None:
@@ -160,7 +160,7 @@ def check_weights(state: dict[str, torch.Tensor], model: LeWM, file: Path, fix: 
         raise UserError(f"{file} is corrupt ({bad[0]} holds NaN or infinite values): {fix}")
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 

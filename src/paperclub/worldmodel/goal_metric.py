@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from paperclub.atomic import atomic_path
 from paperclub.errors import UserError
+from paperclub.worldmodel.checkpoint import first_line
 from paperclub.worldmodel.model import frames_to_tensor
 
 METRIC_FILE = "goal_metric.safetensors"
@@ -99,7 +100,7 @@ def load_step_metric(ckpt: str | os.PathLike, latent_dim: int) -> torch.Tensor |
     try:
         w = load_file(str(path))["whiten"]
     except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise UserError(f"{path} is truncated or corrupt ({str(e).splitlines()[0] if str(e) else e!r}): {fix}") from e
+        raise UserError(f"{path} is truncated or corrupt ({first_line(e)}): {fix}") from e
     if tuple(w.shape) != (latent_dim, latent_dim) or not torch.isfinite(w).all():
         raise UserError(f"{path} holds a {tuple(w.shape)} matrix, not a finite ({latent_dim}, {latent_dim}) one: {fix}")
     return w.float()

@@ -144,36 +144,24 @@ class PushTEnv(gym.Env):
             return self._render_antialiased()
         img = np.empty((self.image_size, self.image_size, 3), dtype=np.uint8)
         img[:] = BG_COLOR
-        bx, by = self.block.position
-        ang = self.block.angle
-        c, s = np.cos(ang), np.sin(ang)
-        for cx, cy, hw, hh in T_PARTS:
-            fill_rect(
-                img,
-                self._xs,
-                self._ys,
-                bx + c * cx - s * cy,
-                by + s * cx + c * cy,
-                hw,
-                hh,
-                ang,
-                self.block_color,
-            )
+        for cx, cy, hw, hh, ang in self._block_rects():
+            fill_rect(img, self._xs, self._ys, cx, cy, hw, hh, ang, self.block_color)
         px, py = self.pusher.position
         fill_disc(img, self._xs, self._ys, px, py, PUSHER_RADIUS, PUSHER_COLOR)
         return img
+
+    def _block_rects(self) -> list[tuple[float, float, float, float, float]]:
+        """The T's two rectangles in world coordinates: (centre x, centre y, half w, half h, angle)."""
+        bx, by = self.block.position
+        ang = self.block.angle
+        c, s = np.cos(ang), np.sin(ang)
+        return [(bx + c * cx - s * cy, by + s * cx + c * cy, hw, hh, ang) for cx, cy, hw, hh in T_PARTS]
 
     def _render_antialiased(self) -> np.ndarray:
         pixel = WORLD / self.image_size
         img = np.empty((self.image_size, self.image_size, 3), dtype=np.float32)
         img[:] = BG_COLOR
-        bx, by = self.block.position
-        ang = self.block.angle
-        c, s = np.cos(ang), np.sin(ang)
-        parts = [
-            rect_coverage(self._xs, self._ys, bx + c * cx - s * cy, by + s * cx + c * cy, hw, hh, ang, pixel)
-            for cx, cy, hw, hh in T_PARTS
-        ]
+        parts = [rect_coverage(self._xs, self._ys, *rect, pixel) for rect in self._block_rects()]
         blend(img, np.maximum(*parts), self.block_color)  # the two bars overlap: one shape, not two layers
         px, py = self.pusher.position
         blend(img, disc_coverage(self._xs, self._ys, px, py, PUSHER_RADIUS, pixel), PUSHER_COLOR)
