@@ -5,7 +5,8 @@
 
 For each server (ours; `llamacpp` = llama-cpp-python's OpenAI server, `$PAPERCLUB_LLAMACPP_PYTHON -m
 llama_cpp.server`, on the BF16 GGUF of the same weights that `paperclub bench` writes; `transformers` =
-`transformers serve` with continuous batching on the same model directory, bf16) and each concurrency, one
+`transformers serve` with continuous batching on the same model directory, bf16; `paperclub-nocache` = ours with
+`--prefix-cache-mb 0`, every prompt prefilled) and each concurrency, one
 `paperclub loadtest` (greedy, the mismatch check on). The servers take turns per concurrency, each started fresh,
 so machine noise hits them alike. Each server's RSS is read when idle (after its warm-up request, which also packs
 the CPU kernels' weights) and again 3 s after each load. `--offline` also times `LLM.generate` on the same prompts
@@ -77,9 +78,11 @@ class Served:
 
 def start(name: str, args, log_dir: Path) -> Served:
     port = free_port()
-    if name == "paperclub":
+    if name in ("paperclub", "paperclub-nocache"):
         cmd = [sys.executable, "-m", "paperclub.cli", "serve", "--port", str(port), "--max-num-seqs",
                str(args.max_num_seqs), "--max-queue", "1024", "--mode", args.mode]
+        if name == "paperclub-nocache":  # the same server with prefix caching off: every prompt is prefilled
+            cmd += ["--prefix-cache-mb", "0"]
     elif name == "llamacpp":
         from paperclub.models.default_model import ensure_default_model
         from paperclub.models.gguf_write import bf16_gguf_for
@@ -127,7 +130,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for (name, runs), color in zip(result["servers"].items(), ("C0", "C1", "C2", "C3"), strict=False):
+    for (name, runs), color in zip(result["servers"].items(), ("C0", "C1", "C2", "C3", "C4"), strict=False):
         cs = sorted(int(c) for c in runs)
 
         def get(key: str, runs=runs, cs=cs) -> list[float]:
@@ -161,7 +164,8 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--mode", default="ar")
-    ap.add_argument("--peer", action="append", default=[], help="llamacpp or transformers (repeatable)")
+    ap.add_argument("--peer", action="append", default=[],
+                    help="llamacpp, transformers or paperclub-nocache (ours without prefix caching; repeatable)")
     ap.add_argument("--offline", action="store_true", help="also time LLM.generate at batch 1")
     ap.add_argument("--offline-repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/serve/load.json")
@@ -188,7 +192,7 @@ def main() -> None:
                 time.sleep(3)  # the engine frees its KV cache when it goes idle, after the last response
                 r["rss_idle_mb"], r["rss_after_mb"] = idle, rss_mb(served.process.pid)
                 r["alive_after"] = httpx.get(served.url.removesuffix("/v1") + "/health", timeout=5).status_code \
-                    if name == "paperclub" else served.process.poll() is None
+                    if name.startswith("paperclub") else served.process.poll() is None
                 result["servers"].setdefault(name, {})[str(c)] = r
                 print(f"{name} x{c}: {r['requests_ok']} ok, {r['requests_failed']} failed, {r['mismatched']} "
                       f"mismatched, {r['output_tokens_per_s']:.1f} tok/s, TTFT p50 {r['ttft_p50_s']:.2f}s, "

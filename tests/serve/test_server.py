@@ -339,6 +339,29 @@ def test_serve_refuses_a_port_in_use_before_loading(default_model_dir, tmp_path)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "in use" in r.stderr
 
 
+def test_serve_refuses_a_negative_prefix_cache_size(default_model_dir):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "paperclub.cli", "serve", "--model", str(default_model_dir),
+                        "--prefix-cache-mb", "-1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--prefix-cache-mb" in r.stderr
+
+
+def test_a_repeated_prompt_is_served_from_the_prefix_cache(server, client, offline):
+    prompt = [{"role": "user", "content": "Name three rivers of Europe and one fact about each of them."}]
+    want = alone(offline, prompt, max_tokens=16, temperature=0)
+    n = len(want.prompt_token_ids)
+    client.chat.completions.create(model="smol", messages=prompt, max_tokens=16, temperature=0)
+    queries, hits = server.metric("paperclub:prefix_cache_queries_total"), server.metric(
+        "paperclub:prefix_cache_hits_total")
+    r = client.chat.completions.create(model="smol", messages=prompt, max_tokens=16, temperature=0)
+    assert r.choices[0].message.content == want.text  # the same reply from cached K/V
+    assert server.metric("paperclub:prefix_cache_queries_total") - queries == n
+    assert server.metric("paperclub:prefix_cache_hits_total") - hits == (n - 1) // 16 * 16  # every full block
+    assert server.metric("paperclub:prefix_cache_bytes") > 0
+
+
 # -- paperclub loadtest ------------------------------------------------------------------------------------------------
 
 def test_loadtest_contract(server, tmp_path):

@@ -39,11 +39,9 @@ class ARDecoder:
         self.runner = runner
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
-        for s in seqs:
-            s.slot = self.runner.cache.allocate()
-        logits = self.runner.append([s.slot for s in seqs], [0] * len(seqs), [s.prompt_ids for s in seqs], True)
-        for s in seqs:
-            s.num_cached = len(s.prompt_ids)
+        slots, logits = self.runner.prefill([s.prompt_ids for s in seqs])
+        for s, slot in zip(seqs, slots, strict=True):
+            s.slot, s.num_cached = slot, len(s.prompt_ids)
         return self._sample(logits, seqs)
 
     def step(self, seqs: list[Sequence]) -> list[list[int]]:
@@ -55,7 +53,7 @@ class ARDecoder:
         return self._sample(logits, seqs)
 
     def release(self, seq: Sequence) -> None:
-        self.runner.cache.release(seq.slot)
+        self.runner.release(seq.slot, seq.all_ids[: seq.num_cached])
 
     @staticmethod
     def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[list[int]]:

@@ -92,7 +92,11 @@ class LLM:
 
     draft: a draft model (directory or name); "ngram" for prompt-lookup drafting (no draft model, SD only);
     "ngram+DRAFT" for prompt lookup where the context has a match and the model DRAFT elsewhere ("ngram+default":
-    the shipped draft). `ngram_config` sets the n-gram sizes (`speculative.ngram.NgramConfig`)."""
+    the shipped draft). `ngram_config` sets the n-gram sizes (`speculative.ngram.NgramConfig`).
+
+    prefix_cache_mb: memory for automatic prefix caching (`engine.prefix_cache`): prompts that start like an earlier
+    prompt or conversation skip the prefill of the part already seen. Off (0) by default here, so that timings of
+    repeated prompts include their prefill; `paperclub serve` turns it on."""
 
     def __init__(
         self,
@@ -108,6 +112,7 @@ class LLM:
         draft_fallback: bool = False,
         ngram_config: NgramConfig | None = None,
         auto_calibrate: bool = True,
+        prefix_cache_mb: float = 0.0,
     ):
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -144,7 +149,9 @@ class LLM:
         self.mode = "ar" if self.draft_dir is None and not ngram else ("ssd" if mode == "ssd" else "sd")
         self.draft_name = ("ngram" + (f"+{self.draft_dir}" if self.draft_dir else "") if ngram
                            else str(self.draft_dir) if self.draft_dir else None)
-        target = ModelRunner(self.model, self.max_model_len)
+        if prefix_cache_mb < 0:
+            raise UserError(f"prefix_cache_mb must be >= 0 (0 turns prefix caching off), got {prefix_cache_mb}")
+        target = ModelRunner(self.model, self.max_model_len, prefix_cache_mb=prefix_cache_mb)
         self.engine_config = EngineConfig(max_num_seqs=max_num_seqs, draft_fallback=draft_fallback)
         self.eos = eos
         self.auto_choice = None

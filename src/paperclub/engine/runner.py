@@ -9,6 +9,7 @@ import torch
 
 from paperclub.engine.cuda_graphs import CudaGraphs, graphs_enabled
 from paperclub.engine.kv_cache import KVCache, causal_meta
+from paperclub.engine.prefix_cache import PrefixCache
 from paperclub.models.llama import AttentionMeta, Llama
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,44 @@ def length_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
 
 
 class ModelRunner:
-    def __init__(self, model: Llama, max_positions: int, cuda_graphs: bool | None = None):
+    def __init__(self, model: Llama, max_positions: int, cuda_graphs: bool | None = None,
+                 prefix_cache_mb: float = 0.0):
         """cuda_graphs: replay decode/verification forwards as CUDA graphs (None: on for CUDA devices unless
-        PAPERCLUB_CUDA_GRAPHS=0)."""
+        PAPERCLUB_CUDA_GRAPHS=0). prefix_cache_mb: memory for the K/V of earlier prompts and outputs that later
+        prompts may start with (`prefix_cache.py`); 0 turns prefix caching off."""
         self.model = model
         self.cfg = model.cfg
         self.device = model.device
         self.max_positions = max_positions
         self.cache = KVCache(self.cfg, self.device, model.dtype, max_positions)
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         use = graphs_enabled(self.device) if cuda_graphs is None else cuda_graphs and self.device.type == "cuda"
         self.graphs = CudaGraphs(model, self.cache) if use else None
 
     def reserve(self, num_slots: int, capacity: int) -> None:
         self.cache.ensure(num_slots, min(capacity, self.max_positions))
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]]) -> tuple[list[int], torch.Tensor]:
+        """Give each prompt a cache slot and fill it: the K/V of the prompt's longest cached prefix are copied in
+        (with a prefix cache), the rest is computed. Returns the slots and each prompt's last-token logits (B, V).
+        The cache must have room for the prompts (`reserve`)."""
+        slots = [self.cache.allocate() for _ in prompts]
+        pc = self.prefix_cache
+        starts = [pc.load(p, self.cache, slot) for p, slot in zip(prompts, slots, strict=True)] if pc else \
+            [0] * len(prompts)
+        logits = self.append(slots, starts, [p[s:] for p, s in zip(prompts, starts, strict=True)], True)
+        if pc:  # at once, so that requests arriving while these run find their prompts
+            for p, slot in zip(prompts, slots, strict=True):
+                pc.store(p, self.cache, slot)
+        return slots, logits
+
+    def release(self, slot: int, tokens: list[int]) -> None:
+        """Give a sequence's slot back. `tokens` are those whose K/V the slot holds, from position 0: with a prefix
+        cache their full blocks are kept for later prompts (the next turn of a conversation starts with them)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(tokens, self.cache, slot)
+        self.cache.release(slot)
 
     @torch.inference_mode()
     def append(self, slots: list[int], starts: list[int], chunks: list[list[int]], last_only: bool) -> torch.Tensor:

@@ -46,7 +46,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--max-num-seqs must be >= 1, got {args.max_num_seqs}")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     check_port(args.host, args.port)
-    llm = make_llm(args, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, draft_fallback=True)
+    if args.prefix_cache_mb < 0:
+        raise UserError(f"--prefix-cache-mb must be >= 0 (0 turns prefix caching off), got {args.prefix_cache_mb:g}")
+    llm = make_llm(args, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, draft_fallback=True,
+                   prefix_cache_mb=args.prefix_cache_mb)
     try:
         name = args.served_model_name or llm.model_dir.name
         server = Server(llm, ServeConfig(model_name=name, api_key=api_key, max_queue=args.max_queue))
@@ -97,6 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-queue", type=int, default=256,
                    help="sequences that may wait beyond the running batch; more get 429 (default 256)")
     s.add_argument("--max-model-len", type=int, default=None, help="context length (default: the engine's)")
+    s.add_argument("--prefix-cache-mb", type=float, default=64.0,
+                   help="memory for the K/V of earlier prompts and replies that new prompts start with (system "
+                        "prompts, earlier turns of a chat): that part of a prompt is not prefilled again (default "
+                        "64; 0 turns it off)")
     s.add_argument("--served-model-name", default=None, help="the model id clients use (default: the model's name)")
     s.add_argument("--drain-timeout", type=float, default=300.0,
                    help="seconds in-flight requests get to finish after SIGTERM (default 300)")

@@ -253,6 +253,9 @@ class EngineLoop:
     def _gauges(self) -> None:
         self.metrics.running.set(len(self.engine.running))
         self.metrics.waiting.set(len(self.engine.waiting) + len(self._pending))
+        pc = self.engine.decoder.runner.prefix_cache
+        if pc is not None:
+            self.metrics.prefix_cache(pc.stats.queries, pc.stats.hits, pc.nbytes)
         if self.engine.draft_fallbacks > self._fallbacks_seen:
             self.metrics.draft_fallbacks.inc(self.engine.draft_fallbacks - self._fallbacks_seen)
             self._fallbacks_seen = self.engine.draft_fallbacks

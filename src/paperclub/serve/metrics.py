@@ -55,6 +55,21 @@ class Metrics:
         self.cache_misses = counter("ssd_speculation_cache_misses", "SSD rounds that missed the speculation cache")
         self.draft_fallbacks = counter("draft_fallbacks",
                                        "times the engine fell back to decoding without its draft (draft lost)")
+        self.prefix_cache_queries = counter("prefix_cache_queries", "prompt tokens looked up in the prefix cache")
+        self.prefix_cache_hits = counter("prefix_cache_hits",
+                                         "prompt tokens whose K/V came from the prefix cache (not prefilled)")
+        self.prefix_cache_bytes = gauge("prefix_cache_bytes", "memory held by the prefix cache")
+        self._prefix_seen = (0, 0)
+
+    def prefix_cache(self, queries: int, hits: int, nbytes: int) -> None:
+        """The prefix cache's running totals (`engine.prefix_cache.PrefixCacheStats`)."""
+        q0, h0 = self._prefix_seen
+        if queries > q0:
+            self.prefix_cache_queries.inc(queries - q0)
+        if hits > h0:
+            self.prefix_cache_hits.inc(hits - h0)
+        self._prefix_seen = (queries, hits)
+        self.prefix_cache_bytes.set(nbytes)
 
     def request_finished(self, reason: str, t_arrival: float) -> None:
         self._finished.labels(finished_reason=reason, **self._labels).inc()

@@ -124,12 +124,10 @@ class SpeculativeDecoder:
         self.proposer: Proposer = DraftProposer(draft, k) if isinstance(draft, ModelRunner) else draft
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
-        for s in seqs:
-            s.slot = self.runner.cache.allocate()
+        slots, logits = self.runner.prefill([s.prompt_ids for s in seqs])
+        for s, slot in zip(seqs, slots, strict=True):
+            s.slot, s.num_cached = slot, len(s.prompt_ids)
             s.stats.update(spec_metrics.new_counters())
-        logits = self.runner.append([s.slot for s in seqs], [0] * len(seqs), [s.prompt_ids for s in seqs], True)
-        for s in seqs:
-            s.num_cached = len(s.prompt_ids)
         self.proposer.prefill(seqs)
         self.proposer.reserve(self.runner.cache.capacity)
         first = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs])
@@ -174,6 +172,6 @@ class SpeculativeDecoder:
         return emitted
 
     def release(self, seq: Sequence) -> None:
-        self.runner.cache.release(seq.slot)
+        self.runner.release(seq.slot, seq.all_ids[: seq.num_cached])
         self.proposer.release(seq)
 

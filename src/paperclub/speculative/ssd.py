@@ -84,12 +84,11 @@ class SSDDecoder:
         new = [{"id": s.request_id, "prompt": s.prompt_ids, "params": s.params, "seed": _draft_seed(s)}
                for s in seqs]
         self._send({"kind": "add", "seqs": new, "finished": self._take_finished()})
-        for s in seqs:  # (after the send: a lost draft leaves no slot behind for the fallback to take over)
-            s.slot = self.runner.cache.allocate()
+        # (after the send: a lost draft leaves no slot behind for the fallback to take over)
+        slots, logits = self.runner.prefill([s.prompt_ids for s in seqs])
+        for s, slot in zip(seqs, slots, strict=True):
+            s.slot, s.num_cached = slot, len(s.prompt_ids)
             s.stats.update(dict.fromkeys(COUNTERS, 0.0) | spec_metrics.new_counters())
-        logits = self.runner.append([s.slot for s in seqs], [0] * len(seqs), [s.prompt_ids for s in seqs], True)
-        for s in seqs:
-            s.num_cached = len(s.prompt_ids)
         first = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
         for s, t in zip(seqs, first, strict=True):
             self._outcome[s.request_id] = (0, t)
@@ -152,7 +151,7 @@ class SSDDecoder:
         return ARDecoder(self.runner)
 
     def release(self, seq: Sequence) -> None:
-        self.runner.cache.release(seq.slot)
+        self.runner.release(seq.slot, seq.all_ids[: seq.num_cached])
         self._outcome.pop(seq.request_id, None)
         self._finished.append(seq.request_id)
 
