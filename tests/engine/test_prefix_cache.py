@@ -43,16 +43,17 @@ def test_load_copies_the_longest_cached_block_prefix_and_leaves_a_token(pair):
     pc.store(tokens, cache, slot=1)
     assert pc.num_blocks == 2
     cache.k[0][3].zero_()
-    # a prompt that shares 6 tokens: one block (4 tokens) comes from the cache
-    assert pc.load(tokens[:6] + [7, 7, 7], cache, slot=3) == 4
-    assert torch.equal(cache.k[0][3, :, :4], cache.k[0][1, :, :4])
-    assert torch.equal(cache.v[1][3, :, :4], cache.v[1][1, :, :4])
-    assert cache.k[0][3, 0, 4, 0] == 0  # nothing past the hit was written
-    # the same 8 tokens as a whole prompt: the last token must still run, so only the first block is loaded
-    assert pc.load(tokens[:8], cache, slot=3) == 4
+    # a prompt that shares 6 tokens: one full block and the first 2 tokens of the next come from the cache
+    assert pc.load(tokens[:6] + [7, 7, 7], cache, slot=3) == 6
+    assert torch.equal(cache.k[0][3, :, :6], cache.k[0][1, :, :6])
+    assert torch.equal(cache.v[1][3, :, :6], cache.v[1][1, :, :6])
+    assert cache.k[0][3, 0, 6, 0] == 0  # nothing past the hit was written
+    # the same 8 tokens as a whole prompt: the last token must still run
+    assert pc.load(tokens[:8], cache, slot=3) == 7
     assert pc.load(tokens[:9], cache, slot=3) == 8
+    assert pc.load(tokens[:3], cache, slot=3) == 2  # inside the first block
     assert pc.load([5] + tokens[1:9], cache, slot=3) == 0  # blocks are keyed by their whole prefix
-    assert pc.stats.queries == 9 + 8 + 9 + 9 and pc.stats.hits == 4 + 4 + 8
+    assert pc.stats.queries == 9 + 8 + 9 + 3 + 9 and pc.stats.hits == 6 + 7 + 8 + 2
 
 
 def test_memory_bound_and_reused_blocks_are_evicted_last(pair):
@@ -107,11 +108,12 @@ def test_generation_with_the_cache_equals_generation_without(pair, dtype):
         engine = make_engine(model, 64)
         pc = engine.decoder.runner.prefix_cache
         first = generate(engine, prompts, 12)
-        assert pc.stats.hits == 16  # the fifth prompt waited for a free row and found the system prompt's block
+        assert pc.stats.hits == 20  # the fifth prompt waited for a free row and found the 20-token system prompt
         second = generate(engine, prompts, 12)
         assert first == plain and second == plain
-        # the second pass found every full block of every prompt (all but the last token at most)
-        assert pc.stats.hits - 16 == sum((len(p) - 1) // 16 * 16 for p in prompts)
+        # the second pass found each prompt's tokens as far as the first pass's full blocks reach (a prompt and 11
+        # generated tokens have K/V in the cache), all but the prompt's last token at most
+        assert pc.stats.hits - 20 == sum(min(len(p) - 1, (len(p) + 11) // 16 * 16) for p in prompts)
         # the next turn of a conversation starts with the first turn and its reply: those blocks are cached too
         before = pc.stats.hits
         turn2 = prompts[0] + first[0] + [40, 41, 42]

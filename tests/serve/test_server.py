@@ -358,7 +358,8 @@ def test_a_repeated_prompt_is_served_from_the_prefix_cache(server, client, offli
     r = client.chat.completions.create(model="smol", messages=prompt, max_tokens=16, temperature=0)
     assert r.choices[0].message.content == want.text  # the same reply from cached K/V
     assert server.metric("paperclub:prefix_cache_queries_total") - queries == n
-    assert server.metric("paperclub:prefix_cache_hits_total") - hits == (n - 1) // 16 * 16  # every full block
+    # every token but the last: the first reply completed the block the prompt ends in
+    assert server.metric("paperclub:prefix_cache_hits_total") - hits == n - 1
     assert server.metric("paperclub:prefix_cache_bytes") > 0
 
 

@@ -8,8 +8,8 @@ slot and the prefill runs over the rest only.
 The cache is a trie of fixed-size token blocks (`block_size` tokens). A node is one block; its key is the block's
 tokens, its parent the blocks before it, so a node stands for exactly one token prefix (no hashes, no collisions)
 and holds that block's K/V for every layer, copied out of a slot. A lookup walks the trie along the prompt and
-returns the longest chain of cached blocks, leaving at least one prompt token to run (its logits give the first
-output token).
+takes the longest chain of cached blocks, then as many first tokens of one more block as match, leaving at least
+one prompt token to run (its logits give the first output token).
 
 K/V at position p depend only on tokens 0..p, so a block's K/V are the same whichever request computed them.
 With the engine's compiled CPU kernels they are the same to the bit (every token row is computed on its own:
@@ -79,18 +79,33 @@ class PrefixCache:
 
     def load(self, prompt: list[int], cache: KVCache, slot: int) -> int:
         """Copy the K/V of the longest cached prefix of `prompt` (all but its last token at most) into positions
-        0.. of `slot`. Returns how many tokens were copied: the prefill starts there."""
-        chain = self._walk(prompt, len(prompt) - 1)
+        0.. of `slot`. Returns how many tokens were copied: the prefill starts there.
+
+        After the full blocks, the first tokens of a cached block count too: a resent prompt ends inside a block
+        that its earlier reply completed, and position p's K/V do not depend on the tokens after p."""
+        limit, B = len(prompt) - 1, self.block_size
+        chain = self._walk(prompt, limit)
         self.stats.queries += len(prompt)
+        n = len(chain) * B
+        parent = chain[-1] if chain else self.root
+        rest = prompt[n:min(limit, n + B)]
+        best, tail = 0, None
+        for child in parent.children.values():  # the child sharing the most of the rest of the prompt
+            same = next((i for i, (a, b) in enumerate(zip(child.tokens, rest, strict=False)) if a != b),
+                        len(rest))
+            if same > best:
+                best, tail = same, child
+        if tail is not None:
+            chain.append(tail)
         if not chain:
             return 0
         now = next(self._clock)
         for node in chain:
             node.hits += 1
             node.last_used = now
-        n = len(chain) * self.block_size
-        k = torch.cat([node.k for node in chain], dim=2)  # (layers, kv heads, n, head dim)
-        v = torch.cat([node.v for node in chain], dim=2)
+        n += best
+        k = torch.cat([node.k for node in chain], dim=2)[:, :, :n]  # (layers, kv heads, n, head dim)
+        v = torch.cat([node.v for node in chain], dim=2)[:, :, :n]
         for layer in range(len(cache.k)):
             cache.k[layer][slot, :, :n] = k[layer]
             cache.v[layer][slot, :, :n] = v[layer]

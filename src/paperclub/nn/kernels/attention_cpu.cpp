@@ -332,14 +332,38 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
   const int64_t cs = kHeadsInRegisters ? kMaxHeadGroup * kKeyChunk : (std::min(S, kKeyChunk) + 7) / 8 * 8;
   const int64_t kb = kHeadsInRegisters ? 0 : cs * D;
   if (!spread) {  // one task per unit: its chunks in order, merged as they come
-    at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    // A unit computes its chunks up to the last one that any of its queries sees (the rest would merge nothing).
+    // Rows of a batch differ in context length (prompts of 37 and 321 tokens decoded together), so the threads
+    // take contiguous ranges of units holding about the same number of chunks, not the same number of units.
+    std::vector<int64_t> work(units + 1, 0);  // work[u + 1] - work[u]: the chunks unit u computes
+    for (int64_t u = 0; u < units; ++u) {
+      int64_t need = chunks;
+      if (mask) {
+        const int64_t b = u / (Hkv * blocks), t0 = (u % blocks) * kQueryBlock, nq = cu[b + 1] - cu[b];
+        int64_t last = -1;
+        for (int64_t t = t0; t < std::min(nq, t0 + kQueryBlock); ++t) {
+          const bool* m = mask + (b * Tq + t) * S;
+          int64_t i = S - 1;
+          while (i > last && !m[i]) --i;
+          last = std::max(last, i);
+        }
+        need = last < 0 ? 0 : last / kKeyChunk + 1;
+      }
+      work[u + 1] = work[u] + need + 1;  // (+1: a unit costs something even when it sees nothing)
+    }
+    const int64_t threads = std::min<int64_t>(at::get_num_threads(), units);
+    at::parallel_for(0, threads, 1, [&](int64_t t_begin, int64_t t_end) {
       std::vector<float> kbuf(kb), vbuf(kb), score(cs), state(per_unit * kState);
       auto merge_here = [&](int64_t j, float mx, float sum, const __m256(&acc)[NV]) {
         merge<NV>(state.data() + j * kState, mx, sum, acc);
       };
-      for (int64_t u = begin; u < end; ++u) {
+      auto first_unit = [&](int64_t t) {  // the first unit whose work starts at or after t / threads of the total
+        return std::lower_bound(work.begin(), work.end() - 1, work[units] * t / threads) - work.begin();
+      };
+      for (int64_t u = first_unit(t_begin); u < first_unit(t_end); ++u) {
         reset(state.data(), queries_of(u));
-        for (int64_t c = 0; c < chunks && run_chunk(u, c, kbuf, vbuf, score, merge_here); ++c) {
+        const int64_t need = work[u + 1] - work[u] - 1;
+        for (int64_t c = 0; c < need && run_chunk(u, c, kbuf, vbuf, score, merge_here); ++c) {
         }
         for (int64_t j = 0; j < queries_of(u); ++j) finish<NV, T>(state.data() + j * kState, out_of(u, j));
       }
