@@ -141,9 +141,10 @@ def test_a_cached_prefill_gives_the_logits_of_a_full_one():
     runner = ModelRunner(kernel_sized_model(), 256, prefix_cache_mb=64)
     runner.reserve(4, 128)
     prompt = list(range(3, 60))
-    _, full = runner.prefill([prompt])
-    _, cached = runner.prefill([prompt])  # its first 48 tokens now come from the cache
-    assert runner.prefix_cache.stats.hits == 48
+    _, hits, full = runner.prefill([prompt])
+    assert hits == [0]
+    _, hits, cached = runner.prefill([prompt])  # its first 48 tokens now come from the cache
+    assert hits == [48] and runner.prefix_cache.stats.hits == 48
     if not runner.model.runs_fused(runner.cache.k[0]):
         pytest.skip("no compiled CPU kernels on this machine: cached and full prefills agree to rounding only")
     assert torch.equal(cached, full)  # every token row is computed on its own: the same bits

@@ -357,10 +357,15 @@ def test_a_repeated_prompt_is_served_from_the_prefix_cache(server, client, offli
         "paperclub:prefix_cache_hits_total")
     r = client.chat.completions.create(model="smol", messages=prompt, max_tokens=16, temperature=0)
     assert r.choices[0].message.content == want.text  # the same reply from cached K/V
+    assert r.usage.prompt_tokens_details.cached_tokens == n - 1  # OpenAI's field for it
     assert server.metric("paperclub:prefix_cache_queries_total") - queries == n
     # every token but the last: the first reply completed the block the prompt ends in
     assert server.metric("paperclub:prefix_cache_hits_total") - hits == n - 1
     assert server.metric("paperclub:prefix_cache_bytes") > 0
+    chunks = list(client.chat.completions.create(model="smol", messages=prompt, max_tokens=16, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.text
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == n - 1
 
 
 # -- paperclub loadtest ------------------------------------------------------------------------------------------------

@@ -39,9 +39,9 @@ class ARDecoder:
         self.runner = runner
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
-        slots, logits = self.runner.prefill([s.prompt_ids for s in seqs])
-        for s, slot in zip(seqs, slots, strict=True):
-            s.slot, s.num_cached = slot, len(s.prompt_ids)
+        slots, hits, logits = self.runner.prefill([s.prompt_ids for s in seqs])
+        for s, slot, hit in zip(seqs, slots, hits, strict=True):
+            s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
         return self._sample(logits, seqs)
 
     def step(self, seqs: list[Sequence]) -> list[list[int]]:

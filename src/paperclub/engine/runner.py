@@ -52,10 +52,11 @@ class ModelRunner:
         self.cache.ensure(num_slots, min(capacity, self.max_positions))
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]]) -> tuple[list[int], torch.Tensor]:
+    def prefill(self, prompts: list[list[int]]) -> tuple[list[int], list[int], torch.Tensor]:
         """Give each prompt a cache slot and fill it: the K/V of the prompt's longest cached prefix are copied in
-        (with a prefix cache), the rest is computed. Returns the slots and each prompt's last-token logits (B, V).
-        The cache must have room for the prompts (`reserve`)."""
+        (with a prefix cache), the rest is computed. Returns the slots, how many tokens of each prompt came from
+        the prefix cache, and each prompt's last-token logits (B, V). The cache must have room for the prompts
+        (`reserve`)."""
         slots = [self.cache.allocate() for _ in prompts]
         pc = self.prefix_cache
         starts = [pc.load(p, self.cache, slot) for p, slot in zip(prompts, slots, strict=True)] if pc else \
@@ -64,7 +65,7 @@ class ModelRunner:
         if pc:  # at once, so that requests arriving while these run find their prompts
             for p, slot in zip(prompts, slots, strict=True):
                 pc.store(p, self.cache, slot)
-        return slots, logits
+        return slots, starts, logits
 
     def release(self, slot: int, tokens: list[int]) -> None:
         """Give a sequence's slot back. `tokens` are those whose K/V the slot holds, from position 0: with a prefix

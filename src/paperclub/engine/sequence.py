@@ -32,6 +32,7 @@ class Sequence:
     finish_reason: str | None = None  # "stop" | "length" (max_tokens) | "context" (window full) | "abort"
     slot: int = -1
     num_cached: int = 0  # tokens whose K/V are in the cache: the runtime's length for this slot
+    cached_prompt_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (not prefilled)
     text: str = ""
     detokenizer: Any = None  # incremental detokenizer (`StreamDecoder`), if the engine has a tokenizer
     generator: torch.Generator = field(init=False)

@@ -158,12 +158,13 @@ async def respond(server: Server, request: Request, req: api._Request, stream: R
         usage = req.stream_options is not None and req.stream_options.include_usage
         events = chunks(stream, head, want_logprobs, usage, prompt_tokens)
         return StreamingResponse(stream_events(server, stream, events), media_type="text/event-stream")
-    choices, completion = [], 0
+    choices, completion, cached = [], 0, 0
     for i, deltas in enumerate(await collect(server, stream, request)):
         text, logprobs, finish, n = joined(deltas)
         completion += n
+        cached = cached if i else deltas[-1].cached_tokens  # the prompt's, as its first choice found it
         choices.append({"index": i, **choice(text, logprobs), "finish_reason": finish})
-    return {**head, "object": obj, "choices": choices, "usage": api.usage(prompt_tokens, completion)}
+    return {**head, "object": obj, "choices": choices, "usage": api.usage(prompt_tokens, completion, cached)}
 
 
 def error_response(e: api.APIError) -> JSONResponse:
@@ -328,16 +329,17 @@ async def sse_chunks(stream: RequestStream, base: dict[str, Any], include_usage:
     extra = {"usage": None} if include_usage else {}
     for body in first:
         yield sse({**base, "choices": [body], **extra})
-    completion = [0] * stream.num_choices
+    completion, cached = [0] * stream.num_choices, 0
     async for d in stream.deltas():
         if d.error:
             yield sse(api.error_body(d.error, type="server_error"))
             continue
         completion[d.index] = d.completion_tokens
+        cached = d.cached_tokens if d.index == 0 else cached
         if d.text or d.finish_reason is not None or d.logprobs:  # else its text is held back (a partial
             yield sse({**base, "choices": [choice(d)], **extra})  # character or a possible stop string)
     if include_usage:
-        yield sse({**base, "choices": [], "usage": api.usage(prompt_tokens, sum(completion))})
+        yield sse({**base, "choices": [], "usage": api.usage(prompt_tokens, sum(completion), cached)})
 
 
 def chat_chunks(stream: RequestStream, head: dict[str, Any], want_logprobs: bool, include_usage: bool,

@@ -50,6 +50,7 @@ class Delta:
     finish_reason: str | None = None  # set on the choice's last delta
     prompt_tokens: int = 0
     completion_tokens: int = 0  # generated so far
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
     error: str | None = None  # the engine failed this choice
 
 
@@ -222,7 +223,7 @@ class EngineLoop:
         if seq.finished:  # OpenAI's vocabulary: a full context window is a "length" stop too
             finish = "length" if seq.finish_reason == "context" else seq.finish_reason
         delta = Delta(choice.index, text[choice.sent_chars:end], list(tokens), logprobs, finish, len(seq.prompt_ids),
-                      len(seq.output_ids))
+                      len(seq.output_ids), seq.cached_prompt_tokens)
         first = choice.sent_tokens == 0
         choice.sent_tokens, choice.sent_chars = len(seq.output_ids), end
         self._observe(choice, now, first, len(tokens))

@@ -124,9 +124,9 @@ class SpeculativeDecoder:
         self.proposer: Proposer = DraftProposer(draft, k) if isinstance(draft, ModelRunner) else draft
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
-        slots, logits = self.runner.prefill([s.prompt_ids for s in seqs])
-        for s, slot in zip(seqs, slots, strict=True):
-            s.slot, s.num_cached = slot, len(s.prompt_ids)
+        slots, hits, logits = self.runner.prefill([s.prompt_ids for s in seqs])
+        for s, slot, hit in zip(seqs, slots, hits, strict=True):
+            s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
             s.stats.update(spec_metrics.new_counters())
         self.proposer.prefill(seqs)
         self.proposer.reserve(self.runner.cache.capacity)

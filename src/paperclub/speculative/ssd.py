@@ -85,9 +85,9 @@ class SSDDecoder:
                for s in seqs]
         self._send({"kind": "add", "seqs": new, "finished": self._take_finished()})
         # (after the send: a lost draft leaves no slot behind for the fallback to take over)
-        slots, logits = self.runner.prefill([s.prompt_ids for s in seqs])
-        for s, slot in zip(seqs, slots, strict=True):
-            s.slot, s.num_cached = slot, len(s.prompt_ids)
+        slots, hits, logits = self.runner.prefill([s.prompt_ids for s in seqs])
+        for s, slot, hit in zip(seqs, slots, hits, strict=True):
+            s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
             s.stats.update(dict.fromkeys(COUNTERS, 0.0) | spec_metrics.new_counters())
         first = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
         for s, t in zip(seqs, first, strict=True):
