@@ -164,7 +164,3 @@ class PrefixCache:
             node = stack.pop()
             yield node
             stack.extend(node.children.values())
-
-    def clear(self) -> None:
-        self.root = Block((), None)
-        self.num_blocks = 0
