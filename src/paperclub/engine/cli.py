@@ -215,8 +215,12 @@ def fit_history(llm, history: list[dict[str, str]], max_new_tokens: int) -> tupl
                     f"{max_new_tokens} it does not fit the {llm.max_model_len}-token context: send a shorter one")
 
 
+CHAT_PREFIX_CACHE_MB = 64.0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm = make_llm(args, max_num_seqs=1)
+    # every turn resends the conversation: with a prefix cache only the new message and the reply are prefilled
+    llm = make_llm(args, max_num_seqs=1, prefix_cache_mb=CHAT_PREFIX_CACHE_MB)
     params = sampling_params(args)
     history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
     print("paperclub chat: type a message; /reset clears the history, /exit or Ctrl-D leaves.", file=sys.stderr)
