@@ -68,3 +68,17 @@ def default_model_dir():
         return ensure_default_model()
     except UserError as e:
         pytest.skip(f"default model unavailable: {e}")
+
+
+def kernel_sized_model() -> Llama:
+    """A tiny random bf16 model with shapes the compiled CPU kernels take (head dim 32, widths multiples of 32)."""
+    import transformers
+
+    hf_cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = Llama(ModelConfig.from_hf(hf_cfg.to_dict()))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.dim() == 1 else 0.0))  # norms near 1
+    return model.to(torch.bfloat16).eval().requires_grad_(False)

@@ -12,9 +12,7 @@ from paperclub.engine.prefix_cache import PrefixCache
 from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import SamplingParams
 from paperclub.engine.scheduler import Engine, EngineConfig
-from paperclub.models.config import ModelConfig
-from paperclub.models.llama import Llama
-from tests.conftest import make_pair
+from tests.conftest import kernel_sized_model, make_pair
 
 pytest.importorskip("transformers")
 
@@ -121,20 +119,6 @@ def test_generation_with_the_cache_equals_generation_without(pair, dtype):
         assert pc.stats.hits - before == (len(prompts[0]) + len(first[0]) - 1) // 16 * 16
     finally:
         pair[1].to(torch.float32)
-
-
-def kernel_sized_model() -> Llama:
-    """A tiny random bf16 model with shapes the compiled CPU kernels take (head dim 32, widths multiples of 32)."""
-    import transformers
-
-    hf_cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    model = Llama(ModelConfig.from_hf(hf_cfg.to_dict()))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.dim() == 1 else 0.0))  # norms near 1
-    return model.to(torch.bfloat16).eval().requires_grad_(False)
 
 
 def test_a_cached_prefill_gives_the_logits_of_a_full_one():

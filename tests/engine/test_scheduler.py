@@ -10,7 +10,7 @@ from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import SamplingParams
 from paperclub.engine.scheduler import Engine, EngineConfig
 from paperclub.errors import UserError
-from tests.conftest import make_pair
+from tests.conftest import kernel_sized_model, make_pair
 
 pytest.importorskip("transformers")
 
@@ -63,6 +63,34 @@ def test_requests_join_between_steps(pair):
     run_all(engine, [a, b])
     assert a.output_ids == greedy_reference(hf, [3, 1, 4], 8)
     assert b.output_ids == greedy_reference(hf, [2, 7, 1, 8], 5)
+
+
+def test_a_joining_request_is_prefilled_in_the_running_sequences_step(monkeypatch):
+    """With the compiled CPU kernels a new prompt and the running sequences' next tokens share one forward, even
+    where the prompt's length added to a running row's context would pass the cache's capacity (256 here)."""
+    model = kernel_sized_model()
+    prompt_a, prompt_b = [(5 * i) % 90 + 1 for i in range(150)], [(7 * i) % 90 + 2 for i in range(150)]
+
+    def alone(prompt, n):
+        engine = make_engine(model)
+        s = engine.add_request(prompt, SamplingParams(max_tokens=n))
+        run_all(engine, [s])
+        return s.output_ids
+
+    engine = make_engine(model)
+    a = engine.add_request(prompt_a, SamplingParams(max_tokens=40))
+    for _ in range(10):
+        engine.step()
+    if not engine.decoder.mixes_prefill():
+        pytest.skip("no compiled CPU kernels on this machine: new prompts are prefilled in a step of their own")
+    b = engine.add_request(prompt_b, SamplingParams(max_tokens=20))
+    runner, calls = engine.decoder.runner, []
+    append = runner.append
+    monkeypatch.setattr(runner, "append", lambda *args: calls.append(args) or append(*args))
+    assert engine.step() == [b, a]  # one step gave both a token, from one forward
+    assert len(calls) == 1 and calls[0][2] == [prompt_b, [a.output_ids[-2]]]
+    run_all(engine, [a, b])
+    assert a.output_ids == alone(prompt_a, 40) and b.output_ids == alone(prompt_b, 20)
 
 
 def test_stop_token_and_eos(pair):

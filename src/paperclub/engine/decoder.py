@@ -44,6 +44,22 @@ class ARDecoder:
             s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
         return self._sample(logits, seqs)
 
+    def mixes_prefill(self) -> bool:
+        """Whether `prefill_and_step` runs as one forward (where ragged rows are packed without padding)."""
+        return self.runner.packs_ragged_rows()
+
+    def prefill_and_step(self, new: list[Sequence], running: list[Sequence]) -> list[list[int]]:
+        """`prefill(new)` and `step(running)` in one forward: the weights are read once for both, and the running
+        sequences do not stand still while the new ones start. Returns the tokens of `new`, then of `running`."""
+        slots, hits, logits = self.runner.prefill(
+            [s.prompt_ids for s in new],
+            ([s.slot for s in running], [s.num_cached for s in running], [[s.output_ids[-1]] for s in running]))
+        for s, slot, hit in zip(new, slots, hits, strict=True):
+            s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
+        for s in running:
+            s.num_cached += 1
+        return self._sample(logits, new + running)
+
     def step(self, seqs: list[Sequence]) -> list[list[int]]:
         logits = self.runner.append(
             [s.slot for s in seqs], [s.num_cached for s in seqs], [[s.output_ids[-1]] for s in seqs], True

@@ -85,9 +85,12 @@ def slot_range(slots: list[int]) -> tuple[int, int] | None:
 
 
 def causal_meta(
-    slots: list[int], starts: list[int], lengths: list[int], device, window: int | None = None
+    slots: list[int], starts: list[int], lengths: list[int], device, window: int | None = None,
+    packed: bool = False,
 ) -> tuple[AttentionMeta, torch.Tensor]:
     """Metadata for appending `lengths[b]` tokens to row b after its `starts[b]` cached ones (padded to T).
+    `packed`: the padding will not be computed (the compiled CPU kernels), so the keys span only the real tokens
+    (a prompt of 300 tokens beside a decode row 400 tokens in must not ask for 700 positions).
 
     Returns (meta, positions). Rows of different lengths set `meta.lengths`: the compiled CPU kernels then pack the
     real tokens and never compute the padding. On torch's path the padding tokens of short rows are computed and
@@ -97,7 +100,7 @@ def causal_meta(
     B, T = len(slots), max(lengths)
     start = torch.tensor(starts, device=device)
     write = start[:, None] if T == 1 else start[:, None] + torch.arange(T, device=device)[None, :]  # (B, T)
-    S = int(max(s + T for s in starts))
+    S = int(max(s + (n if packed else T) for s, n in zip(starts, lengths, strict=True)))
     if B == 1 and T == 1 and (window is None or S <= window):
         mask = None  # one new token attends to everything before it: S = start + 1
     else:

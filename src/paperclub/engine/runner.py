@@ -52,16 +52,20 @@ class ModelRunner:
         self.cache.ensure(num_slots, min(capacity, self.max_positions))
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]]) -> tuple[list[int], list[int], torch.Tensor]:
+    def prefill(self, prompts: list[list[int]], running: tuple[list[int], list[int], list[list[int]]] = ([], [], [])
+                ) -> tuple[list[int], list[int], torch.Tensor]:
         """Give each prompt a cache slot and fill it: the K/V of the prompt's longest cached prefix are copied in
         (with a prefix cache), the rest is computed. Returns the slots, how many tokens of each prompt came from
         the prefix cache, and each prompt's last-token logits (B, V). The cache must have room for the prompts
-        (`reserve`)."""
+        (`reserve`). `running`: (slots, starts, chunks) of sequences already in the cache that run in the same
+        forward (a decode step); their last-token logits follow the prompts'."""
         slots = [self.cache.allocate() for _ in prompts]
         pc = self.prefix_cache
         starts = [pc.load(p, self.cache, slot) for p, slot in zip(prompts, slots, strict=True)] if pc else \
             [0] * len(prompts)
-        logits = self.append(slots, starts, [p[s:] for p, s in zip(prompts, starts, strict=True)], True)
+        run_slots, run_starts, run_chunks = running
+        logits = self.append(slots + run_slots, starts + run_starts,
+                             [p[s:] for p, s in zip(prompts, starts, strict=True)] + run_chunks, True)
         if pc:  # at once, so that requests arriving while these run find their prompts
             for p, slot in zip(prompts, slots, strict=True):
                 pc.store(p, self.cache, slot)
@@ -89,7 +93,8 @@ class ModelRunner:
             except RuntimeError as e:  # the forward re-runs eagerly below (it rewrites the same K/V)
                 log.warning("CUDA graphs turned off for this model: capture or replay failed (%s)", e)
                 self.graphs = None
-        if last_only and len(chunks) > 1 and not self.model.runs_fused(self.cache.k[0]):  # (it packs ragged rows)
+        packed = self.packs_ragged_rows()
+        if last_only and len(chunks) > 1 and not packed:
             groups = length_groups(lengths)
             if len(groups) > 1:  # e.g. a batched prefill of prompts of very different lengths
                 logits = [self.append([slots[i] for i in g], [starts[i] for i in g], [chunks[i] for i in g], True)
@@ -97,7 +102,7 @@ class ModelRunner:
                 order = torch.tensor([i for g in groups for i in g], device=self.device)
                 return torch.cat(logits)[torch.argsort(order)]
         T = max(lengths)
-        meta, positions = causal_meta(slots, starts, lengths, self.device, self.cfg.sliding_window)
+        meta, positions = causal_meta(slots, starts, lengths, self.device, self.cfg.sliding_window, packed)
         tokens = torch.tensor([c + [0] * (T - len(c)) for c in chunks], device=self.device)
         hidden = self.model(tokens, positions, self.cache.k, self.cache.v, meta)
         if last_only and min(lengths) == T:  # (a decode step: a view, no gather)
@@ -106,6 +111,10 @@ class ModelRunner:
             last = torch.tensor(lengths, device=self.device) - 1
             hidden = hidden[torch.arange(len(chunks), device=self.device), last]
         return self.model.logits(hidden)
+
+    def packs_ragged_rows(self) -> bool:
+        """Whether forwards run as one compiled call that packs rows of different lengths without padding."""
+        return bool(self.cache.k) and self.model.runs_fused(self.cache.k[0])
 
     @torch.inference_mode()
     def forward_meta(self, tokens: torch.Tensor, positions: torch.Tensor, meta: AttentionMeta) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The engine loop: schedule -> run the decoder -> post-process, with continuous batching.
 
-New requests join between steps (their prompts are prefilled together, ragged), finished ones leave and give
-their cache slot back. What one decode step does is the decoder's business (`decoder.py`: AR; speculative
-decoding and SSD in `paperclub.speculative`): it returns, for every running sequence, the tokens it produced.
+New requests join between steps (their prompts are prefilled together, ragged; with AR on the compiled CPU
+kernels in the same forward as the running sequences' next tokens), finished ones leave and give their cache
+slot back. What one decode step does is the decoder's business (`decoder.py`: AR; speculative decoding and SSD
+in `paperclub.speculative`): it returns, for every running sequence, the tokens it produced.
 Post-processing applies stop conditions token by token, so a decoder may emit several tokens at once.
 """
 
@@ -111,11 +112,19 @@ class Engine:
         batch = self._schedule_prefill()
         if batch:
             self._reserve(self.running + batch)
-            new_tokens = self._run_decoder("prefill", batch)
+            # AR on the compiled CPU kernels runs the new prompts and the running sequences' next tokens in one
+            # forward (`prefill_and_step`); elsewhere the new prompts run alone, the running sequences waiting a step
+            mixes = self.running and getattr(self.decoder, "mixes_prefill", lambda: False)()
+            running = list(self.running) if mixes else []
+            if running:
+                new_tokens = self.decoder.prefill_and_step(batch, running)
+            else:
+                new_tokens = self._run_decoder("prefill", batch)
             now = time.perf_counter()
             for s in batch:
                 s.status, s.t_first_token = Status.RUNNING, now
             self.running += batch
+            batch = batch + running
         else:
             batch = list(self.running)
             self._reserve(batch)
