@@ -30,6 +30,20 @@ class Decoder(Protocol):
     def release(self, seq: Sequence) -> None: ...
 
 
+def prefill_sequences(runner: ModelRunner, seqs: list[Sequence], running: list[Sequence] = ()) -> torch.Tensor:
+    """Prefill `seqs` (`ModelRunner.prefill`) and record where each now sits: its slot, its cached length, the
+    prompt tokens the prefix cache served. `running` sequences take their next token in the same forward (their
+    cached length grows by one). Returns the last-token logits of `seqs`, then of `running`."""
+    slots, hits, logits = runner.prefill(
+        [s.prompt_ids for s in seqs],
+        ([s.slot for s in running], [s.num_cached for s in running], [[s.output_ids[-1]] for s in running]))
+    for s, slot, hit in zip(seqs, slots, hits, strict=True):
+        s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
+    for s in running:
+        s.num_cached += 1
+    return logits
+
+
 class ARDecoder:
     """Autoregressive decoding: one target forward per token."""
 
@@ -39,10 +53,7 @@ class ARDecoder:
         self.runner = runner
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
-        slots, hits, logits = self.runner.prefill([s.prompt_ids for s in seqs])
-        for s, slot, hit in zip(seqs, slots, hits, strict=True):
-            s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
-        return self._sample(logits, seqs)
+        return self._sample(prefill_sequences(self.runner, seqs), seqs)
 
     def mixes_prefill(self) -> bool:
         """Whether `prefill_and_step` runs as one forward (where ragged rows are packed without padding)."""
@@ -51,14 +62,7 @@ class ARDecoder:
     def prefill_and_step(self, new: list[Sequence], running: list[Sequence]) -> list[list[int]]:
         """`prefill(new)` and `step(running)` in one forward: the weights are read once for both, and the running
         sequences do not stand still while the new ones start. Returns the tokens of `new`, then of `running`."""
-        slots, hits, logits = self.runner.prefill(
-            [s.prompt_ids for s in new],
-            ([s.slot for s in running], [s.num_cached for s in running], [[s.output_ids[-1]] for s in running]))
-        for s, slot, hit in zip(new, slots, hits, strict=True):
-            s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
-        for s in running:
-            s.num_cached += 1
-        return self._sample(logits, new + running)
+        return self._sample(prefill_sequences(self.runner, new, running), new + running)
 
     def step(self, seqs: list[Sequence]) -> list[list[int]]:
         logits = self.runner.append(

@@ -158,12 +158,13 @@ async def respond(server: Server, request: Request, req: api._Request, stream: R
         usage = req.stream_options is not None and req.stream_options.include_usage
         events = chunks(stream, head, want_logprobs, usage, prompt_tokens)
         return StreamingResponse(stream_events(server, stream, events), media_type="text/event-stream")
-    choices, completion, cached = [], 0, 0
-    for i, deltas in enumerate(await collect(server, stream, request)):
+    choices, completion = [], 0
+    per_choice = await collect(server, stream, request)
+    for i, deltas in enumerate(per_choice):
         text, logprobs, finish, n = joined(deltas)
         completion += n
-        cached = cached if i else deltas[-1].cached_tokens  # the prompt's, as its first choice found it
         choices.append({"index": i, **choice(text, logprobs), "finish_reason": finish})
+    cached = per_choice[0][-1].cached_tokens  # the prompt's, as its first choice found it
     return {**head, "object": obj, "choices": choices, "usage": api.usage(prompt_tokens, completion, cached)}
 
 

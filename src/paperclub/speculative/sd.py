@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from paperclub.engine.decoder import prefill_sequences
 from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import filtered_probs, greedy_tokens, next_tokens, record_logprobs, sample
 from paperclub.engine.sequence import Sequence
@@ -124,9 +125,8 @@ class SpeculativeDecoder:
         self.proposer: Proposer = DraftProposer(draft, k) if isinstance(draft, ModelRunner) else draft
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
-        slots, hits, logits = self.runner.prefill([s.prompt_ids for s in seqs])
-        for s, slot, hit in zip(seqs, slots, hits, strict=True):
-            s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
+        logits = prefill_sequences(self.runner, seqs)
+        for s in seqs:
             s.stats.update(spec_metrics.new_counters())
         self.proposer.prefill(seqs)
         self.proposer.reserve(self.runner.cache.capacity)

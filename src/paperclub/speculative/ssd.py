@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from paperclub.engine.decoder import ARDecoder
+from paperclub.engine.decoder import ARDecoder, prefill_sequences
 from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import next_tokens, record_logprobs
 from paperclub.engine.sequence import Sequence
@@ -85,9 +85,8 @@ class SSDDecoder:
                for s in seqs]
         self._send({"kind": "add", "seqs": new, "finished": self._take_finished()})
         # (after the send: a lost draft leaves no slot behind for the fallback to take over)
-        slots, hits, logits = self.runner.prefill([s.prompt_ids for s in seqs])
-        for s, slot, hit in zip(seqs, slots, hits, strict=True):
-            s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
+        logits = prefill_sequences(self.runner, seqs)
+        for s in seqs:
             s.stats.update(dict.fromkeys(COUNTERS, 0.0) | spec_metrics.new_counters())
         first = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
         for s, t in zip(seqs, first, strict=True):
