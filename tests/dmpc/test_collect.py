@@ -37,6 +37,14 @@ def test_sac_collection_resumes_and_medium_replay_is_its_buffer(tmp_path):
     assert data.timeouts[[199, 299, 449]].all() and data.timeouts.sum() == 3 and not data.terminals.any()
     assert np.abs(data.actions).max() <= 2.0 and np.abs(data.actions).max() > 1.0  # env units, not SAC's [-1, 1]
     np.testing.assert_array_equal(data.observations[1:200], data.next_observations[:199])
+    with pytest.raises(UserError, match="--rollout-seed does not apply to medium-replay"):
+        collect("pendulum", "medium-replay", work, episodes=1, sac=sac, progress=False, rollout_seed=7)
+    # a held-out rollout of the same snapshot: same policy, other starts; the default seed is SAC's + 20000
+    a, extra_a = collect("pendulum", "medium", work, episodes=2, sac=sac, progress=False)
+    b, extra_b = collect("pendulum", "medium", work, episodes=2, sac=sac, progress=False, rollout_seed=500)
+    assert (extra_a["rollout_seed"], extra_b["rollout_seed"]) == (20_000, 500)
+    assert extra_a["sac_steps"] == extra_b["sac_steps"] == 450  # no more training for either
+    assert len(a) == len(b) == 400 and not np.allclose(a.observations[0], b.observations[0])
 
 
 def test_medium_target_is_a_third_of_the_reference_range():

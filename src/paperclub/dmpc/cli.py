@@ -49,7 +49,7 @@ def cmd_collect(args) -> int:
     work = Path(args.work) if args.work else default_work_dir(args.env, args.seed)
     episodes = args.episodes or 100
     data, extra = collect(args.env, args.kind, work, episodes, sac, variant=args.variant, noise=args.noise,
-                          progress=not args.quiet)
+                          progress=not args.quiet, rollout_seed=args.rollout_seed)
     extra["command"] = "paperclub dmpc " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
     summary = save_dataset(args.out, data, extra)
     print(f"{args.out}: {args.env}{'/' + data.variant if data.variant else ''} {args.kind}, "
@@ -355,7 +355,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, help="episodes to roll out (default 100)")
     p.add_argument("--noise", type=float, help="action noise in half action ranges (default 0; play 0.5)")
     p.add_argument("--work", help="SAC work directory (default $PAPERCLUB_HOME/dmpc/sac/ENV-seedS); reruns resume")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="SAC's seed (names the default work directory)")
+    p.add_argument("--rollout-seed", type=int, help="episode i of the rollout resets with this + i (default --seed; "
+                   "for SAC policies --seed + 20000); another value gives held-out episodes of the same policy")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_collect)

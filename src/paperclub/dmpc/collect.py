@@ -201,9 +201,11 @@ def replay_dataset(snapshot: Path, env_name: str, seed: int) -> Dataset:
 
 
 def collect(env_name: str, kind: str, work: Path, episodes: int, sac: SacConfig, variant: str | None = None,
-            noise: float | None = None, progress: bool = True) -> tuple[Dataset, dict]:
+            noise: float | None = None, progress: bool = True, rollout_seed: int | None = None,
+            ) -> tuple[Dataset, dict]:
     """The dataset of `kind`, training SAC under `work` first where the kind needs it. Returns it and the facts to
-    record beside it (the SAC state)."""
+    record beside it (the SAC state). Rollouts reset episode i with `rollout_seed + i` (default: the seed, or for a
+    SAC policy the seed + 20000); another `rollout_seed` gives held-out episodes of the same policy."""
     from stable_baselines3 import SAC
 
     if kind not in KINDS:
@@ -217,11 +219,13 @@ def collect(env_name: str, kind: str, work: Path, episodes: int, sac: SacConfig,
         from paperclub.dmpc.scripted import pendulum_swing_up
 
         noise = 0.0 if noise is None else noise
-        return rollout(env_name, pendulum_swing_up, episodes, sac.seed, variant, noise=noise, kind=kind,
+        seed = sac.seed if rollout_seed is None else rollout_seed
+        return rollout(env_name, pendulum_swing_up, episodes, seed, variant, noise=noise, kind=kind,
                        progress=progress), {"noise": noise}
     if kind == "random":
-        env = make_env(env_name, variant, seed=sac.seed)
-        return rollout(env_name, lambda obs: env.action_space.sample(), episodes, sac.seed, variant,
+        seed = sac.seed if rollout_seed is None else rollout_seed
+        env = make_env(env_name, variant, seed=seed)
+        return rollout(env_name, lambda obs: env.action_space.sample(), episodes, seed, variant,
                        kind=kind, progress=progress), {}
     state = train_sac(env_name, work, sac, stop_at_medium=kind in ("medium", "medium-replay"), progress=progress)
     extra = {"sac_steps": state["steps"], "medium_at": state["medium_at"], "medium_target": state["medium_target"],
@@ -231,13 +235,17 @@ def collect(env_name: str, kind: str, work: Path, episodes: int, sac: SacConfig,
         raise UserError(f"SAC on {env_name} has not reached the medium return {state['medium_target']:.1f} in "
                         f"{state['steps']} steps (best {best:.1f}): pass a larger --steps to continue the run")
     if kind == "medium-replay":
+        if rollout_seed is not None:
+            raise UserError("--rollout-seed does not apply to medium-replay: its episodes are SAC's own, not rollouts")
         return replay_dataset(work / "medium", env_name, sac.seed), extra
     snapshot = work / ("medium" if kind == "medium" else "latest")
     model = SAC.load(snapshot / "model.zip", device="cpu")
     act = lambda obs: model.predict(obs, deterministic=False)[0]
     noise = (0.5 if kind == "play" else 0.0) if noise is None else noise
-    data = rollout(env_name, act, episodes, seed=sac.seed + 20_000, variant=variant, noise=noise, kind=kind,
+    rollout_seed = sac.seed + 20_000 if rollout_seed is None else rollout_seed
+    data = rollout(env_name, act, episodes, seed=rollout_seed, variant=variant, noise=noise, kind=kind,
                    progress=progress)
     data.seed = sac.seed
     extra["noise"] = noise
+    extra["rollout_seed"] = rollout_seed
     return data, extra
