@@ -13,7 +13,8 @@
 // the tile path takes 0.37-0.45x the AVX-512 time for 16 rows (batched decode, SSD's branch fan-out), about the
 // same for 5 rows (verification of K=4), and 1.12-1.2x for one row, where the AVX-512 kernel streams weights
 // faster (measured before the x tiles were sized to the batch, which took 5% off a batch-1 step: BENCHMARKS.md).
-// PAPERCLUB_AMX=0 keeps the AVX-512 path for the lowest batch-1 latency.
+// On a 5th-generation Xeon (model 207) with one set of tiles, a one-row step costs the same on either path and a
+// 16-row step 0.4x the AVX-512 one. PAPERCLUB_AMX=0 keeps the AVX-512 path.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cpuid.h>
@@ -39,8 +40,10 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// tmm0, tmm1: C (fp32, 16 rows x `cols`); tmm2-3 and tmm4-5: A (weights, 16 rows x 32 bf16), tmm6 and tmm7: B (x, 16
-// pair-rows x `cols` x 2 bf16); the A and B tiles come in two sets used on alternate k-steps. `cols` is the number of
+// tmm0, tmm1: C (fp32, 16 rows x `cols`); tmm2, tmm3: A (weights, 16 rows x 32 bf16); tmm6: B (x, 16 pair-rows x
+// `cols` x 2 bf16). (Alternating two sets of A and B tiles by k-step, so that a load need not wait for the product
+// still reading its register, was 1.1-1.7x slower on a 5th-generation Xeon, model 207, in every shape and batch size
+// tried: BENCHMARKS.md.) `cols` is the number of
 // x rows per block (16, or M when M < 16): a decode step then packs and loads one column of x instead of 16 (at one
 // row the B tiles of a 1536-wide input no longer fill L1). The tile unit computes each C element on its own, so the
 // width changes nothing in the sums; tests/models/test_cpu_kernels.py checks rows bit-identical at every batch size.
@@ -50,7 +53,7 @@ TileConfig make_config(int64_t cols) {
     c.rows[t] = kTile;
     c.colsb[t] = 64;
   }
-  c.colsb[0] = c.colsb[1] = c.colsb[6] = c.colsb[7] = static_cast<uint16_t>(cols * sizeof(float));
+  c.colsb[0] = c.colsb[1] = c.colsb[6] = static_cast<uint16_t>(cols * sizeof(float));
   return c;
 }
 
@@ -120,25 +123,14 @@ void amx_linear_bf16(const uint16_t* X, const uint16_t* W, const float* bias, ui
         const uint16_t* b = xp.data() + mb * pairs * cols * 2;
         _tile_zero(0);
         _tile_zero(1);
-        // Two sets of A and B tiles, alternating by k-step: tile registers are not renamed, so with one set each
-        // load would wait for the product still reading that register, and the loads would run one at a time.
         // The next task's rows, 2 KiB per k-step, into L2: a task's weights (36-96 KiB) would evict the current
         // task's from L1. Past the end: harmless.
-        auto prefetch = [&](int64_t k) {
-          if (mb != 0) return;
-          const char* p = next + k / kKStep * (kBlocksPerTask * kTile * 64);
-          for (int64_t r = 0; r < kBlocksPerTask * kTile; ++r) _mm_prefetch(p + r * 64, _MM_HINT_T1);
-        };
         const uint16_t* a1 = nb > 1 ? a[1] : nullptr;
-        int64_t k = 0;
-        for (; k + 2 * kKStep <= K; k += 2 * kKStep) {
-          prefetch(k);
-          PAPERCLUB_TILE_STEP(2, 3, 6, b, a[0], a1, k, K);
-          prefetch(k + kKStep);
-          PAPERCLUB_TILE_STEP(4, 5, 7, b, a[0], a1, k + kKStep, K);
-        }
-        if (k < K) {
-          prefetch(k);
+        for (int64_t k = 0; k < K; k += kKStep) {
+          if (mb == 0) {
+            const char* p = next + k / kKStep * (kBlocksPerTask * kTile * 64);
+            for (int64_t r = 0; r < kBlocksPerTask * kTile; ++r) _mm_prefetch(p + r * 64, _MM_HINT_T1);
+          }
           PAPERCLUB_TILE_STEP(2, 3, 6, b, a[0], a1, k, K);
         }
         _tile_stored(0, out[0], cols * sizeof(float));
