@@ -100,6 +100,22 @@ def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, ca
     assert all(fit["certified"].values())
     assert set(fit["best_loss"]) >= {"distilled_ensemble", "distilled_self", "regularized", "ensemble"}
 
+    # a fresh checkout has the runs' metrics but not their weights (scratch): an ensemble evaluated again first
+    # trains its members again, keeping their earlier metrics aside
+    for scratch in [*(out / "runs").glob("*/model.safetensors"), *(out / "synthetic").glob("*.u16")]:
+        scratch.unlink()  # the trained students need no teacher text again
+    s1_ensemble = next(p for p in (out / "ensembles").glob("*.json") if json.loads(p.read_text())["size"] == "s1")
+    members = json.loads(s1_ensemble.read_text())["members"]
+    s1_ensemble.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert third["complete"] and third["jobs_finished"] == len(members) + 1
+    for rid in members:
+        assert (out / "runs" / rid / "model.safetensors").is_file()
+        assert (out / "runs" / rid / "metrics.weights-lost.json").is_file()
+    assert json.loads(s1_ensemble.read_text())["members"] == members
+
 
 def test_bad_study_files_get_one_line_errors(tmp_path, capsys):
     bad = {

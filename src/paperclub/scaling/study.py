@@ -204,6 +204,8 @@ class Study:
             if not todo and not evaluated(job):
                 jobs.append(job)
         for job, student in self.synth_jobs(walks):
+            if loss(student) is not None:
+                continue  # the student is trained: its teacher text (scratch, not committed) is not needed again
             if any(loss(t) is None for t in job.teacher):
                 continue  # the ensemble's members are still training
             if not evaluated(job):

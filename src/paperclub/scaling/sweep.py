@@ -230,6 +230,20 @@ class Results:
             self.loss_of[rid] = float(metrics["val_loss"])
         return self.loss_of[rid]
 
+    def reopen_for_weights(self, job: EnsembleJob | SynthJob) -> list[str]:
+        """The runs whose weights `job` reads (an ensemble's members, a teacher) but are gone: weights are scratch,
+        not committed, so a fresh checkout has the runs' metrics and no models. Each such run's metrics.json is
+        kept as metrics.weights-lost.json and the run counts as unfinished, so that the sweep trains it again
+        (same config and seed) before the job; returns their ids."""
+        reopened = []
+        for run in job.teacher if isinstance(job, SynthJob) else job.members:
+            run_dir = self.run_dir(run)
+            if read_metrics(run_dir) is not None and not (run_dir / "model.safetensors").is_file():
+                os.replace(run_dir / "metrics.json", run_dir / "metrics.weights-lost.json")
+                self.loss_of.pop(run_dir.name, None)
+                reopened.append(run_dir.name)
+        return reopened
+
     def ensemble_file(self, job: EnsembleJob) -> Path:
         return self.out / "ensembles" / f"{job.job_id()}.json"
 
@@ -282,6 +296,11 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
     try:
         while True:
             runs, jobs = study.wanted(results.loss, results.evaluated)
+            reopened = [r for j in jobs if j.job_id() not in in_flight.values() for r in results.reopen_for_weights(j)]
+            if reopened:
+                log.warning("training %d finished runs again for their weights (not kept in the results): %s",
+                            len(reopened), ", ".join(reopened))
+                continue
             busy = set(in_flight.values())
             todo = [("run", r.run_id(results.fingerprint), r) for r in runs] + [("job", j.job_id(), j) for j in jobs]
             todo = [t for t in todo if t[1] not in busy and t[1] not in failures]
