@@ -37,6 +37,9 @@ def test_classify_certifies_the_shipped_checkpoint(tmp_path, capsys):
     (["--delta", "0"], "--delta"),
     (["--delta", "1.2"], "--delta"),
     (["--label-noise", "-0.1"], "--label-noise"),
+    (["--prior-fraction", "0.5"], "pass --train"),
+    (["--train", "--prior-fraction", "1.0"], "--prior-fraction"),
+    (["--train", "--prior-fraction", "0"], "--prior-fraction"),
 ])
 def test_bad_values_get_one_line_and_exit_2(argv, message, capsys):
     assert main(["bounds", "classify", *argv]) == 2

@@ -2,7 +2,8 @@
 
 It holds the prior (network config, projector, intrinsic dimension, seed), the message (level counts, float16
 centres, the range-coded stream in base64) and how it was trained (data, label noise, search-space size). The
-file is the hypothesis: loading decodes the message and rebuilds theta0 + P w from the seed.
+file is the hypothesis: loading decodes the message and rebuilds theta0 + P w from the seed. A checkpoint with a
+data-dependent prior (`prior.py`) also holds theta0 in `prior.safetensors`, and its JSON the split it came from.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 from paperclub.atomic import write_json
+from paperclub.bounds import prior as priors
 from paperclub.bounds.coding import Encoded
 from paperclub.bounds.compress import Compressed
 from paperclub.bounds.subspace import SubspaceConfig
@@ -30,6 +32,11 @@ def save(path: Path, compressed: Compressed, meta: dict) -> Path:
         "bits": compressed.bits(),
         "meta": meta,
     }
+    if compressed.prior is not None:
+        obj["prior"] = compressed.prior.to_dict()
+        priors.save(Path(path), compressed.prior)  # before the JSON: a JSON naming a prior always finds it
+    else:
+        (Path(path) / priors.FILE).unlink(missing_ok=True)
     write_json(Path(path) / FILE, obj)
     return Path(path) / FILE
 
@@ -60,4 +67,9 @@ def load(path: Path) -> tuple[Compressed, dict]:
         raise UserError(f"{file} is missing or garbles a field ({e}): the checkpoint is corrupt") from None
     if enc.dim != compressed.subspace.dim:
         raise UserError(f"{file}: {enc.dim} coded weights for a subspace of dimension {compressed.subspace.dim}")
+    if isinstance(obj.get("prior"), dict):
+        from paperclub.bounds.subspace import SubspaceNet
+
+        num_params = SubspaceNet(compressed.subspace).num_params
+        compressed.prior = priors.load(file.parent, obj["prior"], num_params)
     return compressed, obj.get("meta", {})

@@ -32,6 +32,11 @@ def cmd_classify(args) -> int:
         raise UserError(f"--delta {args.delta}: expected a probability in (0, 1)")
     if not 0.0 <= args.label_noise <= 1.0:
         raise UserError(f"--label-noise {args.label_noise}: expected a fraction in [0, 1]")
+    if args.prior_fraction is not None:
+        if not args.train:
+            raise UserError("--prior-fraction trains a data-dependent prior: pass --train (a checkpoint holds its own)")
+        if not 0.0 < args.prior_fraction < 1.0:
+            raise UserError(f"--prior-fraction {args.prior_fraction}: expected a fraction in (0, 1)")
     for path, what in ((args.json, "--json"), (args.save and Path(args.save) / checkpoint.FILE, "--save")):
         if path:
             check_writable(path, what)
@@ -50,8 +55,18 @@ def cmd_classify(args) -> int:
         cfg = replace(TrainConfig(), dim=args.dim or TrainConfig.dim, levels=args.levels or TrainConfig.levels,
                       epochs=args.epochs or TrainConfig.epochs, seed=args.seed, search_space=args.search_space)
         log.info("training a compressed classifier: %s", cfg)
-        compressed = train_compressed(data.x_train, training_labels(data, args.label_noise), cfg,
-                                      progress=not args.quiet)
+        x, y, prior = data.x_train, training_labels(data, args.label_noise), None
+        if args.prior_fraction is not None:
+            from paperclub.bounds.prior import PriorConfig, split, train_prior
+
+            pcfg = PriorConfig(fraction=args.prior_fraction, split_seed=args.seed, seed=args.seed,
+                               epochs=args.prior_epochs)
+            prior_idx, bound_idx = split(len(x), pcfg)
+            log.info("data-dependent prior: theta0 from %d training images, the bound on the other %d",
+                     len(prior_idx), len(bound_idx))
+            prior = train_prior(x[prior_idx], y[prior_idx], cfg.net, pcfg, progress=not args.quiet)
+            x, y = x[bound_idx], y[bound_idx]
+        compressed = train_compressed(x, y, cfg, progress=not args.quiet, prior=prior)
         if args.save:
             command = "paperclub bounds " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
             checkpoint.save(Path(args.save), compressed, {"dataset": args.dataset, "label_noise": args.label_noise,
@@ -63,6 +78,10 @@ def cmd_classify(args) -> int:
     print(f"{args.dataset} label noise {args.label_noise:g}: train error {result['train_error']:.4f}, "
           f"test error {result['test_error']:.4f}, {result['compressed_bits']:.0f} bits -> "
           f"error <= {result['bound_error']:.4f} ({result['bound']}, delta={args.delta})")
+    if "theta0_alone" in result:
+        alone = result["theta0_alone"]
+        print(f"{result['prior']}, n = {result['n_train']}; theta0 alone: train error {alone['train_error']:.4f}, "
+              f"test error {alone['test_error']:.4f}, error <= {alone['bound_error']:.4f} (held-out bound)")
     if args.json:
         write_json(args.json, result)
     return 0
@@ -168,6 +187,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the prior's seed (theta0 and the projector)")
     p.add_argument("--search-space", type=int, default=1,
                    help="how many configurations you tried before this one (its log2 is paid in the bound)")
+    p.add_argument("--prior-fraction", type=float,
+                   help="with --train: train theta0 on this fraction of the training set and bound on the rest "
+                        "(a data-dependent prior; default: none, theta0 is the seed's initialization)")
+    p.add_argument("--prior-epochs", type=int, default=6, help="epochs of the data-dependent prior's training")
     p.add_argument("--delta", type=float, default=0.05, help="the bound holds with probability 1 - delta")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

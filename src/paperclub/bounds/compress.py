@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from paperclub.bounds.coding import Encoded, decode, encode
+from paperclub.bounds.prior import Prior
 from paperclub.bounds.quantize import as_float16, assign, kmeans_1d, straight_through
 from paperclub.bounds.subspace import NetConfig, SubspaceConfig, SubspaceNet
 from paperclub.errors import UserError
@@ -57,6 +58,7 @@ class Compressed:
     subspace: SubspaceConfig
     encoded: Encoded
     search_space: int = 1
+    prior: Prior | None = None  # a data-dependent theta0 (free: it is in the prior); None: the seed's initialization
 
     def bits(self) -> dict[str, float]:
         parts = dict(self.encoded.bits())
@@ -70,7 +72,7 @@ class Compressed:
         return torch.from_numpy(centres.astype(np.float32))[torch.from_numpy(indices)]
 
     def model(self) -> SubspaceNet:
-        net = SubspaceNet(self.subspace)
+        net = SubspaceNet(self.subspace, self.prior.theta0 if self.prior else None)
         with torch.no_grad():
             net.w.copy_(self.weights())
         return net.eval()
@@ -104,10 +106,11 @@ def _epochs(params: list, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: flo
     bar.close()
 
 
-def train_compressed(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, progress: bool = True) -> Compressed:
-    """Train in the subspace, quantize, fine-tune the codebook, encode."""
+def train_compressed(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, progress: bool = True,
+                     prior: Prior | None = None) -> Compressed:
+    """Train in the subspace (around `prior`'s theta0 where given), quantize, fine-tune the codebook, encode."""
     cfg.check()
-    model = SubspaceNet(cfg.subspace())
+    model = SubspaceNet(cfg.subspace(), prior.theta0 if prior else None)
     log.info("subspace training: d=%d of D=%d parameters (%s projector)", cfg.dim, model.num_params, cfg.projector)
     _epochs([model.w], x, y, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, "subspace", progress,
             lambda xb: model(xb))
@@ -119,5 +122,5 @@ def train_compressed(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, progres
 
     stored = as_float16(centres).sort().values
     indices = assign(model.w.detach(), stored).numpy()
-    return Compressed(cfg.subspace(), encode(indices, stored.half().numpy()), cfg.search_space)
+    return Compressed(cfg.subspace(), encode(indices, stored.half().numpy()), cfg.search_space, prior)
 

@@ -64,7 +64,9 @@ class SubspaceConfig:
 
 
 class SubspaceNet(nn.Module):
-    def __init__(self, cfg: SubspaceConfig):
+    """`theta0`: a data-dependent prior's weights (`prior.py`) in place of the network's initialization."""
+
+    def __init__(self, cfg: SubspaceConfig, theta0: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         with torch.random.fork_rng(devices=[]):  # theta0: the network's own initialization, from the prior's seed
@@ -73,7 +75,10 @@ class SubspaceNet(nn.Module):
         self.net.requires_grad_(False)
         self.names = [n for n, _ in self.net.named_parameters()]
         self.shapes = [p.shape for _, p in self.net.named_parameters()]
-        theta0 = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
+        init = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
+        if theta0 is not None and theta0.shape != init.shape:
+            raise UserError(f"a prior of {theta0.numel()} weights for a network of {init.numel()}")
+        theta0 = init if theta0 is None else theta0.to(init.dtype)
         self.register_buffer("theta0", theta0, persistent=False)
         self.num_params = theta0.numel()
         self.projector = make_projector(cfg.projector, self.num_params, cfg.dim, seed=cfg.seed + 1)
