@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from paperclub.bounds.coding import Encoded, decode, encode
 from paperclub.bounds.prior import Prior
 from paperclub.bounds.quantize import as_float16, assign, kmeans_1d, straight_through
 from paperclub.bounds.subspace import NetConfig, SubspaceConfig, SubspaceNet
+from paperclub.bounds.training import train_epochs
 from paperclub.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,46 +77,18 @@ class Compressed:
         return net.eval()
 
 
-def warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first 5% of `steps`, then a cosine decay to zero."""
-    warmup = max(1, steps // 20)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else 0.5 * (
-        1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, steps - warmup)))))
-
-
-def _epochs(params: list, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
-            batch_size: int, seed: int, desc: str, progress: bool, forward) -> None:
-    opt = torch.optim.Adam(params, lr=lr)
-    steps = epochs * math.ceil(len(x) / batch_size)
-    sched = warmup_cosine(opt, steps)
-    g = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
-            idx = order[i: i + batch_size]
-            loss = F.cross_entropy(forward(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
-
-
 def train_compressed(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, progress: bool = True,
                      prior: Prior | None = None) -> Compressed:
     """Train in the subspace (around `prior`'s theta0 where given), quantize, fine-tune the codebook, encode."""
     cfg.check()
     model = SubspaceNet(cfg.subspace(), prior.theta0 if prior else None)
     log.info("subspace training: d=%d of D=%d parameters (%s projector)", cfg.dim, model.num_params, cfg.projector)
-    _epochs([model.w], x, y, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, "subspace", progress,
+    train_epochs([model.w], x, y, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, "subspace", progress,
             lambda xb: model(xb))
 
     centres = torch.nn.Parameter(kmeans_1d(model.w, min(cfg.levels, cfg.dim)))
     if cfg.qat_epochs:
-        _epochs([model.w, centres], x, y, cfg.qat_epochs, cfg.lr / 5, cfg.batch_size, cfg.seed + 1,
+        train_epochs([model.w, centres], x, y, cfg.qat_epochs, cfg.lr / 5, cfg.batch_size, cfg.seed + 1,
                 "quantized", progress, lambda xb: model(xb, straight_through(model.w, centres)))
 
     stored = as_float16(centres).sort().values

@@ -23,9 +23,9 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from paperclub.bounds.coding import encode
-from paperclub.bounds.compress import warmup_cosine
 from paperclub.bounds.lm_message import CompressedLM
 from paperclub.bounds.quantize import as_float16, assign, kmeans_1d, straight_through
+from paperclub.bounds.training import warmup_cosine
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import Llama

@@ -12,18 +12,16 @@ On disk theta0 is `prior.safetensors` beside the checkpoint's `compressed.json`,
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from paperclub.atomic import atomic_path
 from paperclub.bounds.subspace import NetConfig, build_net
+from paperclub.bounds.training import train_epochs
 from paperclub.errors import UserError
 
 FILE = "prior.safetensors"
@@ -74,27 +72,12 @@ class Prior:
 
 def train_prior(x: torch.Tensor, y: torch.Tensor, net_cfg: NetConfig, cfg: PriorConfig,
                 progress: bool = True) -> Prior:
-    """Train every weight of the network on (x, y), the prior part, with Adam and a cosine schedule."""
+    """Train every weight of the network on (x, y), the prior part (`training.train_epochs`)."""
     cfg.check()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = build_net(net_cfg)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    g = torch.Generator().manual_seed(cfg.seed)
-    with tqdm(total=steps, desc="prior", disable=not progress, unit="step") as bar:
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(x), generator=g)
-            for i in range(0, len(x), cfg.batch_size):
-                idx = order[i: i + cfg.batch_size]
-                loss = F.cross_entropy(net(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    train_epochs(list(net.parameters()), x, y, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, "prior", progress, net)
     theta0 = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     return Prior(theta0, cfg)
 
