@@ -95,3 +95,18 @@ def decode_one(target, params):
 def test_bad_logprobs_are_refused(bad):
     with pytest.raises(UserError, match="logprobs"):
         SamplingParams(logprobs=bad)
+
+
+def test_top_logprobs_list_ties_in_the_order_greedy_breaks_them():
+    from paperclub.engine.sampling import greedy_tokens, top_logprobs
+
+    lp = torch.log_softmax(torch.tensor([0.0, 1.0, 3.0, 2.0, 3.0, 3.0, -1.0]), dim=-1)
+    assert [t for t, _ in top_logprobs(lp, 2)] == [2, 4]  # three tied maxima: the lowest ids, in order
+    assert [t for t, _ in top_logprobs(lp, 4)] == [2, 4, 5, 3]
+    assert top_logprobs(lp, 1)[0][0] == int(greedy_tokens(lp[None])[0])
+    values = [v for _, v in top_logprobs(lp, 5)]
+    assert values == sorted(values, reverse=True) and values[0] == pytest.approx(lp.max().item())
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):  # untied rows: the same as topk
+        row = torch.randn(1000, generator=g)
+        assert [t for t, _ in top_logprobs(row, 5)] == row.topk(5).indices.tolist()

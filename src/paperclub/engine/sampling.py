@@ -124,6 +124,16 @@ def next_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: 
     return sample(filtered_probs(logits, params), generators)
 
 
+def top_logprobs(lp: torch.Tensor, n: int) -> list[tuple[int, float]]:
+    """The n largest entries of one row of log-probabilities as (token, logprob), ties in token order: the order
+    greedy decoding breaks them in (argmax takes the first maximum), so a greedy token is always listed first.
+    `topk` alone orders ties arbitrarily; a full sort of the vocabulary costs 40x more."""
+    threshold = lp.topk(n).values[-1]
+    ids = (lp >= threshold).nonzero().squeeze(1)  # ascending ids; more than n only where the n-th value is tied
+    order = torch.sort(lp[ids], descending=True, stable=True).indices[:n]
+    return list(zip(ids[order].tolist(), lp[ids[order]].tolist(), strict=True))
+
+
 def record_logprobs(seqs: list, logits: torch.Tensor, emitted: list[list[int]]) -> None:
     """For each row whose request asked for logprobs, append to `seq.logprobs` one (logprob, top) per emitted token:
     its log-probability under the model's raw distribution at that position (before temperature, top-k and top-p,
@@ -138,9 +148,7 @@ def record_logprobs(seqs: list, logits: torch.Tensor, emitted: list[list[int]]) 
         lp = torch.log_softmax(rows[: len(tokens)].float(), dim=-1)
         chosen = lp.gather(1, torch.tensor(tokens, device=lp.device)[:, None]).squeeze(1).tolist()
         if n:
-            values, ids = lp.topk(n, dim=-1)
-            tops = [list(zip(r_ids, r_vals, strict=True)) for r_ids, r_vals in zip(ids.tolist(), values.tolist(),
-                                                                                   strict=True)]
+            tops = [top_logprobs(row, n) for row in lp]
         else:
             tops = [[] for _ in tokens]
         seq.logprobs.extend(zip(chosen, tops, strict=True))
