@@ -15,6 +15,7 @@ from paperclub.bounds.projectors import DenseProjector, KroneckerProjector, bala
 from paperclub.bounds.quantize import assign, kmeans_1d, straight_through
 from paperclub.bounds.subspace import NetConfig, SubspaceNet, error_rate
 from paperclub.errors import UserError
+from tests.bounds.conftest import separable_images
 
 TINY = NetConfig(channels=(4, 8), hidden=16)
 
@@ -75,13 +76,7 @@ def test_subspace_net_starts_at_theta0_and_leaves_the_global_rng_alone():
 
 @pytest.fixture(scope="module")
 def toy_data():
-    """Two classes that a linear rule separates: bright top half or bright bottom half."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(600, 1, 28, 28, generator=g) * 0.3
-    y = torch.randint(2, (600,), generator=g)
-    x[y == 0, :, :14] += 0.5
-    x[y == 1, :, 14:] += 0.5
-    return x, y
+    return separable_images(600, seed=0)
 
 
 @pytest.fixture(scope="module")

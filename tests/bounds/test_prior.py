@@ -16,6 +16,7 @@ from paperclub.bounds.data import ImageData
 from paperclub.bounds.prior import FILE, PriorConfig, split, train_prior
 from paperclub.bounds.subspace import NetConfig, error_rate
 from paperclub.errors import UserError
+from tests.bounds.conftest import separable_images
 
 TINY = NetConfig(channels=(4, 8), hidden=16, num_classes=2)
 
@@ -35,12 +36,8 @@ def test_split_partitions_the_training_set_from_its_seed_alone():
 
 @pytest.fixture(scope="module")
 def data():
-    """Two classes a linear rule separates (bright top half or bottom half); 800 training images, 200 test."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(1000, 1, 28, 28, generator=g) * 0.3
-    y = torch.randint(2, (1000,), generator=g)
-    x[y == 0, :, :14] += 0.5
-    x[y == 1, :, 14:] += 0.5
+    """Two separable classes: 800 training images, 200 test."""
+    x, y = separable_images(1000, seed=1)
     return ImageData(x[:800], y[:800], x[800:], y[800:], num_classes=2)
 
 

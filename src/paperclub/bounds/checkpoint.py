@@ -68,8 +68,5 @@ def load(path: Path) -> tuple[Compressed, dict]:
     if enc.dim != compressed.subspace.dim:
         raise UserError(f"{file}: {enc.dim} coded weights for a subspace of dimension {compressed.subspace.dim}")
     if isinstance(obj.get("prior"), dict):
-        from paperclub.bounds.subspace import SubspaceNet
-
-        num_params = SubspaceNet(compressed.subspace).num_params
-        compressed.prior = priors.load(file.parent, obj["prior"], num_params)
+        compressed.prior = priors.load(file.parent, obj["prior"], compressed.subspace.net)
     return compressed, obj.get("meta", {})

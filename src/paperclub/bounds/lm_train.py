@@ -25,7 +25,7 @@ from tqdm import tqdm
 from paperclub.bounds.coding import encode
 from paperclub.bounds.lm_message import CompressedLM
 from paperclub.bounds.quantize import as_float16, assign, kmeans_1d, straight_through
-from paperclub.bounds.training import warmup_cosine
+from paperclub.bounds.training import optimizer_step, warmup_cosine
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import Llama
@@ -89,13 +89,7 @@ def _run(params: list, loss_of, tokens: np.ndarray, cfg: LMTrainConfig, steps: i
     bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
     for _ in range(steps):
         batch = _windows(tokens, cfg.seq_len, cfg.batch_size, g)
-        loss = loss_of(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        optimizer_step(opt, sched, bar, loss_of(batch))
     bar.close()
 
 

@@ -87,8 +87,9 @@ def save(folder: Path, prior: Prior) -> None:
         save_file({"theta0": prior.theta0.contiguous()}, str(tmp))
 
 
-def load(folder: Path, meta: dict, num_params: int) -> Prior:
+def load(folder: Path, meta: dict, net_cfg: NetConfig) -> Prior:
     """The prior a checkpoint names in its JSON (`meta`), checked against the network's parameter count."""
+    num_params = sum(p.numel() for p in build_net(net_cfg).parameters())
     file = Path(folder) / meta.get("file", FILE)
     if not file.is_file():
         raise UserError(f"{file} is missing: the checkpoint's bound uses a data-dependent prior stored there")
