@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from paperclub.dmpc.envs import make_env, normalized_score
 from paperclub.dmpc.planner import History
-from paperclub.dmpc.rewards import Reward
+from paperclub.dmpc.rewards import NAMED, Reward, task_reward
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
                  objective: Reward | None = None, progress: bool = True) -> dict:
     """Run `episodes` episodes (episode i reset with seed + i) under `planner.plan(states, actions) -> (E, chunk, A)`.
     A planner that keeps state per episode (MBOP's previous plan) has `needs_ids` and gets `ids=` (the episode of
-    each row) too, and its `reset()` is called first. Returns the evaluation JSON's figures."""
+    each row) too, and its `reset()` is called first. Returns the evaluation JSON's figures: besides the task's
+    score and the planner's `objective`, every named reward of the env (and the task's) summed over each episode's
+    real transitions, under `rewards`, so that runs planned with different objectives compare on the same ones."""
     if hasattr(planner, "reset"):
         planner.reset()
     extra = (lambda need: {"ids": need}) if getattr(planner, "needs_ids", False) else (lambda need: {})
@@ -36,6 +38,8 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
     hist = [History(history, o, len(low)) for o in obs]
     queues: list[deque] = [deque() for _ in envs]
     returns, objective_sums = np.zeros(episodes), np.zeros(episodes)
+    measured = {"task": task_reward(env_name), **NAMED.get(env_name, {})}
+    measured_sums = {name: np.zeros(episodes) for name in measured}
     lengths = np.zeros(episodes, dtype=int)
     active = set(range(episodes))
     actions_done, planning_s = 0, 0.0
@@ -54,10 +58,12 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
         for i in sorted(active):
             action = np.clip(queues[i].popleft(), low, high)
             next_obs, reward, terminated, truncated, _ = envs[i].step(action)
+            s = torch.as_tensor(next_obs, dtype=torch.float32)[None, None]
+            a = torch.as_tensor(action, dtype=torch.float32)[None, None]
             if objective is not None:
-                s = torch.as_tensor(next_obs, dtype=torch.float32)[None, None]
-                a = torch.as_tensor(action, dtype=torch.float32)[None, None]
                 objective_sums[i] += float(objective(s, a)[0, 0])
+            for name, fn in measured.items():
+                measured_sums[name][i] += float(fn(s, a)[0, 0])
             returns[i] += reward
             lengths[i] += 1
             actions_done += 1
@@ -73,7 +79,9 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
               "normalized_score": {"mean": float(scores.mean()), "stderr": stderr(scores)},
               "mean_return": float(returns.mean()), "return_stderr": stderr(returns),
               "returns": returns.tolist(), "episode_lengths": lengths.tolist(),
-              "actions_per_s": actions_done / wall, "planning_s": planning_s, "wall_s": wall}
+              "actions_per_s": actions_done / wall, "planning_s": planning_s, "wall_s": wall,
+              "rewards": {name: {"mean": float(v.mean()), "stderr": stderr(v), "per_episode": v.tolist()}
+                          for name, v in measured_sums.items()}}
     if objective is not None:
         result["objective"] = {"mean": float(objective_sums.mean()), "stderr": stderr(objective_sums),
                                "per_episode": objective_sums.tolist()}
