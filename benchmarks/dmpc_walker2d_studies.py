@@ -1,0 +1,187 @@
+"""Walker2d studies with one trained D-MPC model (from `dmpc_locomotion.py run --env walker2d --kind medium`):
+new rewards at run time, the broken ankle before and after fine-tuning the dynamics alone, and distillation.
+
+    OMP_NUM_THREADS=1 python benchmarks/dmpc_walker2d_studies.py rewards --work runs/dmpc/walker2d \\
+        --out benchmarks/results/dmpc/walker2d_studies
+    OMP_NUM_THREADS=1 python benchmarks/dmpc_walker2d_studies.py ankle --work runs/dmpc/walker2d \\
+        --sac-work runs/dmpc/sac-walker2d-seed0 --out benchmarks/results/dmpc/walker2d_studies
+    OMP_NUM_THREADS=1 python benchmarks/dmpc_walker2d_studies.py distill --work runs/dmpc/walker2d \\
+        --out benchmarks/results/dmpc/walker2d_studies
+
+`rewards`: the same model plans with the task's objective and with each named reward (jump, backward, balance), on
+the same evaluation seeds; every run's episodes are measured with every reward (the eval JSON's `rewards`), so a
+named reward's score under its own planning compares with its score under the task's planning (Welch's t-test).
+`ankle`: play data in the broken-ankle variant (SAC's policy with heavy action noise), then D-MPC on the broken
+walker before and after `finetune-dynamics` (the proposal and value untouched), paired over evaluation seeds.
+`distill`: the planner distilled into an MLP policy, its score and actions/s next to the planner's.
+Every step is a `paperclub dmpc` command; evaluations whose JSON exists are not rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from datetime import date
+from pathlib import Path
+
+from scipy import stats
+
+from paperclub.atomic import write_json
+from paperclub.cli import main as cli
+
+PLAN = ["--candidates", "64", "--chunk", "1", "--proposal-steps", "10", "--dynamics-steps", "5"]
+REWARDS = ("task", "jump", "backward", "balance")
+
+
+def run_cli(argv: list[str], log: list[dict]) -> None:
+    line = "paperclub " + shlex.join(argv)
+    print("$", line, flush=True)
+    t0 = time.perf_counter()
+    if cli(argv) != 0:
+        raise SystemExit(f"failed: {line}")
+    log.append({"command": line, "seconds": round(time.perf_counter() - t0, 1), "date": date.today().isoformat()})
+
+
+def evaluate(args, ckpt: Path, path: Path, log: list[dict], *extra: str) -> dict:
+    if not path.exists():
+        run_cli(["dmpc", "eval", "--env", "walker2d", "--ckpt", str(ckpt), "--episodes", str(args.episodes),
+                 "--seed", str(args.seed), "--threads", str(args.threads), "--quiet", "--json", str(path),
+                 *extra], log)
+    return json.loads(path.read_text())
+
+
+def _setup(args, name: str) -> tuple[Path, Path, list[dict]]:
+    out = Path(args.out) / name
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "commands.json"
+    return out, log_path, json.loads(log_path.read_text()) if log_path.exists() else []
+
+
+def cmd_rewards(args) -> None:
+    out, log_path, log = _setup(args, "novel_rewards")
+    ckpt = Path(args.work) / "ck-dmpc-medium"
+    runs = {}
+    task_path = out / "eval_task.json"
+    if args.task_eval and not task_path.exists():  # the same command as the task run, made by dmpc_locomotion.py
+        same = json.loads(Path(args.task_eval).read_text())
+        plan = dict(zip(PLAN[::2], PLAN[1::2], strict=True))
+        got = same.get("planner_config", {})
+        if any(str(got.get(k[2:].replace("-", "_"))) != v for k, v in plan.items()) or same["seed"] != args.seed \
+                or same["episodes"] != args.episodes or same["reward"] != "task":
+            raise SystemExit(f"--task-eval {args.task_eval} was not planned with this study's settings")
+        write_json(task_path, same)
+        log.append({"command": f"copied from {args.task_eval} (the same eval command)", "seconds": 0.0,
+                    "date": date.today().isoformat()})
+    for reward in REWARDS:
+        runs[reward] = evaluate(args, ckpt, out / f"eval_{reward}.json", log, *PLAN, "--reward", reward)
+        write_json(log_path, log)
+    table = {}
+    for measured in REWARDS[1:]:
+        own = runs[measured]["rewards"][measured]["per_episode"]
+        task = runs["task"]["rewards"][measured]["per_episode"]
+        t = stats.ttest_ind(own, task, equal_var=False)
+        table[measured] = {"planned_for_it": runs[measured]["rewards"][measured],
+                           "planned_for_task": runs["task"]["rewards"][measured],
+                           "difference": sum(own) / len(own) - sum(task) / len(task),
+                           "welch_t": float(t.statistic), "p_value": float(t.pvalue),
+                           "episode_length": {r: sum(runs[r]["episode_lengths"]) / len(runs[r]["episode_lengths"])
+                                              for r in (measured, "task")}}
+        print(f"{measured:9s} planned for it {table[measured]['planned_for_it']['mean']:9.1f}   planned for the task "
+              f"{table[measured]['planned_for_task']['mean']:9.1f}   p = {t.pvalue:.2g}")
+    write_json(out / "summary.json", {"date": date.today().isoformat(), "episodes": args.episodes,
+                                      "seeds": f"{args.seed}..{args.seed + args.episodes - 1}", "rewards": table})
+    plot_rewards(table, out / "novel_rewards.png")
+
+
+def plot_rewards(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(table), figsize=(3.0 * len(table), 3.2))
+    for ax, (name, row) in zip(axes, table.items(), strict=True):
+        rows = [row["planned_for_task"], row["planned_for_it"]]
+        ax.bar(["task objective", f"--reward {name}"], [r["mean"] for r in rows],
+               yerr=[r["stderr"] for r in rows], capsize=4, color=["tab:gray", "tab:blue"])
+        ax.set_title(f"{name} reward per episode (p = {row['p_value']:.1g})", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle("walker2d: one D-MPC model, planned for different rewards", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_ankle(args) -> None:
+    out, log_path, log = _setup(args, "broken_ankle")
+    work = Path(args.work)
+    ckpt, tuned, play = work / "ck-dmpc-medium", work / "ck-dmpc-medium-ankle", work / "walker2d-play.h5"
+    if not play.exists():
+        sac_steps = json.loads((Path(args.sac_work) / "state.json").read_text())["steps"]  # no more SAC training
+        run_cli(["dmpc", "collect", "--env", "walker2d", "--kind", "play", "--episodes", str(args.play_episodes),
+                 "--steps", str(sac_steps), "--work", args.sac_work, "--out", str(play), "--quiet"], log)
+    run_cli(["dmpc", "finetune-dynamics", "--ckpt", str(ckpt), "--data", str(play), "--out", str(tuned),
+             "--steps", str(args.finetune_steps), "--quiet"], log)
+    write_json(log_path, log)
+    before = evaluate(args, ckpt, out / "eval_before.json", log, *PLAN, "--variant", "broken-ankle")
+    write_json(log_path, log)
+    after = evaluate(args, tuned, out / "eval_after.json", log, *PLAN, "--variant", "broken-ankle")
+    write_json(log_path, log)
+    a, b = after["returns"], before["returns"]
+    t = stats.ttest_rel(a, b)
+    summary = {"date": date.today().isoformat(), "episodes": args.episodes,
+               "seeds": f"{args.seed}..{args.seed + args.episodes - 1}", "play_episodes": args.play_episodes,
+               "finetune_steps": args.finetune_steps,
+               "before": before["normalized_score"], "after": after["normalized_score"],
+               "mean_return": {"before": before["mean_return"], "after": after["mean_return"]},
+               "paired_t": float(t.statistic), "p_value": float(t.pvalue)}
+    write_json(out / "summary.json", summary)
+    print(f"broken ankle: before {before['normalized_score']['mean']:.1f} +- {before['normalized_score']['stderr']:.1f}"
+          f", after {after['normalized_score']['mean']:.1f} +- {after['normalized_score']['stderr']:.1f}, paired p = "
+          f"{t.pvalue:.2g}")
+
+
+def cmd_distill(args) -> None:
+    out, log_path, log = _setup(args, "distilled")
+    work = Path(args.work)
+    ckpt, student = work / "ck-dmpc-medium", work / "ck-distilled-medium"
+    if not (student / "config.json").exists():
+        run_cli(["dmpc", "distill", "--ckpt", str(ckpt), "--out", str(student), "--states", str(args.states),
+                 "--rollouts", str(args.rollouts), "--candidates", "64", "--proposal-steps", "10",
+                 "--dynamics-steps", "5", "--steps", "20000", "--quiet"], log)
+    write_json(log_path, log)
+    result = evaluate(args, student, out / "eval_distilled.json", log, "--planner", "distilled")
+    write_json(log_path, log)
+    info = json.loads((student / "config.json").read_text())["distill"]
+    print(f"distilled: {result['normalized_score']['mean']:.1f} +- {result['normalized_score']['stderr']:.1f}, "
+          f"{result['actions_per_s']:.0f} actions/s in the evaluation, {info['policy_actions_per_s']:.0f} at batch 1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("rewards", "ankle", "distill"):
+        p = sub.add_parser(name)
+        p.add_argument("--work", required=True, help="dmpc_locomotion.py's --work for walker2d")
+        p.add_argument("--out", required=True)
+        p.add_argument("--episodes", type=int, default=10)
+        p.add_argument("--seed", type=int, default=100)
+        p.add_argument("--threads", type=int, default=1)
+        if name == "rewards":
+            p.add_argument("--task-eval", help="an eval JSON of this model, the task reward and these settings "
+                                               "(dmpc_locomotion.py's eval_dmpc.json) to reuse instead of rerunning")
+        if name == "ankle":
+            p.add_argument("--sac-work", required=True)
+            p.add_argument("--play-episodes", type=int, default=100)
+            p.add_argument("--finetune-steps", type=int, default=5000)
+        if name == "distill":
+            p.add_argument("--states", type=int, default=4000)
+            p.add_argument("--rollouts", type=int, default=10)
+    args = ap.parse_args()
+    {"rewards": cmd_rewards, "ankle": cmd_ankle, "distill": cmd_distill}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
