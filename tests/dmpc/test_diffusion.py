@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import stats
 
-from paperclub.dmpc.diffusion import Diffusion, make_scheduler
+from paperclub.dmpc.diffusion import PREDICTIONS, Diffusion, make_scheduler
 
 WEIGHTS, MEANS, STDS = torch.tensor([0.3, 0.7]), torch.tensor([-2.0, 1.5]), torch.tensor([0.3, 0.5])
 
@@ -25,12 +25,30 @@ class ExactMixtureDenoiser(torch.nn.Module):
         return -(1 - a).sqrt() * score
 
 
+class AsTarget(torch.nn.Module):
+    """An exact noise predictor's output re-expressed as x0 ("sample") or velocity ("v_prediction")."""
+
+    def __init__(self, eps_model, abar, prediction):
+        super().__init__()
+        self.eps_model, self.abar, self.prediction = eps_model, abar, prediction
+
+    def forward(self, x, t, *cond):
+        eps = self.eps_model(x, t, *cond)
+        if self.prediction == "epsilon":
+            return eps
+        a = self.abar[t].view(-1, *([1] * (x.dim() - 1)))
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        return x0 if self.prediction == "sample" else a.sqrt() * eps - (1 - a).sqrt() * x0
+
+
 def mixture_cdf(x):
     return (WEIGHTS * torch.distributions.Normal(MEANS, STDS).cdf(torch.as_tensor(x)[:, None])).sum(-1).numpy()
 
 
-def test_ddim_reproduces_a_gaussian_mixture():
-    diffusion = Diffusion(ExactMixtureDenoiser(make_scheduler().alphas_cumprod))
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_ddim_reproduces_a_gaussian_mixture(prediction):
+    abar = make_scheduler().alphas_cumprod
+    diffusion = Diffusion(AsTarget(ExactMixtureDenoiser(abar), abar, prediction), prediction=prediction)
     x = diffusion.sample((20_000, 1, 1), steps=100, generator=torch.Generator().manual_seed(0)).flatten()
     left = x < 0
     # tolerances: 20k samples give a KS statistic under 0.0096 (95%) for the exact law; 100 DDIM steps add
@@ -43,7 +61,8 @@ def test_ddim_reproduces_a_gaussian_mixture():
     assert x[~left].std().item() == pytest.approx(0.5, abs=0.03)
 
 
-def test_ddim_is_deterministic_given_the_noise_and_batches_conditions():
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_ddim_is_deterministic_given_the_noise_and_batches_conditions(prediction):
     class Shift(torch.nn.Module):  # noise predictor of data concentrated at the condition c: eps = (x - sqrt(a) c)/..
         def __init__(self, abar):
             super().__init__()
@@ -53,7 +72,8 @@ def test_ddim_is_deterministic_given_the_noise_and_batches_conditions():
             a = self.abar[t].view(-1, 1, 1)
             return (x - a.sqrt() * c) / (1 - a).sqrt()
 
-    diffusion = Diffusion(Shift(make_scheduler().alphas_cumprod))
+    abar = make_scheduler().alphas_cumprod
+    diffusion = Diffusion(AsTarget(Shift(abar), abar, prediction), prediction=prediction)
     c = torch.tensor([-3.0, 0.0, 4.0]).view(3, 1, 1)
     x = diffusion.sample((3, 1, 1), c, steps=10, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(x, c, atol=1e-3, rtol=0)
@@ -73,3 +93,26 @@ def test_loss_is_small_for_the_exact_denoiser_and_large_for_a_wrong_one():
     zero = Diffusion(Zero()).loss(x0)
     assert zero.item() == pytest.approx(1.0, abs=0.05)  # E[eps^2]
     assert exact.item() < 0.5 * zero.item()
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_the_loss_is_zero_for_the_exact_predictor_of_each_target(prediction):
+    """Data concentrated at c: the exact predictor of each target gets a loss of ~0, and the wrong target does not."""
+    abar = make_scheduler().alphas_cumprod
+    c = torch.full((512, 1, 1), 0.7)
+
+    class Shift(torch.nn.Module):
+        def forward(self, x, t):
+            a = abar[t].view(-1, 1, 1)
+            return (x - a.sqrt() * c) / (1 - a).sqrt()
+
+    torch.manual_seed(0)
+    exact = Diffusion(AsTarget(Shift(), abar, prediction), prediction=prediction).loss(c)
+    wrong = Diffusion(AsTarget(Shift(), abar, prediction), prediction="epsilon" if prediction != "epsilon"
+                      else "sample").loss(c)
+    assert exact.item() < 1e-6 and wrong.item() > 0.1
+
+
+def test_an_unknown_prediction_target_is_refused():
+    with pytest.raises(ValueError, match="unknown prediction target"):
+        make_scheduler(prediction="noise")

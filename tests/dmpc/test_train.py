@@ -70,3 +70,25 @@ def test_finetuning_the_dynamics_leaves_proposal_and_value_byte_identical(tmp_pa
     b, _ = checkpoint.load(tmp_path / "tuned")
     assert b.norms.to_dict() == a.norms.to_dict()  # the proposal and value see the inputs they were trained on
     assert any(not torch.equal(x, y) for x, y in zip(a.dynamics.parameters(), b.dynamics.parameters(), strict=True))
+
+
+def test_the_prediction_target_is_saved_loaded_and_defaults_to_epsilon_for_older_checkpoints(tmp_path):
+    train(toy_dataset(), tmp_path / "x0", tiny(5, prediction="sample"), progress=False)
+    model, _ = checkpoint.load(tmp_path / "x0")
+    assert model.cfg.prediction == "sample"
+    assert model.proposal.diffusion.scheduler.config.prediction_type == "sample"
+    assert model.dynamics.diffusion.prediction == "sample"
+    with pytest.raises(UserError, match=r"another model \(prediction sample -> epsilon\)"):
+        train(toy_dataset(), tmp_path / "x0", tiny(10), progress=False)
+    config_path = tmp_path / "x0" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["model"]["prediction"]  # a checkpoint written before the option existed
+    config_path.write_text(json.dumps(config))
+    assert checkpoint.read_config(tmp_path / "x0")["model"].get("prediction") is None
+    assert checkpoint.load(tmp_path / "x0")[0].cfg.prediction == "epsilon"
+
+
+def test_training_one_part_from_scratch_writes_a_loadable_checkpoint(tmp_path):
+    train(toy_dataset(), tmp_path / "dyn", tiny(5), parts=("dynamics",), progress=False)
+    model, config = checkpoint.load(tmp_path / "dyn")
+    assert config["parts_trained"] == ["dynamics"]

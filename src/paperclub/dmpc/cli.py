@@ -72,7 +72,7 @@ def _train_config(args):
     if den.d_model % den.heads:
         raise UserError(f"--d-model {den.d_model} is not divisible by --heads {den.heads}")
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "save_every", "seed", "horizon",
-                                               "history") if getattr(args, k, None) is not None}
+                                               "history", "prediction") if getattr(args, k, None) is not None}
     return replace(base, denoiser=den, **overrides)
 
 
@@ -322,6 +322,8 @@ def _add_train_options(p: argparse.ArgumentParser, steps_help: str) -> None:
     p.add_argument("--d-model", type=int, help="denoiser width (default 128)")
     p.add_argument("--layers", type=int, help="denoiser transformer layers (default 3)")
     p.add_argument("--heads", type=int, help="attention heads (default 4)")
+    p.add_argument("--prediction", choices=("epsilon", "sample", "v_prediction"),
+                   help="what the denoisers predict: the noise (default, the paper's), x0, or the velocity")
     p.add_argument("--save-every", type=int, help="steps between checkpoints (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

@@ -35,6 +35,7 @@ class ModelConfig:
     discount: float = 0.99
     proposal_steps: int = 32  # DDIM steps at planning time (the paper's 32 and 10)
     dynamics_steps: int = 10
+    prediction: str = "epsilon"  # the denoisers' target: epsilon (the paper's), sample (x0) or v_prediction
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +71,8 @@ class Proposal(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.diffusion = Diffusion(Denoiser(cfg.act_dim, cfg.horizon, cfg.obs_dim + cfg.act_dim, 0, cfg.denoiser))
+        self.diffusion = Diffusion(Denoiser(cfg.act_dim, cfg.horizon, cfg.obs_dim + cfg.act_dim, 0, cfg.denoiser),
+                                   prediction=cfg.prediction)
 
     def loss(self, context: torch.Tensor, actions_n: torch.Tensor) -> torch.Tensor:
         return self.diffusion.loss(actions_n, context)
@@ -86,7 +88,7 @@ class Dynamics(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.diffusion = Diffusion(Denoiser(cfg.obs_dim, cfg.horizon, cfg.obs_dim + cfg.act_dim, cfg.act_dim,
-                                            cfg.denoiser))
+                                            cfg.denoiser), prediction=cfg.prediction)
 
     def loss(self, context: torch.Tensor, actions_n: torch.Tensor, deltas_n: torch.Tensor) -> torch.Tensor:
         return self.diffusion.loss(deltas_n, context, actions_n)

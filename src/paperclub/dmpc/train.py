@@ -36,6 +36,7 @@ class TrainConfig:
     horizon: int = 8
     history: int = 1
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    prediction: str = "epsilon"  # the denoisers' target (diffusion.PREDICTIONS)
 
 
 def losses(model: TrajectoryModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -53,7 +54,7 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
     state = torch.load(out / "train_state.pt", weights_only=False) if (out / "train_state.pt").is_file() else None
     if init is not None:
         model, init_config = checkpoint.load(init, env=data.env)
-        cfg.horizon, cfg.history = model.cfg.horizon, model.cfg.history
+        cfg.horizon, cfg.history, cfg.prediction = model.cfg.horizon, model.cfg.history, model.cfg.prediction
         norms = model.norms
     else:
         init_config = None
@@ -62,7 +63,7 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
         norms = windows.fit_normalizers()
         model = TrajectoryModel(ModelConfig(env=data.env, obs_dim=data.observations.shape[1],
                                             act_dim=data.actions.shape[1], horizon=cfg.horizon, history=cfg.history,
-                                            denoiser=cfg.denoiser), norms)
+                                            denoiser=cfg.denoiser, prediction=cfg.prediction), norms)
     if state is not None:
         _check_same_model(out, model.cfg)
         model.load_state_dict(state["model"])
@@ -129,7 +130,8 @@ def _windows(data: Dataset, cfg: TrainConfig) -> Windows:
 def _save(out: Path, model: TrajectoryModel, ema: dict, opts: dict, step: int, gen: torch.Generator, last: dict,
           meta: dict, parts: tuple[str, ...], init: Path | None) -> None:
     """The checkpoint with EMA weights for the trained parts; untrained parts are copied byte for byte from
-    `init` (so fine-tuning the dynamics leaves the proposal and value files identical)."""
+    `init` (so fine-tuning the dynamics leaves the proposal and value files identical), or without one written as
+    the model holds them."""
     import copy
     import shutil
 
@@ -140,6 +142,9 @@ def _save(out: Path, model: TrajectoryModel, ema: dict, opts: dict, step: int, g
                    "ema": {p: ema[p].state_dict() for p in parts}, "opt": {p: opts[p].state_dict() for p in parts},
                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": last}
     with atomic_path(out) as tmp:
+        if init is None:  # every part from the model (untrained ones as initialized)
+            checkpoint.write(tmp, evaluated, meta, train_state)
+            return
         checkpoint.write(tmp, evaluated, meta, train_state, parts=parts)
         for p in checkpoint.PARTS:
             if p not in parts:
