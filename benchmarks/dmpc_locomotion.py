@@ -148,7 +148,7 @@ def plot(per_task: dict, planners: list[str], path: Path) -> None:
     ax.set_xticks(range(len(tasks)), tasks, fontsize=8)
     ax.set_ylabel("normalized score (mean ± s.e.)")
     ax.legend(fontsize=8)
-    ax.set_title("our locomotion data: D-MPC, MBOP and BC, same data and evaluation seeds", fontsize=9)
+    ax.set_title("D-MPC, MBOP and BC on our data, same evaluation seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
