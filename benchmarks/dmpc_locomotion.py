@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import time
 from datetime import date
 from pathlib import Path
 
+from _dmpc_run import cpu_name, run_cli  # benchmarks/_dmpc_run.py
+
 from paperclub.atomic import write_json
-from paperclub.cli import main as cli
 
 # D-MPC on CPU: a d=64, 2-layer denoiser (the paper's d=256, 5 layers is a GPU job), F = 8, one step of history;
 # planning with N = 64 candidates and 10/5 DDIM steps (see BENCHMARKS' planner-cost table)
@@ -36,22 +35,6 @@ PLANNER_ARGS = {
     "mbop": ["--candidates", "64"],
     "bc": [],
 }
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def run_cli(argv: list[str], log: list[dict]) -> None:
-    line = "paperclub " + shlex.join(argv)
-    print("$", line, flush=True)
-    t0 = time.perf_counter()
-    if cli(argv) != 0:
-        raise SystemExit(f"failed: {line}")
-    log.append({"command": line, "seconds": round(time.perf_counter() - t0, 1), "date": date.today().isoformat()})
 
 
 def cmd_run(args) -> None:
@@ -111,6 +94,8 @@ def combine(rows: list[dict]) -> dict:
 
 def cmd_summary(args) -> None:
     out = Path(args.out)
+    if not out.is_dir():
+        raise SystemExit(f"{out} is not a results directory: `run` a task into it first")
     per_task: dict[str, dict[str, dict]] = {}
     for d in sorted(p for p in out.iterdir() if p.is_dir()):
         for path in sorted(d.glob("eval_*.json")):

@@ -21,27 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import time
 from datetime import date
 from pathlib import Path
 
+from _dmpc_run import run_cli  # benchmarks/_dmpc_run.py
 from scipy import stats
 
 from paperclub.atomic import write_json
-from paperclub.cli import main as cli
 
 PLAN = ["--candidates", "64", "--chunk", "1", "--proposal-steps", "10", "--dynamics-steps", "5"]
 REWARDS = ("task", "jump", "backward", "balance")
-
-
-def run_cli(argv: list[str], log: list[dict]) -> None:
-    line = "paperclub " + shlex.join(argv)
-    print("$", line, flush=True)
-    t0 = time.perf_counter()
-    if cli(argv) != 0:
-        raise SystemExit(f"failed: {line}")
-    log.append({"command": line, "seconds": round(time.perf_counter() - t0, 1), "date": date.today().isoformat()})
 
 
 def evaluate(args, ckpt: Path, path: Path, log: list[dict], *extra: str) -> dict:
