@@ -37,9 +37,12 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
     hist = [History(history, o, len(low)) for o in obs]
     queues: list[deque] = [deque() for _ in envs]
-    returns, objective_sums = np.zeros(episodes), np.zeros(episodes)
+    returns = np.zeros(episodes)
     measured = {"task": task_reward(env_name), **NAMED.get(env_name, {})}
+    if objective is not None:
+        measured["_objective"] = objective
     measured_sums = {name: np.zeros(episodes) for name in measured}
+    visited: list[list] = [[] for _ in envs]  # (state reached, action) per step, scored when the episode ends
     lengths = np.zeros(episodes, dtype=int)
     active = set(range(episodes))
     actions_done, planning_s = 0, 0.0
@@ -58,12 +61,7 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
         for i in sorted(active):
             action = np.clip(queues[i].popleft(), low, high)
             next_obs, reward, terminated, truncated, _ = envs[i].step(action)
-            s = torch.as_tensor(next_obs, dtype=torch.float32)[None, None]
-            a = torch.as_tensor(action, dtype=torch.float32)[None, None]
-            if objective is not None:
-                objective_sums[i] += float(objective(s, a)[0, 0])
-            for name, fn in measured.items():
-                measured_sums[name][i] += float(fn(s, a)[0, 0])
+            visited[i].append((next_obs, action))
             returns[i] += reward
             lengths[i] += 1
             actions_done += 1
@@ -71,6 +69,11 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
             bar.update(1)
             if terminated or truncated:
                 active.discard(i)
+                # every step scored as its own one-step prediction (batch = steps, F = 1), in one call per reward
+                s = torch.as_tensor(np.stack([v[0] for v in visited[i]]), dtype=torch.float32)[:, None]
+                a = torch.as_tensor(np.stack([v[1] for v in visited[i]]), dtype=torch.float32)[:, None]
+                for name, fn in measured.items():
+                    measured_sums[name][i] = float(fn(s, a).double().sum())
                 bar.update(limit - lengths[i])
     bar.close()
     wall = time.perf_counter() - start
@@ -81,8 +84,8 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
               "returns": returns.tolist(), "episode_lengths": lengths.tolist(),
               "actions_per_s": actions_done / wall, "planning_s": planning_s, "wall_s": wall,
               "rewards": {name: {"mean": float(v.mean()), "stderr": stderr(v), "per_episode": v.tolist()}
-                          for name, v in measured_sums.items()}}
+                          for name, v in measured_sums.items() if name != "_objective"}}
     if objective is not None:
-        result["objective"] = {"mean": float(objective_sums.mean()), "stderr": stderr(objective_sums),
-                               "per_episode": objective_sums.tolist()}
+        sums = measured_sums["_objective"]
+        result["objective"] = {"mean": float(sums.mean()), "stderr": stderr(sums), "per_episode": sums.tolist()}
     return result
