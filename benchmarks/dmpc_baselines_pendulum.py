@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import time
 from datetime import date
 from pathlib import Path
 
+from _dmpc_run import cpu_name, run_cli  # benchmarks/_dmpc_run.py
+
 from paperclub.atomic import write_json
-from paperclub.cli import main as cli
 
 PLANNER_ARGS = {
     "dmpc": ["--candidates", "16", "--chunk", "2", "--proposal-steps", "5", "--dynamics-steps", "10"],
@@ -34,21 +34,12 @@ PLANNER_ARGS = {
 ABLATIONS = {"dmpc-single-step-dynamics": ["--dynamics", "single-step"], "dmpc-mlp-proposal": ["--proposal", "mlp"]}
 
 
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def run(argv: list[str], commands: list[str]) -> float:
-    line = "paperclub " + shlex.join(argv)
-    print("$", line, flush=True)
-    t0 = time.perf_counter()
-    if cli(argv) != 0:
-        raise SystemExit(f"failed: {line}")
-    commands.append(line)
-    return time.perf_counter() - t0
+    """Run `paperclub ARGV`, record its command line in `commands`, return its seconds."""
+    log: list[dict] = []
+    run_cli(argv, log)
+    commands.append(log[0]["command"])
+    return log[0]["seconds"]
 
 
 def main() -> None:
