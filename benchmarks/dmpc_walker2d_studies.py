@@ -50,7 +50,7 @@ def _setup(args, name: str) -> tuple[Path, Path, list[dict]]:
 
 def cmd_rewards(args) -> None:
     out, log_path, log = _setup(args, "novel_rewards")
-    ckpt = Path(args.work) / "ck-dmpc-medium"
+    ckpt = Path(args.work) / "ck-dmpc-medium-x0"
     runs = {}
     task_path = out / "eval_task.json"
     if args.task_eval and not task_path.exists():  # the same command as the task run, made by dmpc_locomotion.py
@@ -106,7 +106,7 @@ def plot_rewards(table: dict, path: Path) -> None:
 def cmd_ankle(args) -> None:
     out, log_path, log = _setup(args, "broken_ankle")
     work = Path(args.work)
-    ckpt, tuned, play = work / "ck-dmpc-medium", work / "ck-dmpc-medium-ankle", work / "walker2d-play.h5"
+    ckpt, tuned, play = work / "ck-dmpc-medium-x0", work / "ck-dmpc-medium-ankle", work / "walker2d-play.h5"
     if not play.exists():
         sac_steps = json.loads((Path(args.sac_work) / "state.json").read_text())["steps"]  # no more SAC training
         run_cli(["dmpc", "collect", "--env", "walker2d", "--kind", "play", "--episodes", str(args.play_episodes),
@@ -135,7 +135,7 @@ def cmd_ankle(args) -> None:
 def cmd_distill(args) -> None:
     out, log_path, log = _setup(args, "distilled")
     work = Path(args.work)
-    ckpt, student = work / "ck-dmpc-medium", work / "ck-distilled-medium"
+    ckpt, student = work / "ck-dmpc-medium-x0", work / "ck-distilled-medium"
     if not (student / "config.json").exists():
         run_cli(["dmpc", "distill", "--ckpt", str(ckpt), "--out", str(student), "--states", str(args.states),
                  "--rollouts", str(args.rollouts), "--candidates", "64", "--proposal-steps", "10",
