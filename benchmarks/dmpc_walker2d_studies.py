@@ -24,6 +24,7 @@ import json
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 from _dmpc_run import run_cli  # benchmarks/_dmpc_run.py
 from scipy import stats
 
@@ -111,8 +112,9 @@ def cmd_ankle(args) -> None:
         sac_steps = json.loads((Path(args.sac_work) / "state.json").read_text())["steps"]  # no more SAC training
         run_cli(["dmpc", "collect", "--env", "walker2d", "--kind", "play", "--episodes", str(args.play_episodes),
                  "--steps", str(sac_steps), "--work", args.sac_work, "--out", str(play), "--quiet"], log)
-    run_cli(["dmpc", "finetune-dynamics", "--ckpt", str(ckpt), "--data", str(play), "--out", str(tuned),
-             "--steps", str(args.finetune_steps), "--quiet"], log)
+    if not (tuned / "config.json").exists():
+        run_cli(["dmpc", "finetune-dynamics", "--ckpt", str(ckpt), "--data", str(play), "--out", str(tuned),
+                 "--steps", str(args.finetune_steps), "--quiet"], log)
     write_json(log_path, log)
     before = evaluate(args, ckpt, out / "eval_before.json", log, *PLAN, "--variant", "broken-ankle")
     write_json(log_path, log)
@@ -127,9 +129,35 @@ def cmd_ankle(args) -> None:
                "mean_return": {"before": before["mean_return"], "after": after["mean_return"]},
                "paired_t": float(t.statistic), "p_value": float(t.pvalue)}
     write_json(out / "summary.json", summary)
+    plot_ankle(before, after, t.pvalue, out / "broken_ankle.png")
     print(f"broken ankle: before {before['normalized_score']['mean']:.1f} +- {before['normalized_score']['stderr']:.1f}"
           f", after {after['normalized_score']['mean']:.1f} +- {after['normalized_score']['stderr']:.1f}, paired p = "
           f"{t.pvalue:.2g}")
+
+
+def plot_ankle(before: dict, after: dict, p_value: float, path: Path) -> None:
+    """Each evaluation seed's normalized score before and after fine-tuning the dynamics, joined per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from paperclub.dmpc.envs import normalized_score
+
+    b = normalized_score("walker2d", np.asarray(before["returns"]))
+    a = normalized_score("walker2d", np.asarray(after["returns"]))
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    for y0, y1 in zip(b, a, strict=True):
+        ax.plot([0, 1], [y0, y1], color="tab:gray", alpha=0.5, marker="o", markersize=3)
+    ax.errorbar([0, 1], [b.mean(), a.mean()], yerr=[before["normalized_score"]["stderr"],
+                after["normalized_score"]["stderr"]], color="tab:blue", marker="s", capsize=4, lw=2)
+    ax.set_xticks([0, 1], ["before", "after fine-tuning\nthe dynamics"])
+    ax.set_xlim(-0.3, 1.3)
+    ax.set_ylabel("normalized score")
+    ax.set_title(f"walker2d, broken left ankle (paired p = {p_value:.1g})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def cmd_distill(args) -> None:
