@@ -47,12 +47,12 @@ class ProposalPolicy:
         self.low, self.high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sequences(self, hists: list[History], shared: bool = True) -> torch.Tensor:
+    def sequences(self, hists: list[History]) -> torch.Tensor:
         states, acts = zip(*(h.tensors() for h in hists), strict=True)
         context = context_tokens(torch.stack(states), torch.stack(acts), self.model.norms)
         cfg = self.model.cfg
         shape = (len(hists), cfg.horizon, cfg.act_dim)
-        noise = torch.randn((1, *shape[1:]) if shared else shape, generator=self.generator).expand(shape)
+        noise = torch.randn((1, *shape[1:]), generator=self.generator).expand(shape)
         x = self.model.proposal.diffusion.sample(shape, context, steps=self.steps, noise=noise.contiguous())
         return self.model.norms.act.unnormalize(x).clamp(self.low, self.high)
 
