@@ -90,6 +90,17 @@ def test_prediction_error_command(ckpts, tmp_path, capsys):
     assert result["copy"]["mean"][0] < result["copy"]["mean"][3]  # s_t drifts further from s_{t+k} as k grows
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "k=4: D-MPC" in capsys.readouterr().out
+    # the default 8 samples add D-MPC's mean and one MBOP member, and leave the one-sample figures as they were
+    assert result["samples"] == 8 and {"dmpc_mean", "mbop_member"} <= set(result)
+    # a sample's squared error is the mean's plus the samples' spread: averaging 8 of them must predict better
+    assert sum(result["dmpc_mean"]["mean"]) < sum(result["dmpc"]["mean"])
+    one = tmp_path / "one.json"
+    assert main(["dmpc", "prediction-error", "--ckpt", str(ckpts["dmpc"]), "--mbop", str(ckpts["mbop"]), "--data",
+                 str(ckpts["held_out"]), "--rows", "20", "--dynamics-steps", "2", "--samples", "1", "--json",
+                 str(one)]) == 0
+    single = json.loads(one.read_text())
+    assert single["dmpc"] == result["dmpc"] and single["mbop"] == result["mbop"]
+    assert "dmpc_mean" not in single and "mbop_member" not in single
 
 
 def test_bad_inputs_to_the_baselines(ckpts, tmp_path, capsys):

@@ -294,6 +294,7 @@ def cmd_prediction_error(args) -> int:
 
     _positive("--rows", args.rows)
     _positive("--dynamics-steps", args.dynamics_steps)
+    _positive("--samples", args.samples)
     for name in ("json", "plot"):
         if getattr(args, name):
             check_writable(getattr(args, name), f"--{name}")
@@ -302,10 +303,16 @@ def cmd_prediction_error(args) -> int:
     single, _ = mbop.load(args.mbop, env=model.cfg.env)
     data = load_dataset(args.data, env=model.cfg.env)
     result = prediction_errors(model, single, data, rows=args.rows, seed=args.seed,
-                               dynamics_steps=args.dynamics_steps)
+                               dynamics_steps=args.dynamics_steps, samples=args.samples)
     result.update({"ckpt": args.ckpt, "mbop_ckpt": args.mbop, "data": args.data})
-    for k, d, m in zip(result["horizon"], result["dmpc"]["mean"], result["mbop"]["mean"], strict=True):
-        print(f"k={k}: D-MPC {d:.4f}  MBOP rolled out {m:.4f}")
+    for i, k in enumerate(result["horizon"]):
+        line = f"k={k}: D-MPC one sample {result['dmpc']['mean'][i]:.4f}"
+        if "dmpc_mean" in result:
+            line += f", mean of {args.samples} {result['dmpc_mean']['mean'][i]:.4f}"
+        line += f"  MBOP ensemble rolled out {result['mbop']['mean'][i]:.4f}"
+        if "mbop_member" in result:
+            line += f", one member {result['mbop_member']['mean'][i]:.4f}"
+        print(line)
     if args.json:
         write_json(args.json, result)
     if args.plot:
@@ -418,6 +425,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="held-out trajectories (not the training data)")
     p.add_argument("--rows", type=int, default=512, help="held-out starting steps sampled")
     p.add_argument("--dynamics-steps", type=int, help="D-MPC's DDIM steps (default: the checkpoint's)")
+    p.add_argument("--samples", type=int, default=8, help="D-MPC samples per start: their mean is compared with "
+                   "the ensemble mean, one sample with one ensemble member (1: one sample only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the figures here")
