@@ -32,7 +32,7 @@ from paperclub.atomic import write_json
 from paperclub.dmpc.checkpoint import load
 from paperclub.dmpc.envs import make_env
 from paperclub.dmpc.models import context_tokens
-from paperclub.dmpc.planner import History
+from paperclub.dmpc.planner import History, PlannerConfig, SSRPlanner
 from paperclub.dmpc.rewards import healthy, task_reward
 
 WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)
@@ -60,29 +60,23 @@ class ProposalPolicy:
         return self.sequences(hists)[:, 0].numpy()
 
 
-def clone_history(h: History) -> History:
-    c = History.__new__(History)
-    c.states, c.actions, c.act_dim = h.states.copy(), h.actions.copy(), h.act_dim
-    return c
-
-
 def probe(env_name, env, hist, model, policy, pool, args, generator) -> dict:
     """Score N candidates at the env's current state with the model, then measure them for real."""
     n, cfg = args.candidates, model.cfg
     qpos, qvel = env.unwrapped.data.qpos.copy(), env.unwrapped.data.qvel.copy()
     states, acts = hist.tensors()
-    context = context_tokens(states[None], acts[None], model.norms).repeat(n, 1, 1)
-    proposals = model.propose(context, args.proposal_steps, generator).clamp(policy.low, policy.high)
-    noise = torch.randn((1, cfg.horizon, cfg.obs_dim), generator=generator).expand(n, cfg.horizon, cfg.obs_dim)
-    predicted = model.predict(context, states[-1].expand(n, -1), proposals, args.dynamics_steps, generator,
-                              noise.contiguous())
-    reward = task_reward(env_name)
+    planner = SSRPlanner(model, task_reward(env_name), PlannerConfig(
+        candidates=n, proposal_steps=args.proposal_steps, dynamics_steps=args.dynamics_steps,
+        low=tuple(policy.low.tolist()), high=tuple(policy.high.tolist())))
+    planner.generator = generator  # the probe's one random stream
+    proposals, predicted = planner.candidates(states[None], acts[None])
+    reward = planner.reward
     r_hat = reward(predicted, proposals).sum(1)
     ok_hat = healthy(env_name, predicted).all(1).float()
     v_hat = model.terminal_value(predicted[:, -1])
 
     # the same candidates for real: F steps of their own actions, then the proposal alone
-    hists = [clone_history(hist) for _ in range(n)]
+    hists = [hist.copy() for _ in range(n)]
     for e in pool:
         e.reset()
         e.unwrapped.set_state(qpos, qvel)

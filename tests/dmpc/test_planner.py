@@ -86,3 +86,18 @@ def test_random_planner_stays_in_bounds_and_history_pads():
     h.push(torch.tensor([0.5]).numpy(), torch.tensor([2.0]).numpy())
     states, acts = h.tensors()
     assert states[:, 0].tolist() == [1.0, 1.0, 2.0] and acts[:, 0].tolist() == [0.0, 0.5]
+
+
+def test_candidates_are_the_proposals_and_their_predictions_environment_by_environment():
+    planner = SSRPlanner(StubModel(), stay_at_zero, PlannerConfig(candidates=len(CANDIDATES)))
+    proposals, predicted = planner.candidates(torch.tensor([0.0, -3.0]).view(2, 1, 1), torch.zeros(2, 0, 1))
+    assert proposals.shape == predicted.shape == (8, 2, 1)
+    assert predicted[4:, :, 0].tolist() == (-3.0 + CANDIDATES.cumsum(dim=1))[:, :, 0].tolist()
+
+
+def test_a_history_copy_is_independent():
+    h = History(1, torch.tensor([1.0]).numpy(), act_dim=1)
+    twin = h.copy()
+    twin.push(torch.tensor([0.5]).numpy(), torch.tensor([2.0]).numpy())
+    assert h.tensors()[0][:, 0].tolist() == [1.0, 1.0] and h.tensors()[1][:, 0].tolist() == [0.0]
+    assert twin.tensors()[0][:, 0].tolist() == [1.0, 2.0] and twin.tensors()[1][:, 0].tolist() == [0.5]

@@ -50,9 +50,10 @@ class SSRPlanner:
         return total
 
     @torch.no_grad()
-    def plan(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """states (E, H+1, S) the last H+1 observed states (s_t last), actions (E, H, A) the actions between them
-        -> (E, chunk, A) the actions to execute."""
+    def candidates(self, states: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1 and 2 for E environments: states (E, H+1, S) the last H+1 observed states (s_t last), actions
+        (E, H, A) the actions between them -> the N proposals per environment (E * N, F, A) and their predicted
+        states s_{t+1..t+F} (E * N, F, S), environment by environment."""
         n, e = self.cfg.candidates, states.shape[0]
         context = context_tokens(states, actions, self.model.norms).repeat_interleave(n, dim=0)
         current = states[:, -1].repeat_interleave(n, dim=0)
@@ -67,6 +68,13 @@ class SSRPlanner:
             noise = torch.randn((e, 1, cfg.horizon, cfg.obs_dim), generator=self.generator)
             noise = noise.expand(e, n, cfg.horizon, cfg.obs_dim).reshape(e * n, cfg.horizon, cfg.obs_dim)
         predicted = self.model.predict(context, current, proposals, self.cfg.dynamics_steps, self.generator, noise)
+        return proposals, predicted
+
+    @torch.no_grad()
+    def plan(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """states (E, H+1, S), actions (E, H, A) as in `candidates` -> (E, chunk, A) the actions to execute."""
+        n, e = self.cfg.candidates, states.shape[0]
+        proposals, predicted = self.candidates(states, actions)
         # 3. score
         scores = self.score(predicted, proposals).view(e, n)
         # 4. rank: the best candidate's first actions
@@ -93,6 +101,12 @@ class History:
         self.states = deque([first_state] * (history + 1), maxlen=history + 1)
         self.actions = deque([np.zeros(act_dim)] * history, maxlen=history)
         self.act_dim = act_dim
+
+    def copy(self) -> History:
+        """An independent copy: pushing to one leaves the other as it was."""
+        twin = History.__new__(History)
+        twin.states, twin.actions, twin.act_dim = self.states.copy(), self.actions.copy(), self.act_dim
+        return twin
 
     def push(self, action: np.ndarray, state: np.ndarray) -> None:
         if self.actions.maxlen:
