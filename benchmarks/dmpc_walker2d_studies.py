@@ -10,7 +10,9 @@ new rewards at run time, the broken ankle before and after fine-tuning the dynam
 
 `rewards`: the same model plans with the task's objective and with each named reward (jump, backward, balance), on
 the same evaluation seeds; every run's episodes are measured with every reward (the eval JSON's `rewards`), so a
-named reward's score under its own planning compares with its score under the task's planning (Welch's t-test).
+named reward's score under its own planning compares with its score under the task's planning (Welch's t-test),
+per episode and per step (a walker that falls early earns little in total however well it did), and the mean torso
+height (the eval JSON's `torso_height`) beside them.
 `ankle`: play data in the broken-ankle variant (SAC's policy with heavy action noise), then D-MPC on the broken
 walker before and after `finetune-dynamics` (the proposal and value untouched), paired over evaluation seeds.
 `distill`: the planner distilled into an MLP policy, its score and actions/s next to the planner's.
@@ -72,17 +74,40 @@ def cmd_rewards(args) -> None:
         own = runs[measured]["rewards"][measured]["per_episode"]
         task = runs["task"]["rewards"][measured]["per_episode"]
         t = stats.ttest_ind(own, task, equal_var=False)
+        # per step (each episode's sum over its length): what the reward asks for, whatever the episode's length
+        # (a walker that falls early earns little in total however well it jumped)
+        rate = {r: np.asarray(runs[r]["rewards"][measured]["per_episode"]) / np.asarray(runs[r]["episode_lengths"])
+                for r in (measured, "task")}
+        t_rate = stats.ttest_ind(rate[measured], rate["task"], equal_var=False)
         table[measured] = {"planned_for_it": runs[measured]["rewards"][measured],
                            "planned_for_task": runs["task"]["rewards"][measured],
                            "difference": sum(own) / len(own) - sum(task) / len(task),
                            "welch_t": float(t.statistic), "p_value": float(t.pvalue),
+                           "per_step": {"planned_for_it": _mean_se(rate[measured]),
+                                        "planned_for_task": _mean_se(rate["task"]),
+                                        "welch_t": float(t_rate.statistic), "p_value": float(t_rate.pvalue)},
                            "episode_length": {r: sum(runs[r]["episode_lengths"]) / len(runs[r]["episode_lengths"])
                                               for r in (measured, "task")}}
-        print(f"{measured:9s} planned for it {table[measured]['planned_for_it']['mean']:9.1f}   planned for the task "
-              f"{table[measured]['planned_for_task']['mean']:9.1f}   p = {t.pvalue:.2g}")
+        if all("torso_height" in runs[r] for r in (measured, "task")):  # evaluations made since it is recorded
+            h = {r: runs[r]["torso_height"]["per_episode"] for r in (measured, "task")}
+            t_h = stats.ttest_ind(h[measured], h["task"], equal_var=False)
+            table[measured]["torso_height"] = {"planned_for_it": runs[measured]["torso_height"],
+                                               "planned_for_task": runs["task"]["torso_height"],
+                                               "welch_t": float(t_h.statistic), "p_value": float(t_h.pvalue)}
+        print(f"{measured:9s} per episode: planned for it {table[measured]['planned_for_it']['mean']:9.1f}, for the "
+              f"task {table[measured]['planned_for_task']['mean']:9.1f}, p = {t.pvalue:.2g};  per step: "
+              f"{rate[measured].mean():.3f} vs {rate['task'].mean():.3f}, p = {t_rate.pvalue:.2g}")
+        if "torso_height" in table[measured]:
+            th = table[measured]["torso_height"]
+            print(f"{'':9s} mean torso height: {th['planned_for_it']['mean']:.3f} vs "
+                  f"{th['planned_for_task']['mean']:.3f}, p = {th['p_value']:.2g}")
     write_json(out / "summary.json", {"date": date.today().isoformat(), "episodes": args.episodes,
                                       "seeds": f"{args.seed}..{args.seed + args.episodes - 1}", "rewards": table})
     plot_rewards(table, out / "novel_rewards.png")
+
+
+def _mean_se(x: np.ndarray) -> dict:
+    return {"mean": float(x.mean()), "stderr": float(x.std(ddof=1) / np.sqrt(len(x))), "per_episode": x.tolist()}
 
 
 def plot_rewards(table: dict, path: Path) -> None:
@@ -91,13 +116,15 @@ def plot_rewards(table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(table), figsize=(3.0 * len(table), 3.2))
-    for ax, (name, row) in zip(axes, table.items(), strict=True):
-        rows = [row["planned_for_task"], row["planned_for_it"]]
-        ax.bar(["task objective", f"--reward {name}"], [r["mean"] for r in rows],
-               yerr=[r["stderr"] for r in rows], capsize=4, color=["tab:gray", "tab:blue"])
-        ax.set_title(f"{name} reward per episode (p = {row['p_value']:.1g})", fontsize=8)
-        ax.tick_params(axis="x", labelsize=7)
+    fig, axes = plt.subplots(2, len(table), figsize=(3.0 * len(table), 5.6))
+    for col, (name, row) in enumerate(table.items()):
+        for ax, per, p_value, unit in ((axes[0, col], row, row["p_value"], "per episode"),
+                                       (axes[1, col], row["per_step"], row["per_step"]["p_value"], "per step")):
+            rows = [per["planned_for_task"], per["planned_for_it"]]
+            ax.bar(["task objective", f"--reward {name}"], [r["mean"] for r in rows],
+                   yerr=[r["stderr"] for r in rows], capsize=4, color=["tab:gray", "tab:blue"])
+            ax.set_title(f"{name} reward {unit} (p = {p_value:.1g})", fontsize=8)
+            ax.tick_params(axis="x", labelsize=7)
     fig.suptitle("walker2d: one D-MPC model, planned for different rewards", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -32,6 +32,10 @@ def test_walker_named_rewards_prefer_what_they_say():
     s[:, 0, 8] = torch.tensor([1.0, -1.0])  # second one walks backwards
     a = torch.zeros(2, 1, 6)
     assert get_reward("walker2d", "jump")(s, a).argmax().item() == 1
+    # jump ranks heights below standing too (1.0 over 0.9), and pays at least the 1 of staying alive
+    low = torch.zeros(2, 1, 17)
+    low[:, 0, 0] = torch.tensor([0.9, 1.0])
+    torch.testing.assert_close(get_reward("walker2d", "jump")(low, a), torch.tensor([[2.0], [3.0]]))
     assert get_reward("walker2d", "backward")(s, a).argmax().item() == 1
     assert get_reward("walker2d", "task")(s, a).argmax().item() == 0
     s[:, 0, 1] = torch.tensor([0.0, 0.6])  # second one leans
@@ -74,7 +78,7 @@ def test_evaluation_sums_every_named_reward_on_the_real_transitions():
     for i in range(2):
         env = make_env("walker2d")
         env.reset(seed=7 + i)
-        sums, done, real = dict.fromkeys(result["rewards"], 0.0), False, 0.0
+        sums, done, real, heights = dict.fromkeys(result["rewards"], 0.0), False, 0.0, []
         while not done:
             action = np.full(6, 0.3, dtype=np.float32)  # as the planner gives it
             obs, reward, terminated, truncated, _ = env.step(action)
@@ -82,7 +86,9 @@ def test_evaluation_sums_every_named_reward_on_the_real_transitions():
             for name in sums:
                 sums[name] += float(get_reward("walker2d", name)(s, a)[0, 0])
             real += reward
+            heights.append(obs[0])
             done = terminated or truncated
+        assert result["torso_height"]["per_episode"][i] == pytest.approx(np.mean(heights), rel=1e-6)
         for name, total in sums.items():
             assert result["rewards"][name]["per_episode"][i] == pytest.approx(total, rel=1e-6)
         assert result["returns"][i] == pytest.approx(real)

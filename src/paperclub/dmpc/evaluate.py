@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from paperclub.dmpc.envs import make_env, normalized_score
 from paperclub.dmpc.planner import History
-from paperclub.dmpc.rewards import NAMED, Reward, task_reward
+from paperclub.dmpc.rewards import NAMED, X_VELOCITY, Reward, task_reward
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,10 @@ def run_episodes(env_name: str, planner, episodes: int, seed: int, history: int 
               "actions_per_s": actions_done / wall, "planning_s": planning_s, "wall_s": wall,
               "rewards": {name: {"mean": float(v.mean()), "stderr": stderr(v), "per_episode": v.tolist()}
                           for name, v in measured_sums.items() if name != "_objective"}}
+    if env_name in X_VELOCITY:  # locomotion: observation 0 is the torso's (root's) height
+        heights = np.array([np.mean([v[0][0] for v in steps]) for steps in visited])
+        result["torso_height"] = {"mean": float(heights.mean()), "stderr": stderr(heights),
+                                  "per_episode": heights.tolist()}
     if objective is not None:
         sums = measured_sums["_objective"]
         result["objective"] = {"mean": float(sums.mean()), "stderr": stderr(sums), "per_episode": sums.tolist()}
