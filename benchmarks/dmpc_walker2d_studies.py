@@ -15,7 +15,8 @@ per episode and per step (a walker that falls early earns little in total howeve
 height (the eval JSON's `torso_height`) beside them.
 `ankle`: play data in the broken-ankle variant (SAC's policy with heavy action noise), then D-MPC on the broken
 walker before and after `finetune-dynamics` (the proposal and value untouched), paired over evaluation seeds.
-`distill`: the planner distilled into an MLP policy, its score and actions/s next to the planner's.
+`distill`: the planner distilled into an MLP policy (dataset states and planner episodes labelled, then DAgger
+rounds), its score and actions/s next to the planner's.
 Every step is a `paperclub dmpc` command; evaluations whose JSON exists are not rerun.
 """
 
@@ -193,12 +194,22 @@ def cmd_distill(args) -> None:
     ckpt, student = work / "ck-dmpc-medium-x0", work / "ck-distilled-medium"
     if not (student / "config.json").exists():
         run_cli(["dmpc", "distill", "--ckpt", str(ckpt), "--out", str(student), "--states", str(args.states),
-                 "--rollouts", str(args.rollouts), "--candidates", "64", "--proposal-steps", "10",
-                 "--dynamics-steps", "5", "--steps", "20000", "--quiet"], log)
+                 "--rollouts", str(args.rollouts), "--dagger", str(args.dagger), "--candidates", "64",
+                 "--proposal-steps", "10", "--dynamics-steps", "5", "--steps", "20000", "--quiet"], log)
     write_json(log_path, log)
     result = evaluate(args, student, out / "eval_distilled.json", log, "--planner", "distilled")
     write_json(log_path, log)
     info = json.loads((student / "config.json").read_text())["distill"]
+    summary = {"date": date.today().isoformat(), "episodes": args.episodes,
+               "seeds": f"{args.seed}..{args.seed + args.episodes - 1}", "distilled": result["normalized_score"],
+               "distilled_actions_per_s": {"evaluation": result["actions_per_s"],
+                                           "batch_1": info["policy_actions_per_s"]},
+               "labels": info["labels"], "dagger": info.get("dagger", [])}
+    if args.teacher_eval:  # the teacher's own evaluation, same seeds (dmpc_locomotion.py's eval_dmpc.json)
+        teacher = json.loads(Path(args.teacher_eval).read_text())
+        summary.update(teacher=teacher["normalized_score"], teacher_actions_per_s=teacher["actions_per_s"],
+                       teacher_eval=args.teacher_eval)
+    write_json(out / "summary.json", summary)
     print(f"distilled: {result['normalized_score']['mean']:.1f} +- {result['normalized_score']['stderr']:.1f}, "
           f"{result['actions_per_s']:.0f} actions/s in the evaluation, {info['policy_actions_per_s']:.0f} at batch 1")
 
@@ -223,6 +234,8 @@ def main() -> None:
         if name == "distill":
             p.add_argument("--states", type=int, default=4000)
             p.add_argument("--rollouts", type=int, default=10)
+            p.add_argument("--dagger", type=int, default=3, help="DAgger rounds of 10 student episodes")
+            p.add_argument("--teacher-eval", help="the teacher's eval JSON on the same seeds, for the summary")
     args = ap.parse_args()
     {"rewards": cmd_rewards, "ankle": cmd_ankle, "distill": cmd_distill}[args.command](args)
 

@@ -130,5 +130,9 @@ def test_bad_inputs_to_the_baselines(ckpts, tmp_path, capsys):
                             "--data", str(ckpts["held_out"])], "is an MBOP checkpoint, not a D-MPC one")
     one_line_error(capsys, ["dmpc", "distill", "--ckpt", str(ckpts["dmpc"]), "--out", str(tmp_path / "x"),
                             "--states", "0"], "nothing to label")
+    one_line_error(capsys, ["dmpc", "distill", "--ckpt", str(ckpts["dmpc"]), "--out", str(tmp_path / "x"),
+                            "--dagger", "-1"], "--states, --rollouts and --dagger must be 0 or more")
+    one_line_error(capsys, ["dmpc", "distill", "--ckpt", str(ckpts["dmpc"]), "--out", str(tmp_path / "x"),
+                            "--dagger", "1", "--dagger-episodes", "0"], "--dagger-episodes")
     one_line_error(capsys, ["dmpc", "train-bc", "--data", str(tmp_path / "none.h5"), "--out", str(tmp_path / "x")],
                    "does not exist")

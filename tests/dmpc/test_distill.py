@@ -52,3 +52,24 @@ def test_the_distilled_policy_matches_its_teacher_and_is_fast(tmp_path):
     # the teacher saw real histories (H = 1): s_{t-1} then s_t
     states, _ = teacher.calls[0]
     assert states.shape[1:] == (2, 3)
+
+
+def test_dagger_labels_the_states_the_student_visits_with_the_teachers_action(tmp_path):
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    data = toy_dataset(episode_lengths=(300,), act_dim=1)
+    data.observations = rng.uniform(-1.5, 1.5, data.observations.shape).astype(np.float32)
+    teacher = SmoothPlanner()
+    cfg = DistillConfig(states=300, rollouts=0, dagger=2, dagger_episodes=1, seed=0,
+                        fit=bc.FitConfig(steps=300, hidden=32, layers=2))
+    summary = distill(teacher, "pendulum", 1, data, tmp_path / "d", cfg, progress=False)
+    # two rounds of one 200-step pendulum episode each, driven by the student
+    assert [r["new_labels"] for r in summary["dagger"]] == [200, 200]
+    assert summary["labels"] == 300 + 400 == summary["dagger"][-1]["labels"]
+    # the student drove: the states the teacher was asked about in the rounds are not dataset states, and the
+    # teacher's answer there is what the last fit was trained on (the policy's fit stays close to it)
+    policy, config = bc.load(tmp_path / "d", kind="distilled", env="pendulum")
+    asked = torch.cat([c[0][:, -1] for c in teacher.calls[-400:]])
+    assert asked.shape == (400, 3) and config["distill"]["dagger"][0]["round"] == 1
+    wanted = teacher.plan(asked[:, None], torch.zeros(400, 0, 1))[:, 0]
+    assert float(((policy.act(asked) - wanted) ** 2).mean().sqrt()) < 0.25 * float(wanted.std())

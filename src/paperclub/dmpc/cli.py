@@ -164,8 +164,9 @@ def cmd_distill(args) -> int:
 
     for name in ("--candidates", "--proposal-steps", "--dynamics-steps", "--label-batch"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
-    if args.states < 0 or args.rollouts < 0:
-        raise UserError("--states and --rollouts must be 0 or more")
+    if args.states < 0 or args.rollouts < 0 or args.dagger < 0:
+        raise UserError("--states, --rollouts and --dagger must be 0 or more")
+    _positive("--dagger-episodes", args.dagger_episodes)
     if args.states == 0 and args.rollouts == 0:
         raise UserError("nothing to label: give --states N (dataset states) and/or --rollouts N (planner episodes)")
     if Path(args.out).resolve() == Path(args.ckpt).resolve():
@@ -183,8 +184,8 @@ def cmd_distill(args) -> int:
     _threads(args.threads)
     space = make_env(env).action_space
     planner = _ssr_planner(model, get_reward(env, None), args, space, 1.0, 1)
-    cfg = DistillConfig(states=args.states, rollouts=args.rollouts, label_batch=args.label_batch, seed=args.seed,
-                        fit=fit)
+    cfg = DistillConfig(states=args.states, rollouts=args.rollouts, dagger=args.dagger,
+                        dagger_episodes=args.dagger_episodes, label_batch=args.label_batch, seed=args.seed, fit=fit)
     summary = distill(planner, env, model.cfg.history, data, Path(args.out), cfg, progress=not args.quiet,
                       meta={"teacher": str(args.ckpt), "data": str(data_path) if data_path else None,
                             "teacher_planner": {"candidates": args.candidates,
@@ -411,6 +412,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset whose states are labelled (default: the one the teacher trained on)")
     p.add_argument("--states", type=int, default=4000, help="dataset states labelled by the planner")
     p.add_argument("--rollouts", type=int, default=0, help="planner episodes whose visited states are labelled too")
+    p.add_argument("--dagger", type=int, default=0, help="DAgger rounds: the student drives, the planner labels "
+                   "the states it visits, the student is refitted")
+    p.add_argument("--dagger-episodes", type=int, default=10, help="student episodes per DAgger round")
     p.add_argument("--label-batch", type=int, default=64, help="states per batched planner call")
     p.add_argument("--candidates", type=int, default=64, help="the teacher's N")
     p.add_argument("--proposal-steps", type=int, help="the teacher's DDIM steps (default: the checkpoint's)")

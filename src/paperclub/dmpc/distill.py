@@ -4,8 +4,12 @@ Labels: the SSR planner's first action a*(s_t) at
   - states drawn from the offline dataset (with their real histories, as the planner would see them), and/or
   - the states the planner itself visits when it controls the env (`rollouts` episodes; its executed action is the
     label, so these cost nothing beyond the episodes).
-Then the policy of bc.py is regressed on (s_t, a*) by mean squared error, and saved as a `distilled` checkpoint
-with its fit on the labels and its actions/s.
+Then the policy of bc.py is regressed on (s_t, a*) by mean squared error. Labels at the teacher's own states leave
+the student lost once its small errors take it where the teacher never goes, so `dagger` rounds (DAgger, Ross et
+al. 2011) follow: the student fitted so far drives `dagger_episodes` episodes, the planner labels every state the
+student visits (the student's action is executed, the planner's is recorded), the labels join the set and the
+student is fitted again. The last fit is saved as a `distilled` checkpoint with its fit on the labels, each
+round's student return and its actions/s.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 class DistillConfig:
     states: int = 4_000  # dataset states labelled by the planner
     rollouts: int = 0  # planner episodes whose visited states are labelled too
+    dagger: int = 0  # rounds of student episodes labelled by the planner
+    dagger_episodes: int = 10  # student episodes per round
     label_batch: int = 64  # states planned for in one batched SSR call
     seed: int = 0
     fit: bc.FitConfig = field(default_factory=bc.FitConfig)
@@ -56,6 +62,19 @@ def label_dataset_states(planner, data: Dataset, count: int, history: int, batch
     for i in tqdm(range(0, len(rows), batch), desc="label states with D-MPC", unit="batch", disable=not progress):
         labels.append(planner.plan(states[i: i + batch], actions[i: i + batch])[:, 0])
     return states[:, -1], torch.cat(labels)
+
+
+class StudentLabelledByTeacher:
+    """DAgger's rollout: the student's action is executed, the teacher's first action at the same inputs is kept
+    as the label of s_t."""
+
+    def __init__(self, student, teacher):
+        self.student, self.teacher, self.states, self.actions = student, teacher, [], []
+
+    def plan(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        self.states.append(states[:, -1])
+        self.actions.append(self.teacher.plan(states, actions)[:, 0])
+        return self.student.plan(states, actions)
 
 
 class Recorder:
@@ -89,6 +108,23 @@ def distill(planner, env: str, history: int, data: Dataset | None, out: Path, cf
         sources.update(rollout_states=len(xs[-1]), rollout_mean_return=result["mean_return"])
     states, actions = torch.cat(xs), torch.cat(ys)
     policy, loss = bc.fit_policy(states, actions, env, cfg.fit, "fit distilled policy", progress)
+    rounds = []
+    for r in range(cfg.dagger):
+        rollout = StudentLabelledByTeacher(bc.PolicyPlanner(policy), planner)
+        # seeds apart from the planner's rollouts (seed + 10,000) and from evaluation seeds
+        result = run_episodes(env, rollout, cfg.dagger_episodes, cfg.seed + 20_000 + 1_000 * r, history=history,
+                              progress=progress)
+        states = torch.cat([states, *rollout.states])
+        actions = torch.cat([actions, *rollout.actions])
+        rounds.append({"round": r + 1, "student_mean_return": result["mean_return"],
+                       "student_normalized_score": result["normalized_score"]["mean"],
+                       "new_labels": sum(len(x) for x in rollout.states), "labels": len(states)})
+        log.info("DAgger round %d: the student scored %.1f; %d labels", r + 1,
+                 result["normalized_score"]["mean"], len(states))
+        policy, loss = bc.fit_policy(states, actions, env, cfg.fit, f"fit distilled policy (DAgger {r + 1})",
+                                     progress)
+    if rounds:
+        sources["dagger"] = rounds
     rmse = float(((policy.act(states) - actions) ** 2).mean().sqrt())
     speed = bc.actions_per_s(policy, states[:200])
     summary = {**sources, "labels": len(states), "fit_loss": loss, "label_rmse": rmse,
