@@ -69,7 +69,7 @@ def probe(env_name, env, hist, model, policy, pool, args, generator) -> dict:
         candidates=n, proposal_steps=args.proposal_steps, dynamics_steps=args.dynamics_steps,
         low=tuple(policy.low.tolist()), high=tuple(policy.high.tolist())))
     planner.generator = generator  # the probe's one random stream
-    proposals, predicted = planner.candidates(states[None], acts[None])
+    proposals, (predicted,) = planner.candidates(states[None], acts[None])
     reward = planner.reward
     r_hat = reward(predicted, proposals).sum(1)
     ok_hat = healthy(env_name, predicted).all(1).float()

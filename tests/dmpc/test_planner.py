@@ -91,8 +91,37 @@ def test_random_planner_stays_in_bounds_and_history_pads():
 def test_candidates_are_the_proposals_and_their_predictions_environment_by_environment():
     planner = SSRPlanner(StubModel(), stay_at_zero, PlannerConfig(candidates=len(CANDIDATES)))
     proposals, predicted = planner.candidates(torch.tensor([0.0, -3.0]).view(2, 1, 1), torch.zeros(2, 0, 1))
-    assert proposals.shape == predicted.shape == (8, 2, 1)
-    assert predicted[4:, :, 0].tolist() == (-3.0 + CANDIDATES.cumsum(dim=1))[:, :, 0].tolist()
+    assert proposals.shape == (8, 2, 1) and predicted.shape == (1, 8, 2, 1)
+    assert predicted[0, 4:, :, 0].tolist() == (-3.0 + CANDIDATES.cumsum(dim=1))[:, :, 0].tolist()
+
+
+class NoisyStub(StubModel):
+    """The stub's dynamics plus the sampler's starting noise, so that each predicted future shows its noise."""
+
+    def predict(self, context, state, actions, steps=None, generator=None, noise=None):
+        return state[:, None] + actions.cumsum(dim=1) + 3.0 * noise
+
+
+def test_several_futures_share_noise_across_candidates_and_j_is_their_mean():
+    m, starts = 3, torch.tensor([-3.0, 0.5]).view(2, 1, 1)
+    planner = SSRPlanner(NoisyStub(), stay_at_zero, PlannerConfig(candidates=4, dynamics_samples=m,
+                                                                  value_weight=0.0, seed=11))
+    proposals, predicted = planner.candidates(starts, torch.zeros(2, 0, 1))
+    assert predicted.shape == (m, 8, 2, 1)
+    noise = predicted - (starts.repeat_interleave(4, dim=0)[:, :, 0, None] + proposals.cumsum(dim=1))[None]
+    for e in range(2):  # common random numbers: the four candidates of one environment share each future's noise
+        rows = noise[:, 4 * e: 4 * e + 4]
+        assert torch.allclose(rows, rows[:, :1].expand_as(rows))
+    assert not torch.allclose(noise[0, :4], noise[1, :4]) and not torch.allclose(noise[0, :4], noise[0, 4:])
+    # by hand: the same draws (one (E, M, F, S) tensor from the seed), the cost summed over steps, averaged over M
+    draws = 3.0 * torch.randn((2, m, 2, 1), generator=torch.Generator().manual_seed(11))
+    start = starts[:, 0, 0]
+    future = start[:, None, None, None] + CANDIDATES.cumsum(dim=1)[None, None, :, :, 0] + draws[:, :, None, :, 0]
+    want = (-(future**2).sum(-1)).mean(1).argmax(dim=1)  # (E,)
+    replan = SSRPlanner(NoisyStub(), stay_at_zero, PlannerConfig(candidates=4, dynamics_samples=m,
+                                                                 value_weight=0.0, seed=11))
+    chosen = replan.plan(starts, torch.zeros(2, 0, 1))[:, 0, 0]
+    assert chosen.tolist() == CANDIDATES[want, 0, 0].tolist()
 
 
 def test_a_history_copy_is_independent():

@@ -152,6 +152,7 @@ def _ssr_planner(model, reward, args, space, value_weight: float | None, chunk: 
     return SSRPlanner(model, reward, PlannerConfig(
         candidates=args.candidates, chunk=chunk, proposal_steps=args.proposal_steps,
         dynamics_steps=args.dynamics_steps, value_weight=value_weight, seed=args.seed,
+        dynamics_samples=getattr(args, "dynamics_samples", 1),
         low=tuple(space.low.tolist()), high=tuple(space.high.tolist())))
 
 
@@ -213,7 +214,7 @@ def cmd_eval(args) -> int:
         raise UserError(f"unknown planner {args.planner!r}: choose one of {', '.join(PLANNERS)}")
     check_variant(args.env, args.variant)
     for name in ("--episodes", "--candidates", "--chunk", "--proposal-steps", "--dynamics-steps",
-                 "--mbop-horizon"):
+                 "--mbop-horizon", "--dynamics-samples"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
     reward = get_reward(args.env, args.reward)
     if args.json:
@@ -253,7 +254,8 @@ def cmd_eval(args) -> int:
         planner_config = {"candidates": args.candidates, "chunk": args.chunk,
                           "proposal_steps": args.proposal_steps or model.cfg.proposal_steps,
                           "dynamics_steps": args.dynamics_steps or model.cfg.dynamics_steps,
-                          "value_weight": value_weight, "proposal": args.proposal, "dynamics": args.dynamics}
+                          "value_weight": value_weight, "proposal": args.proposal, "dynamics": args.dynamics,
+                          "dynamics_samples": args.dynamics_samples}
         if ablated:
             planner_config.update({"mbop": args.mbop, "sigma": args.sigma})
     elif args.planner == "mbop":
@@ -451,6 +453,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=1, help="actions executed per plan")
     p.add_argument("--proposal-steps", type=int, help="DDIM steps of the proposal (default: the checkpoint's, 32)")
     p.add_argument("--dynamics-steps", type=int, help="DDIM steps of the dynamics (default: the checkpoint's, 10)")
+    p.add_argument("--dynamics-samples", type=int, default=1, help="D-MPC: predicted futures per candidate, J "
+                   "averaged over them (default 1)")
     p.add_argument("--value-weight", type=float, help="weight of the terminal value (default 1 for the task "
                    "reward, 0 for others)")
     p.add_argument("--mbop-horizon", type=int, help="MBOP's planning horizon H (default: the checkpoint's)")

@@ -5,8 +5,10 @@ For each of E environments at once:
   2. predict each sequence's states s_{t+1:t+F} with the multi-step dynamics model, all N from the same starting
      noise (common random numbers: the candidates then differ by their actions, not by the sampler's noise, which
      on an imperfect model raised the correlation of predicted with true returns on Pendulum from 0.5 to 0.85);
+     with `dynamics_samples` M > 1, M such predictions per candidate, each from its own shared noise;
   3. score J = sum_k reward(s_{t+k+1}, a_{t+k}) + value_weight * V(s_{t+F}) (V only if the predicted robot is
-     still healthy at t+F);
+     still healthy at t+F), averaged over the M predictions (the expected J under the model's predictive
+     distribution: a candidate that falls in some of its futures scores lower than one that falls in none);
   4. return the first `chunk` actions of the best-scoring sequence; the caller executes them and replans.
 All E * N candidates go through the models as one batch.
 """
@@ -31,6 +33,7 @@ class PlannerConfig:
     dynamics_steps: int | None = None
     value_weight: float = 1.0  # 0 for rewards the value was not trained on
     shared_noise: bool = True  # one dynamics starting noise per environment, shared by its N candidates
+    dynamics_samples: int = 1  # M predicted futures per candidate; J is their mean
     seed: int = 0
     low: tuple[float, ...] | None = None  # the action bounds proposals are clipped to
     high: tuple[float, ...] | None = None
@@ -52,31 +55,33 @@ class SSRPlanner:
     @torch.no_grad()
     def candidates(self, states: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 1 and 2 for E environments: states (E, H+1, S) the last H+1 observed states (s_t last), actions
-        (E, H, A) the actions between them -> the N proposals per environment (E * N, F, A) and their predicted
-        states s_{t+1..t+F} (E * N, F, S), environment by environment."""
-        n, e = self.cfg.candidates, states.shape[0]
+        (E, H, A) the actions between them -> the N proposals per environment (E * N, F, A) and their M predicted
+        futures s_{t+1..t+F} (M, E * N, F, S), environment by environment."""
+        n, e, m = self.cfg.candidates, states.shape[0], self.cfg.dynamics_samples
         context = context_tokens(states, actions, self.model.norms).repeat_interleave(n, dim=0)
         current = states[:, -1].repeat_interleave(n, dim=0)
         # 1. sample
         proposals = self.model.propose(context, self.cfg.proposal_steps, self.generator)
         if self.cfg.low is not None:
             proposals = proposals.clamp(torch.tensor(self.cfg.low), torch.tensor(self.cfg.high))
-        # 2. predict
+        # 2. predict, M futures per candidate in one batch (future-major)
         noise = None
         if self.cfg.shared_noise:
-            cfg = self.model.cfg
-            noise = torch.randn((e, 1, cfg.horizon, cfg.obs_dim), generator=self.generator)
-            noise = noise.expand(e, n, cfg.horizon, cfg.obs_dim).reshape(e * n, cfg.horizon, cfg.obs_dim)
-        predicted = self.model.predict(context, current, proposals, self.cfg.dynamics_steps, self.generator, noise)
-        return proposals, predicted
+            f, s = self.model.cfg.horizon, self.model.cfg.obs_dim
+            noise = torch.randn((e, m, f, s), generator=self.generator).transpose(0, 1)  # (M, E, F, S)
+            noise = noise[:, :, None].expand(m, e, n, f, s).reshape(m * e * n, f, s)
+        rep = (lambda x: x.repeat(m, *([1] * (x.dim() - 1)))) if m > 1 else (lambda x: x)
+        predicted = self.model.predict(rep(context), rep(current), rep(proposals), self.cfg.dynamics_steps,
+                                       self.generator, noise)
+        return proposals, predicted.view(m, e * n, *predicted.shape[1:])
 
     @torch.no_grad()
     def plan(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """states (E, H+1, S), actions (E, H, A) as in `candidates` -> (E, chunk, A) the actions to execute."""
         n, e = self.cfg.candidates, states.shape[0]
         proposals, predicted = self.candidates(states, actions)
-        # 3. score
-        scores = self.score(predicted, proposals).view(e, n)
+        # 3. score, averaged over the predicted futures
+        scores = torch.stack([self.score(future, proposals) for future in predicted]).mean(0).view(e, n)
         # 4. rank: the best candidate's first actions
         best = scores.argmax(dim=1)
         return proposals.view(e, n, *proposals.shape[1:])[torch.arange(e), best, : self.cfg.chunk]
