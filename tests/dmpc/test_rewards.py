@@ -32,10 +32,13 @@ def test_walker_named_rewards_prefer_what_they_say():
     s[:, 0, 8] = torch.tensor([1.0, -1.0])  # second one walks backwards
     a = torch.zeros(2, 1, 6)
     assert get_reward("walker2d", "jump")(s, a).argmax().item() == 1
-    # jump ranks heights below standing too (1.0 over 0.9), and pays at least the 1 of staying alive
-    low = torch.zeros(2, 1, 17)
-    low[:, 0, 0] = torch.tensor([0.9, 1.0])
-    torch.testing.assert_close(get_reward("walker2d", "jump")(low, a), torch.tensor([[2.0], [3.0]]))
+    # jump ranks heights below standing too (1.0 over 0.9), pays upward (not downward) torso velocity, and pays at
+    # least the 1 of staying alive
+    low = torch.zeros(3, 1, 17)
+    low[:, 0, 0] = torch.tensor([0.9, 1.0, 0.9])
+    low[:, 0, 9] = torch.tensor([-0.5, 0.0, 0.2])
+    torch.testing.assert_close(get_reward("walker2d", "jump")(low, torch.zeros(3, 1, 6)),
+                               torch.tensor([[2.0], [3.0], [4.0]]))
     assert get_reward("walker2d", "backward")(s, a).argmax().item() == 1
     assert get_reward("walker2d", "task")(s, a).argmax().item() == 0
     s[:, 0, 1] = torch.tensor([0.0, 0.6])  # second one leans
