@@ -32,6 +32,7 @@ from _dmpc_run import run_cli  # benchmarks/_dmpc_run.py
 from scipy import stats
 
 from paperclub.atomic import write_json
+from paperclub.dmpc.evaluate import stderr
 
 PLAN = ["--candidates", "64", "--chunk", "1", "--proposal-steps", "10", "--dynamics-steps", "5"]
 REWARDS = ("task", "jump", "backward", "balance")
@@ -108,7 +109,7 @@ def cmd_rewards(args) -> None:
 
 
 def _mean_se(x: np.ndarray) -> dict:
-    return {"mean": float(x.mean()), "stderr": float(x.std(ddof=1) / np.sqrt(len(x))), "per_episode": x.tolist()}
+    return {"mean": float(x.mean()), "stderr": stderr(x), "per_episode": x.tolist()}
 
 
 def plot_rewards(table: dict, path: Path) -> None:

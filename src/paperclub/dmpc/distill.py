@@ -64,30 +64,18 @@ def label_dataset_states(planner, data: Dataset, count: int, history: int, batch
     return states[:, -1], torch.cat(labels)
 
 
-class StudentLabelledByTeacher:
-    """DAgger's rollout: the student's action is executed, the teacher's first action at the same inputs is kept
-    as the label of s_t."""
-
-    def __init__(self, student, teacher):
-        self.student, self.teacher, self.states, self.actions = student, teacher, [], []
-
-    def plan(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        self.states.append(states[:, -1])
-        self.actions.append(self.teacher.plan(states, actions)[:, 0])
-        return self.student.plan(states, actions)
-
-
 class Recorder:
-    """Wraps a planner and keeps (s_t, first planned action) of every call."""
+    """Wraps a planner and keeps (s_t, the planner's first action) of every call. The env executes the planner's
+    plan, or with a `driver` (DAgger: the student), the driver's, while the planner's action is still the label."""
 
-    def __init__(self, planner):
-        self.planner, self.states, self.actions = planner, [], []
+    def __init__(self, planner, driver=None):
+        self.planner, self.driver, self.states, self.actions = planner, driver, [], []
 
     def plan(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         out = self.planner.plan(states, actions)
         self.states.append(states[:, -1])
         self.actions.append(out[:, 0])
-        return out
+        return out if self.driver is None else self.driver.plan(states, actions)
 
 
 def distill(planner, env: str, history: int, data: Dataset | None, out: Path, cfg: DistillConfig,
@@ -110,7 +98,7 @@ def distill(planner, env: str, history: int, data: Dataset | None, out: Path, cf
     policy, loss = bc.fit_policy(states, actions, env, cfg.fit, "fit distilled policy", progress)
     rounds = []
     for r in range(cfg.dagger):
-        rollout = StudentLabelledByTeacher(bc.PolicyPlanner(policy), planner)
+        rollout = Recorder(planner, driver=bc.PolicyPlanner(policy))
         # seeds apart from the planner's rollouts (seed + 10,000) and from evaluation seeds
         result = run_episodes(env, rollout, cfg.dagger_episodes, cfg.seed + 20_000 + 1_000 * r, history=history,
                               progress=progress)
