@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
 from paperclub.dmpc import bc
 from paperclub.dmpc.distill import DistillConfig, dataset_histories, distill
+from paperclub.errors import UserError
 
 from .helpers import toy_dataset
 
@@ -73,3 +75,73 @@ def test_dagger_labels_the_states_the_student_visits_with_the_teachers_action(tm
     assert asked.shape == (400, 3) and config["distill"]["dagger"][0]["round"] == 1
     wanted = teacher.plan(asked[:, None], torch.zeros(400, 0, 1))[:, 0]
     assert float(((policy.act(asked) - wanted) ** 2).mean().sqrt()) < 0.25 * float(wanted.std())
+
+
+class NoisyPlanner(SmoothPlanner):
+    """The smooth teacher plus noise from its own generator, as the SSR planner draws: a resumed distillation is
+    exact only if each part's draws do not depend on the parts labelled before it in the same process."""
+
+    def __init__(self):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(123)
+
+    def plan(self, states, actions):
+        clean = super().plan(states, actions)
+        return clean + 0.1 * torch.randn(clean.shape, generator=self.generator)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "policy.safetensors")
+
+
+def test_a_killed_distillation_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    import paperclub.dmpc.distill as distill_mod
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(2)
+    data = toy_dataset(episode_lengths=(300,), act_dim=1)
+    data.observations = rng.uniform(-1.5, 1.5, data.observations.shape).astype(np.float32)
+    cfg = DistillConfig(states=300, rollouts=1, dagger=2, dagger_episodes=1, label_batch=32, part_batches=2,
+                        seed=0, fit=bc.FitConfig(steps=200, hidden=32, layers=2))
+    whole = distill(NoisyPlanner(), "pendulum", 1, data, tmp_path / "whole", cfg, progress=False)
+
+    # the same run, killed during its second DAgger round
+    real, calls = distill_mod.run_episodes, []
+
+    def dies_in_round_two(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 3:  # the rollouts, DAgger round 1, then round 2
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill_mod, "run_episodes", dies_in_round_two)
+    try:
+        distill(NoisyPlanner(), "pendulum", 1, data, tmp_path / "killed", cfg, progress=False)
+    except KeyboardInterrupt:
+        pass
+    labels = distill_mod.labels_dir(tmp_path / "killed")
+    assert sorted(p.name for p in labels.glob("*.json")) == [
+        "dagger-001.json", "dataset-0000.json", "dataset-0001.json", "dataset-0002.json", "dataset-0003.json",
+        "dataset-0004.json", "plan.json", "rollouts.json"]  # 300 states in parts of 64
+    assert not (tmp_path / "killed").exists()
+
+    # resumed in a new process (a fresh planner: its generator starts over), only round 2 is run again
+    monkeypatch.setattr(distill_mod, "run_episodes", real)
+    teacher = NoisyPlanner()
+    resumed = distill(teacher, "pendulum", 1, data, tmp_path / "killed", cfg, progress=False)
+    assert len(teacher.calls) == 200  # one 200-step episode of round 2, nothing before it
+    for key in ("labels", "dataset_states", "rollout_states", "dagger", "label_rmse", "fit_loss"):
+        assert resumed[key] == whole[key], key
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # finished: running again does nothing; other options are refused with a line that names them
+    again = NoisyPlanner()
+    assert distill(again, "pendulum", 1, data, tmp_path / "killed", cfg, progress=False) == resumed
+    assert again.calls == []
+    other = DistillConfig(**{**cfg.__dict__, "states": 200})
+    (tmp_path / "killed" / "config.json").unlink()
+    with pytest.raises(UserError, match=r"other options \(train.states 300 -> 200\)"):
+        distill(NoisyPlanner(), "pendulum", 1, data, tmp_path / "killed", other, progress=False)
