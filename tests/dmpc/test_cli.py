@@ -52,6 +52,21 @@ def test_collect_train_eval_through_the_cli(tmp_path, capsys):
     assert result["actions_per_s"] > 0 and result["episode_lengths"] == [200, 200]
     assert result["planner_config"]["chunk"] == 4
 
+    # a value ensemble for the checkpoint, then planning with its pessimistic value
+    plan = ["dmpc", "eval", "--env", "pendulum", "--episodes", "1", "--candidates", "4", "--chunk", "4",
+            "--proposal-steps", "2", "--dynamics-steps", "2", "--quiet"]
+    one_line_error(capsys, plan + ["--ckpt", str(ck), "--value-pessimism", "1"], "needs a value ensemble")
+    one_line_error(capsys, plan + ["--ckpt", str(ck), "--value-pessimism", "-1"], "--value-pessimism -1.0: expected")
+    one_line_error(capsys, ["dmpc", "train-value", "--ckpt", str(ck), "--out", str(ck)], "--out must differ")
+    one_line_error(capsys, ["dmpc", "train-value", "--ckpt", str(ck), "--out", str(tmp_path / "v"), "--members",
+                            "0"], "--members 0: expected a positive number")
+    assert main(["dmpc", "train-value", "--ckpt", str(ck), "--out", str(tmp_path / "v"), "--members", "3",
+                 "--steps", "4", "--batch-size", "8", "--quiet"]) == 0  # the dataset: the one ck recorded
+    assert "a value of 3 member(s) trained 4 steps on " + str(data) in capsys.readouterr().out
+    assert main(plan + ["--ckpt", str(tmp_path / "v"), "--value-pessimism", "1", "--json", str(out)]) == 0
+    config = json.loads(out.read_text())["planner_config"]
+    assert config["value_pessimism"] == 1.0 and config["value_members"] == 3
+
 
 def test_finetune_dynamics_cli_refuses_another_env(tmp_path, capsys):
     from paperclub.dmpc.dataset import save_dataset

@@ -26,8 +26,9 @@ class StubModel:
     def predict(self, context, state, actions, steps=None, generator=None, noise=None):
         return state[:, None] + actions.cumsum(dim=1)
 
-    def terminal_value(self, states):
-        return 100.0 * states[:, 0]
+    def terminal_value(self, states, pessimism=0.0):
+        # as if value members agreed at s = 0 and spread by 300 |s| away from it (std 300 |s|)
+        return 100.0 * states[:, 0] - pessimism * 300.0 * states[:, 0].abs()
 
 
 def stay_at_zero(states, actions):
@@ -53,6 +54,11 @@ def test_the_terminal_value_enters_the_score_and_chunks_are_returned_whole():
     assert chosen.tolist() == [[[1.0], [1.0]]]
 
 
+def test_a_pessimistic_value_turns_the_pick_away_from_where_the_value_members_disagree():
+    assert plan([0.0], value_weight=1.0)[0, 0, 0] == 1.0  # the mean value pulls toward s = 2
+    assert plan([0.0], value_weight=1.0, value_pessimism=1.0)[0, 0, 0] == 0.0  # 100 s - 300 |s|: stay at 0
+
+
 def test_the_terminal_value_counts_only_while_the_predicted_robot_is_healthy():
     class Walker(StubModel):  # walker2d states: height first; dynamics leave the height and velocity unchanged
         def __init__(self):
@@ -62,7 +68,7 @@ def test_the_terminal_value_counts_only_while_the_predicted_robot_is_healthy():
         def predict(self, context, state, actions, steps=None, generator=None, noise=None):
             return state[:, None].expand(-1, 2, -1)
 
-        def terminal_value(self, states):
+        def terminal_value(self, states, pessimism=0.0):
             return torch.full((len(states),), 10.0)
 
     planner = SSRPlanner(Walker(), lambda s, a: torch.zeros(s.shape[:2]), PlannerConfig(candidates=2))

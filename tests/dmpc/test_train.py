@@ -92,3 +92,35 @@ def test_training_one_part_from_scratch_writes_a_loadable_checkpoint(tmp_path):
     train(toy_dataset(), tmp_path / "dyn", tiny(5), parts=("dynamics",), progress=False)
     model, config = checkpoint.load(tmp_path / "dyn")
     assert config["parts_trained"] == ["dynamics"]
+
+
+def test_a_value_ensemble_trained_for_a_checkpoint_keeps_its_proposal_and_dynamics(tmp_path):
+    data = toy_dataset(episode_lengths=(30, 40))
+    train(data, tmp_path / "base", tiny(5), progress=False)
+    cfg = tiny(40, value_members=3)
+    train(data, tmp_path / "ens", cfg, parts=("value",), init=tmp_path / "base", progress=False)
+    base, ens = weights(tmp_path / "base"), weights(tmp_path / "ens")
+    assert ens["proposal"] == base["proposal"] and ens["dynamics"] == base["dynamics"]
+    model, config = checkpoint.load(tmp_path / "ens")
+    assert config["model"]["value_members"] == 3 and model.value.members == 3
+    # the members start apart and stay apart; each is fitted to the returns (the loss falls from the start's)
+    s = torch.randn(7, data.observations.shape[1])
+    with torch.no_grad():
+        members = model.value(model.norms.obs.normalize(s))
+    assert members.shape == (3, 7) and float(members.std(0).mean()) > 1e-3
+    assert config["losses"]["value"] < 1.0  # returns are normalized: predicting their mean gives ~1
+    # the pessimistic value, by hand from the members in return units
+    v = model.norms.ret.unnormalize(members[..., None])[..., 0]
+    torch.testing.assert_close(model.terminal_value(s), v.mean(0))
+    torch.testing.assert_close(model.terminal_value(s, pessimism=2.0), v.mean(0) - 2.0 * v.std(0, unbiased=False))
+    # resumable like any training run; a one-member checkpoint (every older one) is unchanged by pessimism
+    train(data, tmp_path / "ens", tiny(60, value_members=3), parts=("value",), init=tmp_path / "base",
+          progress=False)
+    assert json.loads((tmp_path / "ens" / "config.json").read_text())["step"] == 60
+    one, one_config = checkpoint.load(tmp_path / "base")
+    assert one_config["model"]["value_members"] == 1
+    torch.testing.assert_close(one.terminal_value(s, pessimism=2.0), one.terminal_value(s))
+    old_config = json.loads((tmp_path / "base" / "config.json").read_text())
+    del old_config["model"]["value_members"]  # written before ensembles
+    (tmp_path / "base" / "config.json").write_text(json.dumps(old_config))
+    torch.testing.assert_close(checkpoint.load(tmp_path / "base")[0].terminal_value(s), one.terminal_value(s))

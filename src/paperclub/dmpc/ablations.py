@@ -69,5 +69,5 @@ class Hybrid:
         return self.mbop.rollout(state, actions)
 
     @torch.no_grad()
-    def terminal_value(self, states: torch.Tensor) -> torch.Tensor:
-        return self.dmpc.terminal_value(states)
+    def terminal_value(self, states: torch.Tensor, pessimism: float = 0.0) -> torch.Tensor:
+        return self.dmpc.terminal_value(states, pessimism)

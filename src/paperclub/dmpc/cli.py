@@ -71,8 +71,10 @@ def _train_config(args):
                          heads=args.heads or base.denoiser.heads)
     if den.d_model % den.heads:
         raise UserError(f"--d-model {den.d_model} is not divisible by --heads {den.heads}")
+    _positive("--value-members", getattr(args, "value_members", None))
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "save_every", "seed", "horizon",
-                                               "history", "prediction") if getattr(args, k, None) is not None}
+                                               "history", "prediction", "value_members")
+                 if getattr(args, k, None) is not None}
     return replace(base, denoiser=den, **overrides)
 
 
@@ -108,6 +110,29 @@ def cmd_finetune(args) -> int:
     last = train(data, Path(args.out), cfg, parts=("dynamics",), init=Path(args.ckpt), progress=not args.quiet,
                  meta={"data": str(args.data)})
     print(f"{args.out}: dynamics fine-tuned {cfg.steps} steps on {args.data}; last loss {last.get('dynamics', 0):.4f}")
+    return 0
+
+
+def cmd_train_value(args) -> int:
+    from paperclub.dmpc import checkpoint
+    from paperclub.dmpc.train import TrainConfig, train
+
+    for name in ("--members", "--steps", "--batch-size"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if Path(args.out).resolve() == Path(args.ckpt).resolve():
+        raise UserError("--out must differ from --ckpt: training a value writes a new checkpoint")
+    config = checkpoint.read_config(Path(args.ckpt))
+    data_path = args.data or config.get("data")
+    if not data_path:
+        raise UserError(f"--data is needed: the checkpoint {args.ckpt} does not record its dataset")
+    args.data = data_path
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
+    cfg = replace(TrainConfig(), value_members=args.members, **overrides)
+    data = _training_data(args, env=config["model"]["env"])
+    last = train(data, Path(args.out), cfg, parts=("value",), init=Path(args.ckpt), progress=not args.quiet,
+                 meta={"data": str(data_path)})
+    print(f"{args.out}: a value of {args.members} member(s) trained {cfg.steps} steps on {data_path}, proposal and "
+          f"dynamics from {args.ckpt}; last loss {last.get('value', 0):.4f}")
     return 0
 
 
@@ -152,7 +177,7 @@ def _ssr_planner(model, reward, args, space, value_weight: float | None, chunk: 
     return SSRPlanner(model, reward, PlannerConfig(
         candidates=args.candidates, chunk=chunk, proposal_steps=args.proposal_steps,
         dynamics_steps=args.dynamics_steps, value_weight=value_weight, seed=args.seed,
-        dynamics_samples=getattr(args, "dynamics_samples", 1),
+        dynamics_samples=getattr(args, "dynamics_samples", 1), value_pessimism=getattr(args, "value_pessimism", 0.0),
         low=tuple(space.low.tolist()), high=tuple(space.high.tolist())))
 
 
@@ -216,6 +241,10 @@ def cmd_eval(args) -> int:
     for name in ("--episodes", "--candidates", "--chunk", "--proposal-steps", "--dynamics-steps",
                  "--mbop-horizon", "--dynamics-samples"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.value_pessimism < 0:
+        raise UserError(f"--value-pessimism {args.value_pessimism}: expected 0 or more (a penalty on the spread)")
+    if args.value_pessimism and args.planner != "dmpc":
+        raise UserError("--value-pessimism weighs D-MPC's value ensemble: it goes with --planner dmpc")
     reward = get_reward(args.env, args.reward)
     if args.json:
         check_writable(args.json, "--json")
@@ -250,12 +279,17 @@ def cmd_eval(args) -> int:
 
             parts = mbop.load(args.mbop, env=args.env)[0] if args.mbop else None
             model = Hybrid(model, parts, args.proposal, args.dynamics, sigma=args.sigma)
+        members = model.cfg.value_members
+        if args.value_pessimism and members == 1:
+            raise UserError(f"--value-pessimism needs a value ensemble, and {args.ckpt} has one value: train one "
+                            "with `paperclub dmpc train-value --ckpt CK --out DIR --members 5`")
         planner = _ssr_planner(model, reward, args, space, value_weight, args.chunk)
         planner_config = {"candidates": args.candidates, "chunk": args.chunk,
                           "proposal_steps": args.proposal_steps or model.cfg.proposal_steps,
                           "dynamics_steps": args.dynamics_steps or model.cfg.dynamics_steps,
                           "value_weight": value_weight, "proposal": args.proposal, "dynamics": args.dynamics,
-                          "dynamics_samples": args.dynamics_samples}
+                          "dynamics_samples": args.dynamics_samples, "value_pessimism": args.value_pessimism,
+                          "value_members": members}
         if ablated:
             planner_config.update({"mbop": args.mbop, "sigma": args.sigma})
     elif args.planner == "mbop":
@@ -378,7 +412,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="a dataset from `paperclub dmpc collect`")
     p.add_argument("--out", required=True, help="the checkpoint directory (rerunning resumes it)")
     _add_train_options(p, "training steps (default 20000)")
+    p.add_argument("--value-members", type=int, help="K value MLPs from different initial weights (default 1; "
+                   "K > 1 lets `eval --value-pessimism` score mean - beta * std)")
     p.set_defaults(func=cmd_train)
+
+    p = gsub.add_parser("train-value", help="train a new value (e.g. an ensemble) for a checkpoint; its proposal "
+                        "and dynamics are copied unchanged")
+    p.add_argument("--ckpt", required=True, help="the D-MPC checkpoint whose proposal and dynamics are kept")
+    p.add_argument("--data", help="the dataset (default: the one the checkpoint trained on)")
+    p.add_argument("--out", required=True, help="the new checkpoint directory (rerunning resumes it)")
+    p.add_argument("--members", type=int, default=5, help="K value MLPs from different initial weights (default 5)")
+    p.add_argument("--steps", type=int, help="training steps (default 20000)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train_value)
 
     p = gsub.add_parser("finetune-dynamics", help="fine-tune only the dynamics model on new data (e.g. play data)")
     p.add_argument("--ckpt", required=True, help="the checkpoint to start from")
@@ -457,6 +507,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "averaged over them (default 1)")
     p.add_argument("--value-weight", type=float, help="weight of the terminal value (default 1 for the task "
                    "reward, 0 for others)")
+    p.add_argument("--value-pessimism", type=float, default=0.0, help="D-MPC: score the terminal value as mean - "
+                   "beta * std over the checkpoint's value members (`train-value --members K`; default 0)")
     p.add_argument("--mbop-horizon", type=int, help="MBOP's planning horizon H (default: the checkpoint's)")
     p.add_argument("--sigma", type=float, default=0.2, help="MBOP: noise around the prior, in action stds")
     p.add_argument("--beta", type=float, default=0.5, help="MBOP: weight of the previous plan")

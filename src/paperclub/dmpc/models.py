@@ -5,7 +5,10 @@
   (multi-step: no prediction feeds the next). It models the offsets s_{t+k} - s_t, normalized per step k and
   dimension (the first step's offsets are much smaller than the last's); each step's action
   conditions that step's token.
-- `Value`: V(s), an MLP regressed on discounted Monte-Carlo returns, used as the terminal value at s_{t+F}.
+- `Value`: V(s), an MLP regressed on discounted Monte-Carlo returns, used as the terminal value at s_{t+F}; or K
+  such MLPs from different initial weights (`value_members`), whose spread says where the value is a guess: the
+  planner can then score mean - beta * std over the K (pessimism, as offline model-based RL does with ensembles),
+  so a candidate is not picked for a value the data never supported.
 
 Context: tokens for (s_{t-H}, a_{t-H}), ..., (s_{t-1}, a_{t-1}), (s_t, 0), all normalized; before an episode's
 first step the history repeats the first state with zero actions.
@@ -32,6 +35,7 @@ class ModelConfig:
     history: int = 1  # H: past (state, action) pairs in the context besides s_t
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     value_hidden: int = 256
+    value_members: int = 1  # K value MLPs (K > 1: an ensemble, for a pessimistic terminal value)
     discount: float = 0.99
     proposal_steps: int = 32  # DDIM steps at planning time (the paper's 32 and 10)
     dynamics_steps: int = 10
@@ -104,12 +108,21 @@ class Dynamics(nn.Module):
 class Value(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        h = cfg.value_hidden
-        self.net = nn.Sequential(nn.Linear(cfg.obs_dim, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 1))
+        h, self.members = cfg.value_hidden, cfg.value_members
+        if self.members == 1:  # the layout of every checkpoint written before ensembles
+            self.net = nn.Sequential(nn.Linear(cfg.obs_dim, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
+                                     nn.Linear(h, 1))
+        else:
+            from paperclub.dmpc.mlp import EnsembleMLP  # mlp.py imports windows.py, which imports this module
+
+            self.net = EnsembleMLP(self.members, cfg.obs_dim, 1, h, 2)
 
     def forward(self, states_n: torch.Tensor) -> torch.Tensor:
-        """(..., S) normalized states -> (...) normalized returns."""
-        return self.net(states_n).squeeze(-1)
+        """(..., S) normalized states -> (K, ...) normalized returns, one row per member."""
+        if self.members == 1:
+            return self.net(states_n).squeeze(-1)[None]
+        flat = states_n.reshape(1, -1, states_n.shape[-1]).expand(self.members, -1, -1)
+        return self.net(flat).view(self.members, *states_n.shape[:-1])
 
 
 class TrajectoryModel(nn.Module):
@@ -133,6 +146,10 @@ class TrajectoryModel(nn.Module):
         return state[:, None] + self.norms.delta.unnormalize(deltas.flatten(1)).view(deltas.shape)
 
     @torch.no_grad()
-    def terminal_value(self, states: torch.Tensor) -> torch.Tensor:
-        """V(s) (B,) in return units."""
-        return self.norms.ret.unnormalize(self.value(self.norms.obs.normalize(states))[..., None])[..., 0]
+    def terminal_value(self, states: torch.Tensor, pessimism: float = 0.0) -> torch.Tensor:
+        """V(s) (B,) in return units: the mean over the value members minus `pessimism` times their standard
+        deviation (one member: its value)."""
+        members = self.norms.ret.unnormalize(self.value(self.norms.obs.normalize(states))[..., None])[..., 0]
+        if pessimism and members.shape[0] > 1:
+            return members.mean(0) - pessimism * members.std(0, unbiased=False)
+        return members.mean(0)

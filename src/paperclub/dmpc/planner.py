@@ -7,7 +7,8 @@ For each of E environments at once:
      on an imperfect model raised the correlation of predicted with true returns on Pendulum from 0.5 to 0.85);
      with `dynamics_samples` M > 1, M such predictions per candidate, each from its own shared noise;
   3. score J = sum_k reward(s_{t+k+1}, a_{t+k}) + value_weight * V(s_{t+F}) (V only if the predicted robot is
-     still healthy at t+F), averaged over the M predictions (the expected J under the model's predictive
+     still healthy at t+F; with a value ensemble and `value_pessimism` beta, V = mean - beta * std over its
+     members), averaged over the M predictions (the expected J under the model's predictive
      distribution: a candidate that falls in some of its futures scores lower than one that falls in none);
   4. return the first `chunk` actions of the best-scoring sequence; the caller executes them and replans.
 All E * N candidates go through the models as one batch.
@@ -32,6 +33,7 @@ class PlannerConfig:
     proposal_steps: int | None = None  # DDIM steps; None: the checkpoint's
     dynamics_steps: int | None = None
     value_weight: float = 1.0  # 0 for rewards the value was not trained on
+    value_pessimism: float = 0.0  # beta: V = mean - beta * std over the checkpoint's value members
     shared_noise: bool = True  # one dynamics starting noise per environment, shared by its N candidates
     dynamics_samples: int = 1  # M predicted futures per candidate; J is their mean
     seed: int = 0
@@ -49,7 +51,8 @@ class SSRPlanner:
         total = self.reward(states, actions).sum(dim=1)
         if self.cfg.value_weight:
             still_alive = healthy(self.model.cfg.env, states).all(dim=1).float()
-            total = total + self.cfg.value_weight * still_alive * self.model.terminal_value(states[:, -1])
+            total = total + self.cfg.value_weight * still_alive * self.model.terminal_value(
+                states[:, -1], self.cfg.value_pessimism)
         return total
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ and the state to resume from; running again continues from the last save, and a 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from paperclub.atomic import atomic_path
 from paperclub.dmpc import checkpoint
 from paperclub.dmpc.dataset import Dataset
 from paperclub.dmpc.denoiser import DenoiserConfig
-from paperclub.dmpc.models import ModelConfig, TrajectoryModel
+from paperclub.dmpc.models import ModelConfig, TrajectoryModel, Value
 from paperclub.dmpc.windows import Windows
 from paperclub.errors import UserError
 
@@ -37,6 +37,7 @@ class TrainConfig:
     history: int = 1
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     prediction: str = "epsilon"  # the denoisers' target (diffusion.PREDICTIONS)
+    value_members: int = 1  # K value MLPs (an ensemble for a pessimistic terminal value)
 
 
 def losses(model: TrajectoryModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -56,6 +57,11 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
         model, init_config = checkpoint.load(init, env=data.env)
         cfg.horizon, cfg.history, cfg.prediction = model.cfg.horizon, model.cfg.history, model.cfg.prediction
         norms = model.norms
+        if "value" in parts and cfg.value_members != model.cfg.value_members:  # a new value, from fresh weights
+            model.cfg = replace(model.cfg, value_members=cfg.value_members)
+            model.value = Value(model.cfg)
+        else:
+            cfg.value_members = model.cfg.value_members
     else:
         init_config = None
     windows = _windows(data, cfg)
@@ -63,7 +69,8 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
         norms = windows.fit_normalizers()
         model = TrajectoryModel(ModelConfig(env=data.env, obs_dim=data.observations.shape[1],
                                             act_dim=data.actions.shape[1], horizon=cfg.horizon, history=cfg.history,
-                                            denoiser=cfg.denoiser, prediction=cfg.prediction), norms)
+                                            denoiser=cfg.denoiser, prediction=cfg.prediction,
+                                            value_members=cfg.value_members), norms)
     if state is not None:
         _check_same_model(out, model.cfg)
         model.load_state_dict(state["model"])
