@@ -199,14 +199,15 @@ class SSDDecoder:
             args=(self._store.port, str(draft_dir), None if target_dir is None else str(target_dir), cfg,
                   self.runner.max_positions),
         )
-        self.process.start()
         self.channel: Channel | None = None
         # "clean" is False from the moment a message goes out until the exchange it starts is over: an interrupt
         # (Ctrl-C) in between leaves half a message or an unread answer on the channel, and the draft is then
         # stopped by force at shutdown, since it would read a polite "stop" as the rest of that message
         self._link = {"clean": True}
-        # until the channel is up there is nobody to say "stop" to: a draft stopped in start-up is killed at once
-        self._finalizer = weakref.finalize(self, _shutdown, self.process, None, False)
+        with _sigint_deferred():  # a Ctrl-C here would leave the child half its start-up data (see below)
+            self.process.start()
+            # until the channel is up there is nobody to say "stop" to: a draft stopped in start-up is killed at once
+            self._finalizer = weakref.finalize(self, _shutdown, self.process, None, False)
         deadline = time.monotonic() + cfg.startup_timeout_s
         self._await_draft("draft_up", deadline)
         self.channel = Channel.connect(self._store, TARGET, timedelta(seconds=cfg.startup_timeout_s))
@@ -321,6 +322,32 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it. `Process.start()` forks the child and then
+    writes the child's start-up data into a pipe; a KeyboardInterrupt between the two left the child reading a
+    short pipe, and it printed "EOFError: Ran out of input" with a traceback. Masking the signal in this thread is
+    not enough (the kernel hands it to another thread, and Python raises it in the main thread all the same), so
+    the Python-level handler is swapped for one that only takes note. Outside the main thread: a plain block."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _shutdown(process, channel: Channel | None, polite: bool = True, link: dict | None = None) -> None:
