@@ -112,8 +112,8 @@ def test_bad_inputs_to_the_baselines(ckpts, tmp_path, capsys):
     one_line_error(capsys, [*ev, "--planner", "mbop", "--ckpt", str(ckpts["dmpc"])],
                    "is a D-MPC checkpoint, not an MBOP one")
     one_line_error(capsys, [*ev, "--planner", "teleport"], "unknown planner 'teleport': choose one of dmpc, mbop")
-    one_line_error(capsys, [*ev, "--planner", "distilled"], "--planner distilled needs --ckpt DIR (make one with "
-                   "`paperclub dmpc distill`)")
+    one_line_error(capsys, [*ev, "--planner", "distilled"], "--planner distilled needs --ckpt DIR: no distilled "
+                   "checkpoint ships for pendulum (make one with `paperclub dmpc distill`)")
     one_line_error(capsys, [*ev, "--planner", "mbop", "--ckpt", str(ckpts["mbop"]), "--candidates", "5"],
                    "--candidates 5 must be a multiple of the MBOP ensemble size 2")
     one_line_error(capsys, [*ev, "--planner", "dmpc", "--ckpt", str(ckpts["dmpc"]), "--dynamics", "single-step"],

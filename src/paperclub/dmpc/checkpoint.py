@@ -101,3 +101,12 @@ def load(path: str | Path, env: str | None = None) -> tuple[TrajectoryModel, dic
     model = TrajectoryModel(cfg, Normalizers.from_dict(config["normalizers"]))
     load_parts(path, {name: getattr(model, name) for name in PARTS})
     return model.eval(), config
+
+
+def shipped(env: str, kind: str) -> Path | None:
+    """The checkpoint of `kind` that ships with the package for `env` (trained on our ENV-medium data; the commands
+    that made them are in checkpoints/README.md), or None."""
+    from importlib import resources
+
+    path = Path(str(resources.files("paperclub.dmpc") / "checkpoints" / env / kind))
+    return path if (path / "config.json").is_file() else None

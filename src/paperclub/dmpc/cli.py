@@ -249,8 +249,13 @@ def cmd_eval(args) -> int:
     if args.json:
         check_writable(args.json, "--json")
     if args.planner != "random" and not args.ckpt:
-        command = checkpoint.KINDS[args.planner][1]
-        raise UserError(f"--planner {args.planner} needs --ckpt DIR (make one with `{command}`)")
+        found = checkpoint.shipped(args.env, args.planner)
+        if found is None:
+            command = checkpoint.KINDS[args.planner][1]
+            raise UserError(f"--planner {args.planner} needs --ckpt DIR: no {args.planner} checkpoint ships for "
+                            f"{args.env} (make one with `{command}`)")
+        args.ckpt = str(found)
+        log.info("using the shipped %s checkpoint for %s: %s", args.planner, args.env, found)
     if args.learned_reward and args.planner != "mbop":
         raise UserError("--learned-reward is an MBOP option: it goes with --planner mbop")
     if args.learned_reward and args.reward not in (None, "task"):
@@ -494,7 +499,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", required=True, choices=ENVS)
     p.add_argument("--variant", help="e.g. broken-ankle (walker2d)")
     p.add_argument("--ckpt", help="the planner's checkpoint: from `paperclub dmpc train` (dmpc), `train-mbop`, "
-                   "`train-bc` or `distill`")
+                   "`train-bc` or `distill` (default: the one shipped for --env, trained on its medium data)")
     p.add_argument("--planner", default="dmpc", help=f"one of {', '.join(PLANNERS)} (default dmpc)")
     p.add_argument("--reward", help="task (default), jump, backward, balance (walker2d), or module:function")
     p.add_argument("--episodes", type=int, default=10)
