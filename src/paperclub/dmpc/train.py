@@ -40,10 +40,14 @@ class TrainConfig:
     value_members: int = 1  # K value MLPs (an ensemble for a pessimistic terminal value)
 
 
-def losses(model: TrajectoryModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"proposal": model.proposal.loss(batch["context"], batch["actions"]),
-            "dynamics": model.dynamics.loss(batch["context"], batch["actions"], batch["deltas"]),
-            "value": torch.mean((model.value(batch["state"]) - batch["returns"]) ** 2)}
+def losses(model: TrajectoryModel, batch: dict[str, torch.Tensor],
+           parts: tuple[str, ...] = checkpoint.PARTS) -> dict[str, torch.Tensor]:
+    """The training loss of each of `parts` (only those are computed: training the value alone costs no denoiser
+    forward pass)."""
+    each = {"proposal": lambda: model.proposal.loss(batch["context"], batch["actions"]),
+            "dynamics": lambda: model.dynamics.loss(batch["context"], batch["actions"], batch["deltas"]),
+            "value": lambda: torch.mean((model.value(batch["state"]) - batch["returns"]) ** 2)}
+    return {p: each[p]() for p in parts}
 
 
 def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = checkpoint.PARTS,
@@ -100,7 +104,7 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
     model.train()
     while step < cfg.steps:
         batch = windows.sample(cfg.batch_size, norms, gen)
-        loss = losses(model, batch)
+        loss = losses(model, batch, parts)
         for p in parts:
             opts[p].zero_grad(set_to_none=True)
             loss[p].backward()
