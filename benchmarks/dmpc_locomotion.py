@@ -5,6 +5,9 @@ medium-replay), one task and dataset kind per call, then one summary over every 
     OMP_NUM_THREADS=1 python benchmarks/dmpc_locomotion.py run --env walker2d --kind medium \\
         --sac-work runs/dmpc/sac-walker2d-seed0 --work runs/dmpc/walker2d --out benchmarks/results/dmpc/locomotion
     python benchmarks/dmpc_locomotion.py summary --out benchmarks/results/dmpc/locomotion
+    # D-MPC with a 5-member value scored mean - 10 std (after `run`):
+    OMP_NUM_THREADS=1 python benchmarks/dmpc_locomotion.py pessimistic --env walker2d --kind medium \
+        --work runs/dmpc/walker2d --out benchmarks/results/dmpc/locomotion
 
 `run` makes the dataset from the SAC work directory (and a held-out one for the prediction error), trains D-MPC,
 MBOP and BC on it, and evaluates every planner on the same evaluation seeds. Each step is a `paperclub dmpc`
@@ -89,6 +92,28 @@ def cmd_run(args) -> None:
     write_json(out / "datasets.json", {"cpu": cpu_name(), "datasets": datasets})
 
 
+def cmd_pessimistic(args) -> None:
+    """D-MPC with a value ensemble scored pessimistically: `train-value --members M` for the task's D-MPC
+    checkpoint (proposal and dynamics unchanged), then the evaluation with `--value-pessimism B` on the same
+    seeds, into eval_dmpc_v{M}_b{B}.json beside the task's other results."""
+    work, out = Path(args.work), Path(args.out) / f"{args.env}-{args.kind}"
+    log_path = out / "commands.json"
+    log: list[dict] = json.loads(log_path.read_text()) if log_path.exists() else []
+    base = work / f"ck-dmpc-{args.kind}-x0"
+    if not (base / "config.json").exists():
+        raise SystemExit(f"{base} is missing: `run` the task first")
+    ck = work / f"ck-dmpc-{args.kind}-x0-v{args.members}"
+    run_cli(["dmpc", "train-value", "--ckpt", str(base), "--out", str(ck), "--members", str(args.members),
+             "--steps", str(args.mlp_steps), "--quiet"], log)  # resumes, or does nothing once trained
+    write_json(log_path, log)
+    path = out / f"eval_dmpc_v{args.members}_b{args.pessimism:g}.json"
+    if not path.exists():
+        run_cli(["dmpc", "eval", "--env", args.env, "--planner", "dmpc", "--ckpt", str(ck), "--episodes",
+                 str(args.episodes), "--seed", str(args.seed), "--threads", str(args.threads), "--quiet",
+                 "--value-pessimism", f"{args.pessimism:g}", "--json", str(path), *PLANNER_ARGS["dmpc"]], log)
+        write_json(log_path, log)
+
+
 def combine(rows: list[dict]) -> dict:
     """Mean of per-task means; its standard error with the tasks' errors taken as independent."""
     n = len(rows)
@@ -110,16 +135,21 @@ def cmd_summary(args) -> None:
                 "mean_return": r["mean_return"], "episodes": r["episodes"], "actions_per_s": r["actions_per_s"]}
     planners = [p for p in ("bc", "mbop", "dmpc") if any(p in t for t in per_task.values())]
     complete = [t for t, rows in per_task.items() if all(p in rows for p in planners)]
-    average = {p: combine([per_task[t][p] for t in complete]) for p in planners} if complete else {}
+    # D-MPC variants (e.g. dmpc_v5_b10, a pessimistic value) are averaged too where every task has them
+    variants = sorted({v for t in complete for v in per_task[t] if v.startswith("dmpc_")
+                       and all(v in per_task[u] for u in complete)})
+    average = {p: combine([per_task[t][p] for t in complete]) for p in planners + variants} if complete else {}
     summary = {"date": date.today().isoformat(), "tasks": per_task, "average_over": complete, "average": average}
     if "dmpc" in average and "mbop" in average:
         summary["dmpc_over_mbop"] = average["dmpc"]["mean"] / average["mbop"]["mean"]
+        for v in variants:
+            summary[f"{v}_over_mbop"] = average[v]["mean"] / average["mbop"]["mean"]
     write_json(out / "summary.json", summary)
     plot(per_task, planners, out / "scores.png")
     for p, a in average.items():
         print(f"{p:6s} {a['mean']:6.1f} +- {a['stderr']:4.1f}  (average over {a['tasks']} tasks)")
-    if "dmpc_over_mbop" in summary:
-        print(f"D-MPC / MBOP = {summary['dmpc_over_mbop']:.2f}")
+    for key in (k for k in summary if k.endswith("_over_mbop")):
+        print(f"{key.removesuffix('_over_mbop')} / MBOP = {summary[key]:.2f}")
 
 
 def plot(per_task: dict, planners: list[str], path: Path) -> None:
@@ -161,10 +191,21 @@ def main() -> None:
     p.add_argument("--mlp-steps", type=int, default=20_000)
     p.add_argument("--planners", default="bc,mbop,dmpc")
     p.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("pessimistic", help="a task's D-MPC with a value ensemble scored mean - B * std")
+    p.add_argument("--env", required=True, choices=("halfcheetah", "hopper", "walker2d"))
+    p.add_argument("--kind", required=True, choices=("medium", "medium-replay"))
+    p.add_argument("--work", required=True, help="the task's datasets and checkpoints (from `run`)")
+    p.add_argument("--out", required=True, help="results directory (one folder per task and kind)")
+    p.add_argument("--members", type=int, default=5)
+    p.add_argument("--pessimism", type=float, default=10.0, help="B (chosen on walker2d-medium-replay, seeds 200-209)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=100, help="evaluation seeds: seed .. seed + episodes - 1")
+    p.add_argument("--mlp-steps", type=int, default=20_000, help="value training steps")
+    p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("summary", help="average every task's results, write summary.json and scores.png")
     p.add_argument("--out", required=True)
     args = ap.parse_args()
-    cmd_run(args) if args.command == "run" else cmd_summary(args)
+    {"run": cmd_run, "pessimistic": cmd_pessimistic, "summary": cmd_summary}[args.command](args)
 
 
 if __name__ == "__main__":
