@@ -379,15 +379,20 @@ def _add_train_options(p: argparse.ArgumentParser, steps_help: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_fit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, help="training steps (default 5000)")
-    p.add_argument("--hidden", type=int, help="MLP width (default 256)")
-    p.add_argument("--layers", type=int, help="MLP hidden layers (default 2)")
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Batch size, learning rate, seed, threads and --quiet: what every training command takes."""
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help="training steps (default 5000)")
+    p.add_argument("--hidden", type=int, help="MLP width (default 256)")
+    p.add_argument("--layers", type=int, help="MLP hidden layers (default 2)")
+    _add_run_options(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -428,11 +433,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the new checkpoint directory (rerunning resumes it)")
     p.add_argument("--members", type=int, default=5, help="K value MLPs from different initial weights (default 5)")
     p.add_argument("--steps", type=int, help="training steps (default 20000)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(p)
     p.set_defaults(func=cmd_train_value)
 
     p = gsub.add_parser("finetune-dynamics", help="fine-tune only the dynamics model on new data (e.g. play data)")
@@ -450,11 +451,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, help="MLP width (default 256)")
     p.add_argument("--layers", type=int, help="MLP hidden layers (default 2)")
     p.add_argument("--horizon", type=int, help="planning horizon H stored as the default (default 8)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(p)
     p.set_defaults(func=cmd_train_mbop)
 
     p = gsub.add_parser("train-bc", help="train a behaviour-cloning MLP policy on a dataset's (state, action) pairs")
