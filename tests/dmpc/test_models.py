@@ -1,9 +1,10 @@
 import torch
 
+from paperclub.dmpc.dataset import discounted_returns
 from paperclub.dmpc.denoiser import Denoiser, DenoiserConfig
 from paperclub.dmpc.models import ModelConfig, TrajectoryModel
 from paperclub.dmpc.normalizer import Normalizer
-from paperclub.dmpc.windows import Windows, discounted_returns
+from paperclub.dmpc.windows import Windows
 
 from .helpers import toy_dataset
 

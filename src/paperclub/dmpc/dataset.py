@@ -121,3 +121,15 @@ def validate(data: Dataset, where: str) -> None:
     for key in ("observations", "actions", "rewards", "next_observations"):
         if not np.isfinite(getattr(data, key)).all():
             raise UserError(f"dataset {where}: {key} holds NaN or inf values; re-collect it")
+
+
+def discounted_returns(data: Dataset, discount: float) -> np.ndarray:
+    """Per row, the discounted sum of rewards from that row to the end of its episode (truncated episodes are not
+    bootstrapped)."""
+    out = np.zeros(len(data), dtype=np.float64)
+    for start, end in data.episode_bounds():
+        acc = 0.0
+        for i in range(end - 1, start - 1, -1):
+            acc = data.rewards[i] + discount * acc
+            out[i] = acc
+    return out.astype(np.float32)

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from paperclub.dmpc.dataset import Dataset
-from paperclub.dmpc.windows import discounted_returns
+from paperclub.dmpc.dataset import Dataset, discounted_returns
 
 
 def mlp(inputs: int, outputs: int, hidden: int, layers: int) -> nn.Sequential:

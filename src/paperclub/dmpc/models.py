@@ -23,6 +23,7 @@ from torch import nn
 
 from paperclub.dmpc.denoiser import Denoiser, DenoiserConfig
 from paperclub.dmpc.diffusion import Diffusion
+from paperclub.dmpc.mlp import EnsembleMLP
 from paperclub.dmpc.normalizer import Normalizer
 
 
@@ -113,8 +114,6 @@ class Value(nn.Module):
             self.net = nn.Sequential(nn.Linear(cfg.obs_dim, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
                                      nn.Linear(h, 1))
         else:
-            from paperclub.dmpc.mlp import EnsembleMLP  # mlp.py imports windows.py, which imports this module
-
             self.net = EnsembleMLP(self.members, cfg.obs_dim, 1, h, 2)
 
     def forward(self, states_n: torch.Tensor) -> torch.Tensor:

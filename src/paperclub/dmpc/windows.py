@@ -6,21 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from paperclub.dmpc.dataset import Dataset
+from paperclub.dmpc.dataset import Dataset, discounted_returns
 from paperclub.dmpc.models import Normalizers, context_tokens
 from paperclub.dmpc.normalizer import Normalizer
-
-
-def discounted_returns(data: Dataset, discount: float) -> np.ndarray:
-    """Per row, the discounted sum of rewards from that row to the end of its episode (truncated episodes are not
-    bootstrapped)."""
-    out = np.zeros(len(data), dtype=np.float64)
-    for start, end in data.episode_bounds():
-        acc = 0.0
-        for i in range(end - 1, start - 1, -1):
-            acc = data.rewards[i] + discount * acc
-            out[i] = acc
-    return out.astype(np.float32)
 
 
 class Windows:
