@@ -149,6 +149,4 @@ class TrajectoryModel(nn.Module):
         """V(s) (B,) in return units: the mean over the value members minus `pessimism` times their standard
         deviation (one member: its value)."""
         members = self.norms.ret.unnormalize(self.value(self.norms.obs.normalize(states))[..., None])[..., 0]
-        if pessimism and members.shape[0] > 1:
-            return members.mean(0) - pessimism * members.std(0, unbiased=False)
-        return members.mean(0)
+        return members.mean(0) - pessimism * members.std(0, unbiased=False)  # one member: a spread of 0
