@@ -73,7 +73,8 @@ def probe(env_name, env, hist, model, policy, pool, args, generator) -> dict:
     reward = planner.reward
     r_hat = reward(predicted, proposals).sum(1)
     ok_hat = healthy(env_name, predicted).all(1).float()
-    v_hat = model.terminal_value(predicted[:, -1])
+    context = planner.context(states[None], acts[None])
+    v_hat = model.terminal_value(context, proposals, predicted)
 
     # the same candidates for real: F steps of their own actions, then the proposal alone
     hists = [hist.copy() for _ in range(n)]
@@ -109,7 +110,7 @@ def probe(env_name, env, hist, model, policy, pool, args, generator) -> dict:
     real = torch.as_tensor(real_states, dtype=torch.float32)
     r_real = torch.as_tensor(real_r.sum(1), dtype=torch.float32)
     ok_real = torch.as_tensor(~ended_in_f, dtype=torch.float32)
-    v_real = model.terminal_value(real[:, -1])
+    v_real = model.terminal_value(context, proposals, real)
     scorers = {f"J(w={w:g})": r_hat + w * ok_hat * v_hat for w in WEIGHTS}
     scorers["value alone"] = ok_hat * v_hat
     scorers["J(w=1), real states"] = r_real + ok_real * v_real

@@ -62,10 +62,20 @@ def test_collect_train_eval_through_the_cli(tmp_path, capsys):
                             "0"], "--members 0: expected a positive number")
     assert main(["dmpc", "train-value", "--ckpt", str(ck), "--out", str(tmp_path / "v"), "--members", "3",
                  "--steps", "4", "--batch-size", "8", "--quiet"]) == 0  # the dataset: the one ck recorded
-    assert "a value of 3 member(s) trained 4 steps on " + str(data) in capsys.readouterr().out
+    assert "an mlp value of 3 member(s) trained 4 steps on " + str(data) in capsys.readouterr().out
     assert main(plan + ["--ckpt", str(tmp_path / "v"), "--value-pessimism", "1", "--json", str(out)]) == 0
     config = json.loads(out.read_text())["planner_config"]
-    assert config["value_pessimism"] == 1.0 and config["value_members"] == 3
+    assert config["value_pessimism"] == 1.0 and config["value_members"] == 3 and config["value_arch"] == "mlp"
+    # the paper's transformer value, reading the whole plan
+    assert main(["dmpc", "train-value", "--ckpt", str(ck), "--out", str(tmp_path / "vt"), "--members", "2",
+                 "--arch", "transformer", "--steps", "4", "--batch-size", "8", "--quiet"]) == 0
+    assert "a transformer value of 2 member(s)" in capsys.readouterr().out
+    assert main(plan + ["--ckpt", str(tmp_path / "vt"), "--value-pessimism", "1", "--json", str(out)]) == 0
+    config = json.loads(out.read_text())["planner_config"]
+    assert config["value_arch"] == "transformer" and config["value_members"] == 2
+    with pytest.raises(SystemExit) as e:
+        main(["dmpc", "train-value", "--ckpt", str(ck), "--out", str(tmp_path / "vx"), "--arch", "lstm"])
+    assert e.value.code == 2
 
 
 def test_finetune_dynamics_cli_refuses_another_env(tmp_path, capsys):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from paperclub.dmpc.dataset import discounted_returns
@@ -38,7 +39,7 @@ def test_denoiser_and_model_shapes():
     assert actions.shape == (6, 3, 2)
     states = model.predict(batch["context"], torch.zeros(6, 3), actions, steps=2)
     assert states.shape == (6, 3, 3)
-    assert model.terminal_value(states[:, -1]).shape == (6,)
+    assert model.terminal_value(batch["context"], actions, states).shape == (6,)
 
 
 def test_windows_stay_inside_episodes_and_pad_the_history():
@@ -64,3 +65,38 @@ def test_windows_stay_inside_episodes_and_pad_the_history():
 def test_discounted_returns_by_hand():
     data = toy_dataset(episode_lengths=(3, 2))
     assert discounted_returns(data, 0.5).tolist() == [1.75, 1.5, 1.0, 1.5, 1.0]
+
+
+def test_windows_hold_the_return_from_the_state_a_window_reaches():
+    data = toy_dataset(episode_lengths=(5, 7))
+    windows = Windows(data, horizon=3, history=1, discount=0.5)
+    norms = windows.fit_normalizers()
+    norms.obs = Normalizer(torch.zeros(3), torch.ones(3))
+    norms.ret = Normalizer(torch.zeros(1), torch.ones(1))
+    returns = discounted_returns(data, 0.5)
+    b = windows.batch(torch.tensor([0, 1, 2, 6, 9]), norms)
+    # s_{t+F} is row t + 3 while that row is in t's episode (rows 0-4 and 5-11); the last window of each has none
+    assert b["has_after"].tolist() == [True, True, False, True, False]
+    torch.testing.assert_close(b["returns_after"][[0, 1, 3]], torch.as_tensor(returns[[3, 4, 9]]).float())
+    # the plan's states s_{t+1..t+F} (next_observations = obs + 0.5)
+    assert b["future_states"][3, :, 0].tolist() == [6.5, 7.5, 8.5]
+
+
+def test_a_transformer_value_reads_the_whole_plan():
+    data = toy_dataset()
+    windows = Windows(data, horizon=3, history=1, discount=0.9)
+    cfg = ModelConfig(env="pendulum", obs_dim=3, act_dim=2, horizon=3, history=1, denoiser=SMALL, value_members=2,
+                      value_arch="transformer")
+    model = TrajectoryModel(cfg, windows.fit_normalizers()).eval()
+    batch = windows.sample(6, model.norms, torch.Generator().manual_seed(0))
+    actions = model.norms.act.unnormalize(batch["actions"])
+    states = model.norms.obs.unnormalize(batch["future_states"])
+    v = model.terminal_value(batch["context"], actions, states)
+    assert v.shape == (6,)
+    # not just the last state: another earlier step, action or context changes the value
+    for changed in (model.terminal_value(batch["context"], actions, states + torch.tensor([1.0, 0.0, 0.0])[:, None]),
+                    model.terminal_value(batch["context"], actions + 1.0, states),
+                    model.terminal_value(batch["context"] + 1.0, actions, states)):
+        assert (changed - v).abs().min() > 1e-6
+    with pytest.raises(ValueError, match="value_arch 'lstm'"):
+        TrajectoryModel(ModelConfig(env="pendulum", obs_dim=3, act_dim=2, value_arch="lstm"), model.norms)

@@ -26,9 +26,10 @@ class StubModel:
     def predict(self, context, state, actions, steps=None, generator=None, noise=None):
         return state[:, None] + actions.cumsum(dim=1)
 
-    def terminal_value(self, states, pessimism=0.0):
+    def terminal_value(self, context, actions, states, pessimism=0.0):
         # as if value members agreed at s = 0 and spread by 300 |s| away from it (std 300 |s|)
-        return 100.0 * states[:, 0] - pessimism * 300.0 * states[:, 0].abs()
+        end = states[:, -1, 0]
+        return 100.0 * end - pessimism * 300.0 * end.abs()
 
 
 def stay_at_zero(states, actions):
@@ -68,14 +69,15 @@ def test_the_terminal_value_counts_only_while_the_predicted_robot_is_healthy():
         def predict(self, context, state, actions, steps=None, generator=None, noise=None):
             return state[:, None].expand(-1, 2, -1)
 
-        def terminal_value(self, states, pessimism=0.0):
+        def terminal_value(self, context, actions, states, pessimism=0.0):
             return torch.full((len(states),), 10.0)
 
     planner = SSRPlanner(Walker(), lambda s, a: torch.zeros(s.shape[:2]), PlannerConfig(candidates=2))
     standing, fallen = torch.zeros(2, 2, 17), torch.zeros(2, 2, 17)
     standing[:, :, 0], fallen[:, :, 0] = 1.25, 0.5
-    assert planner.score(standing, torch.zeros(2, 2, 1)).tolist() == [10.0, 10.0]
-    assert planner.score(fallen, torch.zeros(2, 2, 1)).tolist() == [0.0, 0.0]
+    context = torch.zeros(2, 1, 18)
+    assert planner.score(standing, torch.zeros(2, 2, 1), context).tolist() == [10.0, 10.0]
+    assert planner.score(fallen, torch.zeros(2, 2, 1), context).tolist() == [0.0, 0.0]
 
 
 def test_proposals_are_clipped_to_the_action_bounds():

@@ -111,16 +111,45 @@ def test_a_value_ensemble_trained_for_a_checkpoint_keeps_its_proposal_and_dynami
     assert config["losses"]["value"] < 1.0  # returns are normalized: predicting their mean gives ~1
     # the pessimistic value, by hand from the members in return units
     v = model.norms.ret.unnormalize(members[..., None])[..., 0]
-    torch.testing.assert_close(model.terminal_value(s), v.mean(0))
-    torch.testing.assert_close(model.terminal_value(s, pessimism=2.0), v.mean(0) - 2.0 * v.std(0, unbiased=False))
+    plans = s[:, None].expand(7, 2, -1)  # F = 2 predicted states ending at s: an MLP value reads only the last
+    ctx, acts = torch.zeros(7, 2, 5), torch.zeros(7, 2, 2)
+    value = lambda model, **kw: model.terminal_value(ctx, acts, plans, **kw)  # noqa: E731
+    torch.testing.assert_close(value(model), v.mean(0))
+    torch.testing.assert_close(value(model, pessimism=2.0), v.mean(0) - 2.0 * v.std(0, unbiased=False))
     # resumable like any training run; a one-member checkpoint (every older one) is unchanged by pessimism
     train(data, tmp_path / "ens", tiny(60, value_members=3), parts=("value",), init=tmp_path / "base",
           progress=False)
     assert json.loads((tmp_path / "ens" / "config.json").read_text())["step"] == 60
     one, one_config = checkpoint.load(tmp_path / "base")
     assert one_config["model"]["value_members"] == 1
-    torch.testing.assert_close(one.terminal_value(s, pessimism=2.0), one.terminal_value(s))
+    torch.testing.assert_close(value(one, pessimism=2.0), value(one))
     old_config = json.loads((tmp_path / "base" / "config.json").read_text())
     del old_config["model"]["value_members"]  # written before ensembles
     (tmp_path / "base" / "config.json").write_text(json.dumps(old_config))
-    torch.testing.assert_close(checkpoint.load(tmp_path / "base")[0].terminal_value(s), one.terminal_value(s))
+    torch.testing.assert_close(value(checkpoint.load(tmp_path / "base")[0]), value(one))
+
+
+def test_a_transformer_value_is_trained_on_the_return_after_the_plan_and_keeps_the_other_parts(tmp_path):
+    data = toy_dataset(episode_lengths=(30, 40))
+    train(data, tmp_path / "base", tiny(5), progress=False)
+    cfg = tiny(400, value_members=2, value_arch="transformer", lr=1e-3)
+    cfg.save_every = 400
+    train(data, tmp_path / "tv", cfg, parts=("value",), init=tmp_path / "base", progress=False)
+    base, tv = weights(tmp_path / "base"), weights(tmp_path / "tv")
+    assert tv["proposal"] == base["proposal"] and tv["dynamics"] == base["dynamics"]
+    model, config = checkpoint.load(tmp_path / "tv")
+    assert config["model"]["value_arch"] == "transformer" and len(model.value.nets) == 2
+    # fitted to G_{t+F} on every window with a step t+F: well inside the returns' spread (error 0.06, variance 0.92)
+    from paperclub.dmpc.windows import Windows
+
+    windows = Windows(data, 2, 1, discount=0.99)
+    b = windows.batch(windows.valid, model.norms)
+    with torch.no_grad():
+        members = model.value(b["context"], b["actions"], b["future_states"])
+    err = ((members - b["returns_after"]) ** 2)[:, b["has_after"]].mean()
+    assert err < 0.2 * b["returns_after"][b["has_after"]].var()
+    # older checkpoints (no value_arch in their config) load as the MLP value
+    old = json.loads((tmp_path / "base" / "config.json").read_text())
+    del old["model"]["value_arch"]
+    (tmp_path / "base" / "config.json").write_text(json.dumps(old))
+    assert checkpoint.load(tmp_path / "base")[0].cfg.value_arch == "mlp"

@@ -69,5 +69,6 @@ class Hybrid:
         return self.mbop.rollout(state, actions)
 
     @torch.no_grad()
-    def terminal_value(self, states: torch.Tensor, pessimism: float = 0.0) -> torch.Tensor:
-        return self.dmpc.terminal_value(states, pessimism)
+    def terminal_value(self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
+                       pessimism: float = 0.0) -> torch.Tensor:
+        return self.dmpc.terminal_value(context, actions, states, pessimism)

@@ -16,6 +16,7 @@ from paperclub.errors import UserError
 log = logging.getLogger(__name__)
 
 ENVS = ("pendulum", "halfcheetah", "hopper", "walker2d")
+VALUE_ARCHS = ("mlp", "transformer")  # value.ARCHS, kept here so that parsing arguments does not import torch
 
 
 def _threads(n: int) -> None:
@@ -73,7 +74,7 @@ def _train_config(args):
         raise UserError(f"--d-model {den.d_model} is not divisible by --heads {den.heads}")
     _positive("--value-members", getattr(args, "value_members", None))
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "save_every", "seed", "horizon",
-                                               "history", "prediction", "value_members")
+                                               "history", "prediction", "value_members", "value_arch")
                  if getattr(args, k, None) is not None}
     return replace(base, denoiser=den, **overrides)
 
@@ -127,12 +128,13 @@ def cmd_train_value(args) -> int:
         raise UserError(f"--data is needed: the checkpoint {args.ckpt} does not record its dataset")
     args.data = data_path
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
-    cfg = replace(TrainConfig(), value_members=args.members, **overrides)
+    cfg = replace(TrainConfig(), value_members=args.members, value_arch=args.arch, **overrides)
     data = _training_data(args, env=config["model"]["env"])
     last = train(data, Path(args.out), cfg, parts=("value",), init=Path(args.ckpt), progress=not args.quiet,
                  meta={"data": str(data_path)})
-    print(f"{args.out}: a value of {args.members} member(s) trained {cfg.steps} steps on {data_path}, proposal and "
-          f"dynamics from {args.ckpt}; last loss {last.get('value', 0):.4f}")
+    article = "an" if args.arch == "mlp" else "a"
+    print(f"{args.out}: {article} {args.arch} value of {args.members} member(s) trained {cfg.steps} steps on "
+          f"{data_path}, proposal and dynamics from {args.ckpt}; last loss {last.get('value', 0):.4f}")
     return 0
 
 
@@ -294,7 +296,7 @@ def cmd_eval(args) -> int:
                           "dynamics_steps": args.dynamics_steps or model.cfg.dynamics_steps,
                           "value_weight": value_weight, "proposal": args.proposal, "dynamics": args.dynamics,
                           "dynamics_samples": args.dynamics_samples, "value_pessimism": args.value_pessimism,
-                          "value_members": members}
+                          "value_members": members, "value_arch": model.cfg.value_arch}
         if ablated:
             planner_config.update({"mbop": args.mbop, "sigma": args.sigma})
     elif args.planner == "mbop":
@@ -422,8 +424,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="a dataset from `paperclub dmpc collect`")
     p.add_argument("--out", required=True, help="the checkpoint directory (rerunning resumes it)")
     _add_train_options(p, "training steps (default 20000)")
-    p.add_argument("--value-members", type=int, help="K value MLPs from different initial weights (default 1; "
+    p.add_argument("--value-members", type=int, help="K value members from different initial weights (default 1; "
                    "K > 1 lets `eval --value-pessimism` score mean - beta * std)")
+    p.add_argument("--value-arch", choices=VALUE_ARCHS, help="mlp: V(s_{t+F}) (default); transformer: a "
+                   "transformer that reads the whole plan (context, actions, predicted states), the paper's")
     p.set_defaults(func=cmd_train)
 
     p = gsub.add_parser("train-value", help="train a new value (e.g. an ensemble) for a checkpoint; its proposal "
@@ -431,7 +435,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True, help="the D-MPC checkpoint whose proposal and dynamics are kept")
     p.add_argument("--data", help="the dataset (default: the one the checkpoint trained on)")
     p.add_argument("--out", required=True, help="the new checkpoint directory (rerunning resumes it)")
-    p.add_argument("--members", type=int, default=5, help="K value MLPs from different initial weights (default 5)")
+    p.add_argument("--members", type=int, default=5, help="K value members from different initial weights "
+                   "(default 5)")
+    p.add_argument("--arch", choices=VALUE_ARCHS, default="mlp", help="mlp: V(s_{t+F}) (default); transformer: "
+                   "reads the whole plan (context, actions, predicted states), sized like the denoisers")
     p.add_argument("--steps", type=int, help="training steps (default 20000)")
     _add_run_options(p)
     p.set_defaults(func=cmd_train_value)

@@ -5,10 +5,9 @@
   (multi-step: no prediction feeds the next). It models the offsets s_{t+k} - s_t, normalized per step k and
   dimension (the first step's offsets are much smaller than the last's); each step's action
   conditions that step's token.
-- `Value`: V(s), an MLP regressed on discounted Monte-Carlo returns, used as the terminal value at s_{t+F}; or K
-  such MLPs from different initial weights (`value_members`), whose spread says where the value is a guess: the
-  planner can then score mean - beta * std over the K (pessimism, as offline model-based RL does with ensembles),
-  so a candidate is not picked for a value the data never supported.
+- `value`: the terminal value, `value.Value` (an MLP on s_{t+F}) or `value.TrajectoryValue` (a transformer on
+  the whole plan, the paper's), each as K members whose spread the planner can use for a pessimistic score
+  (`value_members`, `value_pessimism`; see value.py).
 
 Context: tokens for (s_{t-H}, a_{t-H}), ..., (s_{t-1}, a_{t-1}), (s_t, 0), all normalized; before an episode's
 first step the history repeats the first state with zero actions.
@@ -23,8 +22,8 @@ from torch import nn
 
 from paperclub.dmpc.denoiser import Denoiser, DenoiserConfig
 from paperclub.dmpc.diffusion import Diffusion
-from paperclub.dmpc.mlp import EnsembleMLP
 from paperclub.dmpc.normalizer import Normalizer
+from paperclub.dmpc.value import ARCHS, TrajectoryValue, Value
 
 
 @dataclass
@@ -36,7 +35,8 @@ class ModelConfig:
     history: int = 1  # H: past (state, action) pairs in the context besides s_t
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     value_hidden: int = 256
-    value_members: int = 1  # K value MLPs (K > 1: an ensemble, for a pessimistic terminal value)
+    value_members: int = 1  # K value members (K > 1: an ensemble, for a pessimistic terminal value)
+    value_arch: str = "mlp"  # mlp: V(s_{t+F}); transformer: V(h_t, a_{t:t+F-1}, s_{t+1:t+F}) (value.py)
     discount: float = 0.99
     proposal_steps: int = 32  # DDIM steps at planning time (the paper's 32 and 10)
     dynamics_steps: int = 10
@@ -106,22 +106,14 @@ class Dynamics(nn.Module):
                                      generator=generator, noise=noise)
 
 
-class Value(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        h, self.members = cfg.value_hidden, cfg.value_members
-        if self.members == 1:  # the layout of every checkpoint written before ensembles
-            self.net = nn.Sequential(nn.Linear(cfg.obs_dim, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
-                                     nn.Linear(h, 1))
-        else:
-            self.net = EnsembleMLP(self.members, cfg.obs_dim, 1, h, 2)
-
-    def forward(self, states_n: torch.Tensor) -> torch.Tensor:
-        """(..., S) normalized states -> (K, ...) normalized returns, one row per member."""
-        if self.members == 1:
-            return self.net(states_n).squeeze(-1)[None]
-        flat = states_n.reshape(1, -1, states_n.shape[-1]).expand(self.members, -1, -1)
-        return self.net(flat).view(self.members, *states_n.shape[:-1])
+def build_value(cfg: ModelConfig) -> nn.Module:
+    if cfg.value_arch not in ARCHS:
+        raise ValueError(f"value_arch {cfg.value_arch!r}: choose one of {', '.join(ARCHS)}")
+    if cfg.value_arch == "transformer":
+        d = cfg.denoiser
+        return TrajectoryValue(cfg.obs_dim, cfg.act_dim, cfg.horizon, cfg.history, d.d_model, d.layers, d.heads,
+                               cfg.value_members)
+    return Value(cfg.obs_dim, cfg.value_hidden, cfg.value_members)
 
 
 class TrajectoryModel(nn.Module):
@@ -130,7 +122,7 @@ class TrajectoryModel(nn.Module):
     def __init__(self, cfg: ModelConfig, norms: Normalizers):
         super().__init__()
         self.cfg, self.norms = cfg, norms
-        self.proposal, self.dynamics, self.value = Proposal(cfg), Dynamics(cfg), Value(cfg)
+        self.proposal, self.dynamics, self.value = Proposal(cfg), Dynamics(cfg), build_value(cfg)
 
     @torch.no_grad()
     def propose(self, context: torch.Tensor, steps: int | None = None, generator=None) -> torch.Tensor:
@@ -145,8 +137,14 @@ class TrajectoryModel(nn.Module):
         return state[:, None] + self.norms.delta.unnormalize(deltas.flatten(1)).view(deltas.shape)
 
     @torch.no_grad()
-    def terminal_value(self, states: torch.Tensor, pessimism: float = 0.0) -> torch.Tensor:
-        """V(s) (B,) in return units: the mean over the value members minus `pessimism` times their standard
-        deviation (one member: its value)."""
-        members = self.norms.ret.unnormalize(self.value(self.norms.obs.normalize(states))[..., None])[..., 0]
+    def terminal_value(self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
+                       pessimism: float = 0.0) -> torch.Tensor:
+        """V (B,) in return units for plans: context (B, H+1, S+A) tokens, actions (B, F, A) a_{t..t+F-1} and
+        states (B, F, S) s_{t+1..t+F} in env units. The mean over the value members minus `pessimism` times their
+        standard deviation (one member: its value). An MLP value reads only s_{t+F}."""
+        if self.cfg.value_arch == "transformer":
+            members = self.value(context, self.norms.act.normalize(actions), self.norms.obs.normalize(states))
+        else:
+            members = self.value(self.norms.obs.normalize(states[:, -1]))
+        members = self.norms.ret.unnormalize(members[..., None])[..., 0]
         return members.mean(0) - pessimism * members.std(0, unbiased=False)  # one member: a spread of 0

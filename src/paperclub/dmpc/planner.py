@@ -6,10 +6,11 @@ For each of E environments at once:
      noise (common random numbers: the candidates then differ by their actions, not by the sampler's noise, which
      on an imperfect model raised the correlation of predicted with true returns on Pendulum from 0.5 to 0.85);
      with `dynamics_samples` M > 1, M such predictions per candidate, each from its own shared noise;
-  3. score J = sum_k reward(s_{t+k+1}, a_{t+k}) + value_weight * V(s_{t+F}) (V only if the predicted robot is
-     still healthy at t+F; with a value ensemble and `value_pessimism` beta, V = mean - beta * std over its
-     members), averaged over the M predictions (the expected J under the model's predictive
-     distribution: a candidate that falls in some of its futures scores lower than one that falls in none);
+  3. score J = sum_k reward(s_{t+k+1}, a_{t+k}) + value_weight * V (V only if the predicted robot is still
+     healthy at t+F; V reads s_{t+F}, or the whole plan with a transformer value; with a value ensemble and
+     `value_pessimism` beta, V = mean - beta * std over its members), averaged over the M predictions (the
+     expected J under the model's predictive distribution: a candidate that falls in some of its futures scores
+     lower than one that falls in none);
   4. return the first `chunk` actions of the best-scoring sequence; the caller executes them and replans.
 All E * N candidates go through the models as one batch.
 """
@@ -46,14 +47,19 @@ class SSRPlanner:
         self.model, self.reward, self.cfg = model, reward, cfg
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
-    def score(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """J for each candidate: states (B, F, S) predicted s_{t+1..t+F}, actions (B, F, A) -> (B,)."""
+    def score(self, states: torch.Tensor, actions: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """J for each candidate: states (B, F, S) predicted s_{t+1..t+F}, actions (B, F, A), context (B, H+1, S+A)
+        its context tokens -> (B,)."""
         total = self.reward(states, actions).sum(dim=1)
         if self.cfg.value_weight:
             still_alive = healthy(self.model.cfg.env, states).all(dim=1).float()
             total = total + self.cfg.value_weight * still_alive * self.model.terminal_value(
-                states[:, -1], self.cfg.value_pessimism)
+                context, actions, states, self.cfg.value_pessimism)
         return total
+
+    def context(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The context tokens of E environments (see `candidates`), each repeated for its N candidates."""
+        return context_tokens(states, actions, self.model.norms).repeat_interleave(self.cfg.candidates, dim=0)
 
     @torch.no_grad()
     def candidates(self, states: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +67,7 @@ class SSRPlanner:
         (E, H, A) the actions between them -> the N proposals per environment (E * N, F, A) and their M predicted
         futures s_{t+1..t+F} (M, E * N, F, S), environment by environment."""
         n, e, m = self.cfg.candidates, states.shape[0], self.cfg.dynamics_samples
-        context = context_tokens(states, actions, self.model.norms).repeat_interleave(n, dim=0)
+        context = self.context(states, actions)
         current = states[:, -1].repeat_interleave(n, dim=0)
         # 1. sample
         proposals = self.model.propose(context, self.cfg.proposal_steps, self.generator)
@@ -84,7 +90,8 @@ class SSRPlanner:
         n, e = self.cfg.candidates, states.shape[0]
         proposals, predicted = self.candidates(states, actions)
         # 3. score, averaged over the predicted futures
-        scores = torch.stack([self.score(future, proposals) for future in predicted]).mean(0).view(e, n)
+        context = self.context(states, actions)
+        scores = torch.stack([self.score(future, proposals, context) for future in predicted]).mean(0).view(e, n)
         # 4. rank: the best candidate's first actions
         best = scores.argmax(dim=1)
         return proposals.view(e, n, *proposals.shape[1:])[torch.arange(e), best, : self.cfg.chunk]

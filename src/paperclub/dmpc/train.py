@@ -18,7 +18,7 @@ from paperclub.atomic import atomic_path
 from paperclub.dmpc import checkpoint
 from paperclub.dmpc.dataset import Dataset
 from paperclub.dmpc.denoiser import DenoiserConfig
-from paperclub.dmpc.models import ModelConfig, TrajectoryModel, Value
+from paperclub.dmpc.models import ModelConfig, TrajectoryModel, build_value
 from paperclub.dmpc.windows import Windows
 from paperclub.errors import UserError
 
@@ -37,7 +37,8 @@ class TrainConfig:
     history: int = 1
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     prediction: str = "epsilon"  # the denoisers' target (diffusion.PREDICTIONS)
-    value_members: int = 1  # K value MLPs (an ensemble for a pessimistic terminal value)
+    value_members: int = 1  # K value members (an ensemble for a pessimistic terminal value)
+    value_arch: str = "mlp"  # mlp or transformer (value.py)
 
 
 def losses(model: TrajectoryModel, batch: dict[str, torch.Tensor],
@@ -46,8 +47,18 @@ def losses(model: TrajectoryModel, batch: dict[str, torch.Tensor],
     forward pass)."""
     each = {"proposal": lambda: model.proposal.loss(batch["context"], batch["actions"]),
             "dynamics": lambda: model.dynamics.loss(batch["context"], batch["actions"], batch["deltas"]),
-            "value": lambda: torch.mean((model.value(batch["state"]) - batch["returns"]) ** 2)}
+            "value": lambda: value_loss(model, batch)}
     return {p: each[p]() for p in parts}
+
+
+def value_loss(model: TrajectoryModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Squared error of every value member: an MLP value regresses G_t on s_t; a transformer value regresses
+    G_{t+F} on the window's context, actions and states, over the windows whose episode has a step t+F."""
+    if model.cfg.value_arch == "transformer":
+        members = model.value(batch["context"], batch["actions"], batch["future_states"])  # (K, B)
+        mask = batch["has_after"].float()
+        return ((members - batch["returns_after"]) ** 2 * mask).sum() / (len(members) * mask.sum().clamp(min=1.0))
+    return torch.mean((model.value(batch["state"]) - batch["returns"]) ** 2)
 
 
 def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = checkpoint.PARTS,
@@ -61,11 +72,12 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
         model, init_config = checkpoint.load(init, env=data.env)
         cfg.horizon, cfg.history, cfg.prediction = model.cfg.horizon, model.cfg.history, model.cfg.prediction
         norms = model.norms
-        if "value" in parts and cfg.value_members != model.cfg.value_members:  # a new value, from fresh weights
-            model.cfg = replace(model.cfg, value_members=cfg.value_members)
-            model.value = Value(model.cfg)
+        new_value = (cfg.value_members, cfg.value_arch) != (model.cfg.value_members, model.cfg.value_arch)
+        if "value" in parts and new_value:  # a new value, from fresh weights
+            model.cfg = replace(model.cfg, value_members=cfg.value_members, value_arch=cfg.value_arch)
+            model.value = build_value(model.cfg)
         else:
-            cfg.value_members = model.cfg.value_members
+            cfg.value_members, cfg.value_arch = model.cfg.value_members, model.cfg.value_arch
     else:
         init_config = None
     windows = _windows(data, cfg)
@@ -74,7 +86,7 @@ def train(data: Dataset, out: Path, cfg: TrainConfig, parts: tuple[str, ...] = c
         model = TrajectoryModel(ModelConfig(env=data.env, obs_dim=data.observations.shape[1],
                                             act_dim=data.actions.shape[1], horizon=cfg.horizon, history=cfg.history,
                                             denoiser=cfg.denoiser, prediction=cfg.prediction,
-                                            value_members=cfg.value_members), norms)
+                                            value_members=cfg.value_members, value_arch=cfg.value_arch), norms)
     if state is not None:
         _check_same_model(out, model.cfg)
         model.load_state_dict(state["model"])
