@@ -8,6 +8,9 @@ medium-replay), one task and dataset kind per call, then one summary over every 
     # D-MPC with a 5-member value scored mean - 10 std (after `run`):
     OMP_NUM_THREADS=1 python benchmarks/dmpc_locomotion.py pessimistic --env walker2d --kind medium \
         --work runs/dmpc/walker2d --out benchmarks/results/dmpc/locomotion
+    # D-MPC with the paper's transformer value, one member (after `run`):
+    OMP_NUM_THREADS=1 python benchmarks/dmpc_locomotion.py pessimistic --arch transformer --members 1 \
+        --pessimism 0 --env walker2d --kind medium --work runs/dmpc/walker2d --out benchmarks/results/dmpc/locomotion
 
 `run` makes the dataset from the SAC work directory (and a held-out one for the prediction error), trains D-MPC,
 MBOP and BC on it, and evaluates every planner on the same evaluation seeds. Each step is a `paperclub dmpc`
@@ -93,24 +96,30 @@ def cmd_run(args) -> None:
 
 
 def cmd_pessimistic(args) -> None:
-    """D-MPC with a value ensemble scored pessimistically: `train-value --members M` for the task's D-MPC
-    checkpoint (proposal and dynamics unchanged), then the evaluation with `--value-pessimism B` on the same
-    seeds, into eval_dmpc_v{M}_b{B}.json beside the task's other results."""
+    """D-MPC with a new value: `train-value --members M --arch A` for the task's D-MPC checkpoint (proposal and
+    dynamics unchanged), then the evaluation with `--value-pessimism B` (an ensemble) on the same seeds, into
+    eval_dmpc_v{M}_b{B}.json (MLP members) or eval_dmpc_tv{M}_b{B}.json (transformer members) beside the task's
+    other results."""
+    if args.members == 1 and args.pessimism:
+        raise SystemExit("--pessimism needs --members > 1 (one member has no spread)")
     work, out = Path(args.work), Path(args.out) / f"{args.env}-{args.kind}"
     log_path = out / "commands.json"
     log: list[dict] = json.loads(log_path.read_text()) if log_path.exists() else []
     base = work / f"ck-dmpc-{args.kind}-x0"
     if not (base / "config.json").exists():
         raise SystemExit(f"{base} is missing: `run` the task first")
-    ck = work / f"ck-dmpc-{args.kind}-x0-v{args.members}"
+    tag = f"{'v' if args.arch == 'mlp' else 'tv'}{args.members}"
+    ck = work / f"ck-dmpc-{args.kind}-x0-{tag}"
+    arch = ["--arch", args.arch] if args.arch != "mlp" else []
     run_cli(["dmpc", "train-value", "--ckpt", str(base), "--out", str(ck), "--members", str(args.members),
-             "--steps", str(args.mlp_steps), "--quiet"], log)  # resumes, or does nothing once trained
-    write_json(log_path, log)
-    path = out / f"eval_dmpc_v{args.members}_b{args.pessimism:g}.json"
+             *arch, "--steps", str(args.mlp_steps), "--threads", str(args.threads), "--quiet"], log)
+    write_json(log_path, log)  # (train-value resumes, or does nothing once trained)
+    path = out / f"eval_dmpc_{tag}_b{args.pessimism:g}.json"
+    pessimism = ["--value-pessimism", f"{args.pessimism:g}"] if args.members > 1 else []
     if not path.exists():
         run_cli(["dmpc", "eval", "--env", args.env, "--planner", "dmpc", "--ckpt", str(ck), "--episodes",
                  str(args.episodes), "--seed", str(args.seed), "--threads", str(args.threads), "--quiet",
-                 "--value-pessimism", f"{args.pessimism:g}", "--json", str(path), *PLANNER_ARGS["dmpc"]], log)
+                 *pessimism, "--json", str(path), *PLANNER_ARGS["dmpc"]], log)
         write_json(log_path, log)
 
 
@@ -191,7 +200,9 @@ def main() -> None:
     p.add_argument("--mlp-steps", type=int, default=20_000)
     p.add_argument("--planners", default="bc,mbop,dmpc")
     p.add_argument("--threads", type=int, default=1)
-    p = sub.add_parser("pessimistic", help="a task's D-MPC with a value ensemble scored mean - B * std")
+    p = sub.add_parser("pessimistic", help="a task's D-MPC with a new value (an ensemble scored mean - B * std, "
+                       "or the transformer value)")
+    p.add_argument("--arch", default="mlp", choices=("mlp", "transformer"), help="the value members' network")
     p.add_argument("--env", required=True, choices=("halfcheetah", "hopper", "walker2d"))
     p.add_argument("--kind", required=True, choices=("medium", "medium-replay"))
     p.add_argument("--work", required=True, help="the task's datasets and checkpoints (from `run`)")
