@@ -61,10 +61,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "auto: bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16, AMX), else fp32, "
                         "since CPUs without them run bf16 matmuls many times slower)")
     p.add_argument("--extra-prompts", default=None,
-                   help="JSONL of training-only prompts (one greedy continuation each, never held out)")
+                   help="JSONL of training-only prompts, several comma-separated (one greedy continuation each, never "
+                        "held out)")
     p.add_argument("--reuse-data", default=None,
                    help="another distill --out made with the same data settings: link its teacher data, including "
                         "that of its --extra-prompts (only --extra-prompts given here are generated)")
+    p.add_argument("--arch", default=None, choices=["lm", "head"],
+                   help="lm: a draft LM of a few target layers (default); head: a feature draft head (EAGLE-style) "
+                        "that drafts from the target's hidden states (SD only)")
+    p.add_argument("--reg-weight", type=float, default=None,
+                   help="head: weight of the hidden-state regression loss (default 1.0)")
+    p.add_argument("--feature-noise", type=float, default=None,
+                   help="head: Gaussian noise on the input features, fraction of their RMS (default 0)")
+    p.add_argument("--unroll", type=int, default=None,
+                   help="head: train on N drafting steps, each fed the head's own previous prediction "
+                        "(training-time test; default 1 = teacher forcing only)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="delete an existing --out first")
     p.set_defaults(func=run)
@@ -88,8 +99,13 @@ def run(args: argparse.Namespace) -> int:
         "data_temperatures": parse_temperatures(args.data_temperatures) if args.data_temperatures else None,
         "prompts": str(Path(args.prompts).resolve()) if args.prompts else None,
         "reuse_data": str(Path(args.reuse_data).resolve()) if args.reuse_data else None,
-        "extra_prompts": str(Path(args.extra_prompts).resolve()) if args.extra_prompts else None,
+        "extra_prompts": ",".join(str(Path(f).resolve()) for f in args.extra_prompts.split(","))
+        if args.extra_prompts else None,
+        "arch": args.arch, "reg_weight": args.reg_weight, "feature_noise": args.feature_noise,
+        "unroll": args.unroll,
     }
+    if args.arch == "head" and args.layers is None and not args.resume:
+        given["layers"] = 1  # a head is one block by default
     given = {k: v for k, v in given.items() if v is not None}
     base = saved_config(out) if args.resume else {}
     # on resume the saved settings hold; only the budget (steps, time) and evaluation may be changed
@@ -99,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--resume cannot change {key} (saved {base.get(key)!r}, given {value!r}): "
                             "drop the option or start over with --force")
     cfg = DistillConfig.from_dict({**base, **given})
-    summary = run_distill(resolve_model(args.target), out, cfg, resume=args.resume)
+    from paperclub.distill.head_train import run_head_distill
+
+    summary = run_distill(resolve_model(args.target), out, cfg, resume=args.resume,
+                          trainer=run_head_distill if cfg.arch == "head" else None)
     print(json.dumps(summary, indent=2))
     return 0

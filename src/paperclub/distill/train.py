@@ -26,6 +26,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,12 @@ class DistillConfig:
     # one continuation per prompt per entry: 0 = greedy, > 0 = sampled (repeat a temperature for more samples)
     data_temperatures: list[float] = field(default_factory=lambda: [0.0])
     reuse_data: str | None = None  # another run's --out whose teacher data (same data settings) this run links
-    extra_prompts: str | None = None  # JSONL of training-only prompts, one greedy continuation each, never evaluated
+    # JSONL of training-only prompts (several: comma-separated), one greedy continuation each, never evaluated
+    extra_prompts: str | None = None
+    arch: str = "lm"  # "lm": a draft LM (this file); "head": a feature draft head (`head_train.py`, EAGLE-style)
+    reg_weight: float = 1.0  # head: weight of the hidden-state regression beside the cross-entropy
+    feature_noise: float = 0.0  # head: Gaussian noise on the input features, as a fraction of their RMS
+    unroll: int = 1  # head: levels of the training-time unroll (level s = drafting step s on its own predictions)
 
     def __post_init__(self) -> None:
         checks = [
@@ -91,6 +97,9 @@ class DistillConfig:
             (self.k >= 1, f"--k must be >= 1, got {self.k}"),
             (self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
             (0 <= self.prompt_weight <= 1, "prompt_weight must be in [0, 1]"),
+            (self.arch in ("lm", "head"), f"--arch must be lm or head, got {self.arch!r}"),
+            (self.reg_weight >= 0 and self.feature_noise >= 0, "--reg-weight and --feature-noise must be >= 0"),
+            (1 <= self.unroll <= 8, f"--unroll must be in [1, 8], got {self.unroll}"),
             (len(self.data_temperatures) >= 1 and all(0 <= t <= 2 for t in self.data_temperatures),
              f"--data-temperatures must be one or more values in [0, 2], got {self.data_temperatures}"),
         ]
@@ -142,6 +151,7 @@ class Batcher:
         if not examples:
             raise UserError("no training data: give prompts (the training split is empty)")
         self.examples, self.cfg = examples, cfg
+        self.index = {id(e): i for i, e in enumerate(examples)}  # which example each row was cropped from
         self.to_sub = torch.full((vocab_size,), -1, dtype=torch.long)
         self.to_sub[vocab_ids] = torch.arange(len(vocab_ids))
 
@@ -172,7 +182,10 @@ class Batcher:
             tgt_p[r, :n] = p / p.sum(-1, keepdim=True).clamp(min=1e-8)
             pos = torch.arange(a, b - 1)
             weight[r, :n] = torch.where(pos >= e.prompt_len - 1, 1.0, cfg.prompt_weight)
-        return {"tokens": tokens, "ids": tgt_ids, "p": tgt_p, "weight": weight, "lengths": torch.tensor(lengths)}
+        index = torch.tensor([self.index[id(e)] for e, _, _ in crops])
+        start = torch.tensor([a for _, a, _ in crops])
+        return {"tokens": tokens, "ids": tgt_ids, "p": tgt_p, "weight": weight, "lengths": torch.tensor(lengths),
+                "index": index, "start": start}
 
 
 def train_forward(draft: DraftLM, tokens: torch.Tensor, lengths: list[int], act_dtype: torch.dtype) -> torch.Tensor:
@@ -267,8 +280,11 @@ def train(draft: DraftLM, examples: list[Example], cfg: DistillConfig, ckpt: Pat
     return state
 
 
-def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
-    """The whole `paperclub distill` pipeline (see the module docstring). Returns the evaluation summary."""
+def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = False,
+                trainer: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The whole `paperclub distill` pipeline (see the module docstring). Returns the evaluation summary.
+    `trainer`: with `cfg.arch == "head"`, what trains, exports and evaluates the head after the data phase and the
+    vocabulary (`head_train.run_head_distill`; passed in, so this module does not import the one built on it)."""
     from paperclub.distill.acceptance import evaluate_acceptance, step_cost
     from paperclub.distill.dataset import builtin_prompts, read_prompts
     from paperclub.engine.llm import LLM
@@ -307,7 +323,8 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     paths = build_chunks(llm, train_prompts, work / "data", cfg.chunk_size, cfg.max_new_tokens, cfg.topk,
                          temperatures=tuple(cfg.data_temperatures), seed=cfg.seed)
     if cfg.extra_prompts:  # their own chunk directory, so --reuse-data never mixes them with the main set
-        paths += build_chunks(llm, read_prompts(cfg.extra_prompts), work / "extra", cfg.chunk_size,
+        extra = [x for f in cfg.extra_prompts.split(",") for x in read_prompts(f)]
+        paths += build_chunks(llm, extra, work / "extra", cfg.chunk_size,
                               cfg.max_new_tokens, cfg.topk, temperatures=(0.0,), seed=cfg.seed)
     if cfg.reuse_data:
         paths += sorted((work / REUSED_EXTRA).glob("chunk-*.pt"))
@@ -315,6 +332,18 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     eos = set(llm.model.cfg.eos_token_ids) | set(llm.tokenizer.eos_token_ids)
     eval_ids = [llm.encode(p) for p in eval_prompts]
     t_data = time.perf_counter() - t_start
+
+    if cfg.arch == "head":  # a feature head: its vocabulary as below, then `trainer` (`head_train.run_head_distill`)
+        if trainer is None:
+            raise UserError("--arch head needs the head trainer: run it through `paperclub distill --arch head`")
+        vocab_file = work / "vocab_ids.pt"
+        if vocab_file.is_file():
+            vocab_ids = torch.load(vocab_file, weights_only=True)
+        else:
+            vocab_ids = select_vocab(examples, llm.model.cfg.vocab_size, cfg.draft_vocab, eos)
+            with atomic_path(vocab_file) as tmp:
+                torch.save(vocab_ids, tmp)
+        return trainer(target_dir, out, cfg, llm, examples, paths, vocab_ids, eval_ids, t_data)
 
     # 2. vocabulary, 3. training (the target in float32 for the draft's fp32 master weights)
     target32 = load_model(target_dir, dtype=torch.float32, max_positions=llm.max_model_len)
@@ -338,8 +367,7 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     state = train(draft, examples, cfg, work / "checkpoint.pt")
 
     # 4. export (bf16) and evaluate what was exported, against the bf16 target
-    local = ("prompts", "reuse_data", "extra_prompts")  # machine-local paths: keep only the file names
-    settings = {k: Path(v).name if k in local and v else v for k, v in dataclasses.asdict(cfg).items()}
+    settings = local_names(cfg)
     extra = {"distill": settings,
              "train_steps": state.step, "train_seconds": round(state.elapsed_s, 1)}
     export = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
@@ -371,6 +399,13 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     write_json(out / "acceptance.json", summary)
     write_json(work / "losses.json", state.losses)
     return summary
+
+
+def local_names(cfg: DistillConfig) -> dict[str, Any]:
+    """The settings as a draft's config records them: machine-local paths reduced to their file names."""
+    local = ("prompts", "reuse_data", "extra_prompts")
+    return {k: ",".join(Path(p).name for p in v.split(",")) if k in local and v else v
+            for k, v in dataclasses.asdict(cfg).items()}
 
 
 DATA_SETTINGS = ("prompts", "max_new_tokens", "topk", "chunk_size", "data_temperatures", "seed", "draft_vocab")

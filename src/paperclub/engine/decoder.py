@@ -30,13 +30,16 @@ class Decoder(Protocol):
     def release(self, seq: Sequence) -> None: ...
 
 
-def prefill_sequences(runner: ModelRunner, seqs: list[Sequence], running: list[Sequence] = ()) -> torch.Tensor:
+def prefill_sequences(runner: ModelRunner, seqs: list[Sequence], running: list[Sequence] = (),
+                      with_hidden: bool = False):
     """Prefill `seqs` (`ModelRunner.prefill`) and record where each now sits: its slot, its cached length, the
     prompt tokens the prefix cache served. `running` sequences take their next token in the same forward (their
-    cached length grows by one). Returns the last-token logits of `seqs`, then of `running`."""
+    cached length grows by one). Returns the last-token logits of `seqs`, then of `running` (with `with_hidden`:
+    `(logits, hidden)`, hidden (B, T, D) for the computed prompt tokens, those past `s.cached_prompt_tokens`)."""
     slots, hits, logits = runner.prefill(
         [s.prompt_ids for s in seqs],
-        ([s.slot for s in running], [s.num_cached for s in running], [[s.output_ids[-1]] for s in running]))
+        ([s.slot for s in running], [s.num_cached for s in running], [[s.output_ids[-1]] for s in running]),
+        with_hidden)
     for s, slot, hit in zip(seqs, slots, hits, strict=True):
         s.slot, s.num_cached, s.cached_prompt_tokens = slot, len(s.prompt_ids), hit
     for s in running:

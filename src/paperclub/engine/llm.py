@@ -26,13 +26,15 @@ from paperclub.engine.sampling import SamplingParams
 from paperclub.engine.scheduler import Engine, EngineConfig
 from paperclub.engine.sequence import Sequence as Seq
 from paperclub.errors import UserError
-from paperclub.models.draft import default_draft_for, load_draft_model
+from paperclub.models.draft import check_draft_compatible, default_draft_for, load_draft_model
+from paperclub.models.draft_head import is_head_dir, load_head
 from paperclub.models.loader import load_model
 from paperclub.models.resolve import resolve_model
 from paperclub.models.tokenizer import Tokenizer
 from paperclub.nn.cpu_kernels import cpu_kernel
 from paperclub.speculative import metrics as spec_metrics
 from paperclub.speculative.config import SSDConfig
+from paperclub.speculative.head_proposer import HeadProposer
 from paperclub.speculative.ngram import CombinedProposer, NgramConfig, NgramProposer, parse_draft
 from paperclub.speculative.sd import DraftProposer, SpeculativeDecoder
 from paperclub.speculative.ssd import SSDDecoder
@@ -90,7 +92,8 @@ class LLM:
     `draft_fallback`: when the SSD draft process is lost, go on decoding AR instead of failing the running requests
     (the server does).
 
-    draft: a draft model (directory or name); "ngram" for prompt-lookup drafting (no draft model, SD only);
+    draft: a draft model (directory or name), or a feature draft head (`paperclub distill --arch head`, SD only);
+    "ngram" for prompt-lookup drafting (no draft model, SD only);
     "ngram+DRAFT" for prompt lookup where the context has a match and the model DRAFT elsewhere ("ngram+default":
     the shipped draft). `ngram_config` sets the n-gram sizes (`speculative.ngram.NgramConfig`).
 
@@ -144,8 +147,13 @@ class LLM:
         pick = "sd" if spec.default_model and mode != "ar" else mode  # "ngram+default": the shipped draft
         use_model = spec.uses_model or not spec.ngram
         self.draft_dir = self._pick_draft(spec.model, pick, self.model_dir) if use_model else None
+        head = self.draft_dir is not None and is_head_dir(self.draft_dir)  # a feature head: SD only
+        if head and (mode == "ssd" or ngram):
+            raise UserError(f"{self.draft_dir} is a draft head: it reads the target's hidden states every round, so "
+                            "it drafts with --mode sd (not ssd) and without n-gram lookup")
         # auto calibrates only for a draft the caller named: a plain LLM() stays AR and starts without timing runs
-        calibrate = mode == "auto" and auto_calibrate and not ngram and draft is not None
+        # (nor for a head yet: its calibration needs the target's states; auto runs it with SD)
+        calibrate = mode == "auto" and auto_calibrate and not ngram and draft is not None and not head
         self.mode = "ar" if self.draft_dir is None and not ngram else ("ssd" if mode == "ssd" else "sd")
         self.draft_name = ("ngram" + (f"+{self.draft_dir}" if self.draft_dir else "") if ngram
                            else str(self.draft_dir) if self.draft_dir else None)
@@ -176,6 +184,8 @@ class LLM:
         elif self.mode == "ssd":
             config = ssd_config or SSDConfig(k=k, draft_dtype=self.dtype)
             decoder = SSDDecoder(target, self.draft_dir, self.model_dir, config)
+        elif head:
+            decoder = SpeculativeDecoder(target, self._load_head_proposer(k), k=k)
         else:
             runner = self._draft_runner if self.auto_choice is not None else self._load_draft_runner()
             decoder = SpeculativeDecoder(target, runner, k=k)
@@ -215,6 +225,12 @@ class LLM:
         self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype, self.model)
         self.draft_model.set_rope(self.max_model_len)
         return ModelRunner(self.draft_model, self.max_model_len)
+
+    def _load_head_proposer(self, k: int) -> HeadProposer:
+        check_draft_compatible(self.draft_dir, self.model_dir)
+        self.draft_model = load_head(self.draft_dir, self.model, self.device, self.dtype)
+        self.draft_model.set_rope(self.max_model_len)
+        return HeadProposer(self.draft_model, k, self.max_model_len)
 
     @staticmethod
     def _pick_draft(draft: str | Path | None, mode: str, target_dir: Path) -> Path | None:

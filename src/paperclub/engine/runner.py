@@ -52,20 +52,21 @@ class ModelRunner:
         self.cache.ensure(num_slots, min(capacity, self.max_positions))
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], running: tuple[list[int], list[int], list[list[int]]] = ([], [], [])
-                ) -> tuple[list[int], list[int], torch.Tensor]:
+    def prefill(self, prompts: list[list[int]], running: tuple[list[int], list[int], list[list[int]]] = ([], [], []),
+                with_hidden: bool = False) -> tuple[list[int], list[int], torch.Tensor]:
         """Give each prompt a cache slot and fill it: the K/V of the prompt's longest cached prefix are copied in
         (with a prefix cache), the rest is computed. Returns the slots, how many tokens of each prompt came from
         the prefix cache, and each prompt's last-token logits (B, V). The cache must have room for the prompts
         (`reserve`). `running`: (slots, starts, chunks) of sequences already in the cache that run in the same
-        forward (a decode step); their last-token logits follow the prompts'."""
+        forward (a decode step); their last-token logits follow the prompts'. `with_hidden`: the logits are
+        `(logits, hidden)`, hidden (B, T, D) the final-normed states of every appended token (`append`)."""
         slots = [self.cache.allocate() for _ in prompts]
         pc = self.prefix_cache
         starts = [pc.load(p, self.cache, slot) for p, slot in zip(prompts, slots, strict=True)] if pc else \
             [0] * len(prompts)
         run_slots, run_starts, run_chunks = running
         logits = self.append(slots + run_slots, starts + run_starts,
-                             [p[s:] for p, s in zip(prompts, starts, strict=True)] + run_chunks, True)
+                             [p[s:] for p, s in zip(prompts, starts, strict=True)] + run_chunks, True, with_hidden)
         if pc:  # at once, so that requests arriving while these run find their prompts
             for p, slot in zip(prompts, slots, strict=True):
                 pc.store(p, self.cache, slot)
@@ -79,13 +80,16 @@ class ModelRunner:
         self.cache.release(slot)
 
     @torch.inference_mode()
-    def append(self, slots: list[int], starts: list[int], chunks: list[list[int]], last_only: bool) -> torch.Tensor:
+    def append(self, slots: list[int], starts: list[int], chunks: list[list[int]], last_only: bool,
+               with_hidden: bool = False):
         """Write `chunks[b]` after `starts[b]` cached tokens of slot `slots[b]`.
 
         Returns float32 logits: (B, V) for each row's last token if `last_only`, else (B, T, V) with rows
-        padded to the longest chunk (positions past a row's chunk are garbage)."""
+        padded to the longest chunk (positions past a row's chunk are garbage). `with_hidden`: returns
+        (logits, hidden), hidden (B, T, D) the final-normed states of every token (a feature draft head reads
+        them), in the model's dtype, padded like the logits."""
         lengths = [len(c) for c in chunks]
-        if self.graphs is not None:  # decode and verification replay as CUDA graphs
+        if self.graphs is not None and not with_hidden:  # decode and verification replay as CUDA graphs
             try:
                 logits = self.graphs.try_run(slots, starts, chunks, last_only)
                 if logits is not None:
@@ -94,7 +98,7 @@ class ModelRunner:
                 log.warning("CUDA graphs turned off for this model: capture or replay failed (%s)", e)
                 self.graphs = None
         packed = self.packs_ragged_rows()
-        if last_only and len(chunks) > 1 and not packed:
+        if last_only and len(chunks) > 1 and not packed and not with_hidden:
             groups = length_groups(lengths)
             if len(groups) > 1:  # e.g. a batched prefill of prompts of very different lengths
                 logits = [self.append([slots[i] for i in g], [starts[i] for i in g], [chunks[i] for i in g], True)
@@ -105,12 +109,13 @@ class ModelRunner:
         meta, positions = causal_meta(slots, starts, lengths, self.device, self.cfg.sliding_window, packed)
         tokens = torch.tensor([c + [0] * (T - len(c)) for c in chunks], device=self.device)
         hidden = self.model(tokens, positions, self.cache.k, self.cache.v, meta)
+        states = hidden
         if last_only and min(lengths) == T:  # (a decode step: a view, no gather)
             hidden = hidden[:, -1]
         elif last_only:
             last = torch.tensor(lengths, device=self.device) - 1
             hidden = hidden[torch.arange(len(chunks), device=self.device), last]
-        return self.model.logits(hidden)
+        return (self.model.logits(hidden), states) if with_hidden else self.model.logits(hidden)
 
     def packs_ragged_rows(self) -> bool:
         """Whether forwards run as one compiled call that packs rows of different lengths without padding."""

@@ -7,9 +7,11 @@ One round for a batch of sequences:
     4. roll both caches back to what was accepted (a length update: the slot cache makes it free)
 Rows accept different numbers of tokens; the next round simply feeds each row what its draft cache lacks.
 
-The proposer is pluggable: the draft model (`DraftProposer`), prompt lookup (`ngram.NgramProposer`) or both
-(`ngram.CombinedProposer`). A proposer may leave a row undrafted for a round (no n-gram match): that row's target
-forward is its last token only, and its token is sampled from the target as in AR.
+The proposer is pluggable: the draft model (`DraftProposer`), a feature head that reads the target's hidden states
+(`head_proposer.HeadProposer`, EAGLE-style; the decoder hands it the states of the prefill and of each verified
+chunk), prompt lookup (`ngram.NgramProposer`) or both (`ngram.CombinedProposer`). A proposer may leave a row
+undrafted for a round (no n-gram match): that row's target forward is its last token only, and its token is
+sampled from the target as in AR.
 """
 
 from __future__ import annotations
@@ -123,12 +125,17 @@ class SpeculativeDecoder:
         self.runner, self.k = target, k
         self.lookahead = k + 1
         self.proposer: Proposer = DraftProposer(draft, k) if isinstance(draft, ModelRunner) else draft
+        self.features = getattr(self.proposer, "needs_features", False)  # a feature head reads the target's states
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
-        logits = prefill_sequences(self.runner, seqs)
+        if self.features:
+            logits, hidden = prefill_sequences(self.runner, seqs, with_hidden=True)
+            self.proposer.prefill(seqs, hidden)
+        else:
+            logits = prefill_sequences(self.runner, seqs)
+            self.proposer.prefill(seqs)
         for s in seqs:
             s.stats.update(spec_metrics.new_counters())
-        self.proposer.prefill(seqs)
         self.proposer.reserve(self.runner.cache.capacity)
         first = next_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs])
         emitted = [[t] for t in first.tolist()]
@@ -141,7 +148,10 @@ class SpeculativeDecoder:
         draft_ids = prop.tokens.tolist()
         chunks = [[s.output_ids[-1]] + (d if ok else [])
                   for s, d, ok in zip(seqs, draft_ids, prop.drafted, strict=True)]
-        logits = self.runner.append([s.slot for s in seqs], [s.num_cached for s in seqs], chunks, False)
+        logits = self.runner.append([s.slot for s in seqs], [s.num_cached for s in seqs], chunks, False,
+                                    self.features)
+        if self.features:
+            logits, hidden = logits
         draft, q = prop.tokens.to(logits.device), None if prop.q is None else prop.q.to(logits.device)
         if all(prop.drafted):
             verdict = judge(seqs, draft, q, logits)
@@ -159,7 +169,10 @@ class SpeculativeDecoder:
             tokens = next_tokens(logits[bare, 0], [s.params for s in b_seqs], [s.generator for s in b_seqs])
             for i, t in zip(bare, tokens.tolist(), strict=True):
                 next_token[i] = t
-        self.proposer.accept(seqs, num_accepted)
+        if self.features:
+            self.proposer.accept(seqs, num_accepted, hidden)
+        else:
+            self.proposer.accept(seqs, num_accepted)
         emitted = []
         for s, d, ok, n, t, src in zip(seqs, draft_ids, prop.drafted, num_accepted, next_token, prop.source,
                                        strict=True):
