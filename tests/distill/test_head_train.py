@@ -71,3 +71,13 @@ def test_bad_head_options_are_one_line_errors(tmp_path, target_dir, capsys):  # 
     assert "--unroll must be in [1, 8]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "b"), "--arch", "eagle"])
+
+
+def test_reuse_data_links_the_features_instead_of_recomputing_them(head_run, tmp_path, target_dir):  # noqa: F811
+    out = tmp_path / "again"
+    argv = ["distill", "--arch", "head", "--target", str(target_dir), "--out", str(out), "--prompts",
+            str(head_run.parent / "prompts.jsonl"), *DISTILL, "--steps", "5", "--reuse-data", str(head_run)]
+    assert main(argv) == 0
+    theirs = {p.name: p.stat().st_ino for p in (head_run / "work" / "features").iterdir()}
+    mine = {p.name: p.stat().st_ino for p in (out / "work" / "features").iterdir()}
+    assert mine and mine == theirs  # the same files (hard links), named by the chunks' contents

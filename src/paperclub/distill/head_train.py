@@ -21,6 +21,7 @@ distribution at every position), then:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 import statistics
@@ -55,17 +56,27 @@ def sequence_features(runner: ModelRunner, seqs: list[list[int]], batch: int = 4
     return out
 
 
-def feature_chunks(target: Llama, chunk_paths: list[Path], work: Path, max_positions: int) -> list[Path]:
-    """Features of every data chunk (`features/<chunk name>`), computed where missing; returns their paths."""
+def feature_chunks(target: Llama, chunk_paths: list[Path], work: Path, max_positions: int,
+                   elsewhere: list[Path] = ()) -> list[Path]:
+    """Features of every data chunk, computed where missing; returns their paths. Stored under
+    `work/features/<digest of the chunk file>.pt`, so a run that reuses another's teacher data (`--reuse-data`,
+    whose `work` is in `elsewhere`) links that run's features instead of recomputing them."""
     out_dir = work / "features"
     out_dir.mkdir(parents=True, exist_ok=True)
     runner = ModelRunner(target, max_positions)
     paths = []
     for src in tqdm(chunk_paths, desc="target features", unit="chunk"):
-        dst = out_dir / f"{src.parent.name}-{src.name}"
+        dst = out_dir / f"{hashlib.sha256(src.read_bytes()).hexdigest()[:20]}.pt"
         paths.append(dst)
         if dst.is_file():
             continue
+        theirs = next((d / "features" / dst.name for d in elsewhere if (d / "features" / dst.name).is_file()), None)
+        if theirs is not None:
+            try:
+                dst.hardlink_to(theirs)
+                continue
+            except OSError:
+                pass  # another file system: compute them
         examples = torch.load(src, weights_only=True)
         feats = sequence_features(runner, [e["ids"].tolist() for e in examples])
         with atomic_path(dst) as tmp:
@@ -217,7 +228,8 @@ def run_head_distill(target_dir: Path, out: Path, cfg: DistillConfig, llm: Any, 
 
     work = out / "work"
     target = llm.model
-    feat_paths = feature_chunks(target, chunk_paths, work, llm.max_model_len)
+    elsewhere = [Path(cfg.reuse_data) / "work"] if cfg.reuse_data else []
+    feat_paths = feature_chunks(target, chunk_paths, work, llm.max_model_len, elsewhere)
     features = [f for p in feat_paths for f in torch.load(p, weights_only=True)]
     target32 = load_model(target_dir, dtype=torch.float32, max_positions=llm.max_model_len)
     layer = (cfg.init_layers or [target32.cfg.num_layers - 1])[0]
