@@ -186,3 +186,28 @@ def test_save_and_load_round_trip(tmp_path, target_and_head):
     (tmp_path / "head" / "model.safetensors").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(UserError, match="cannot read"):
         load_head(tmp_path / "head", target)
+
+
+def test_head_on_the_compiled_kernels_stays_exact_with_ragged_rows():
+    """bf16 shapes the compiled CPU kernels take: the head's rows of different lengths (a new prompt beside
+    verified rows) are packed as the target's are, and greedy output is still AR's."""
+    from tests.conftest import kernel_sized_model
+
+    target = kernel_sized_model()
+    head = init_head(target, torch.arange(97), num_layers=1, init_layer=0, seed=2)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if not name.startswith("embed."):
+                p.add_((torch.randn(p.shape, generator=g) * 0.05).to(p.dtype))
+    head.eval().requires_grad_(False)
+    params = SamplingParams(max_tokens=24)
+    ar = run(ARDecoder(ModelRunner(target, 256)), PROMPTS, params, max_num_seqs=3)
+    proposer = HeadProposer(head, 4, 256)
+    spec = run(SpeculativeDecoder(ModelRunner(target, 256), proposer, k=4), PROMPTS, params, max_num_seqs=3)
+    for a, b in zip(ar, spec, strict=True):
+        assert a.output_ids == b.output_ids
+    from paperclub.nn.cpu_kernels import usable
+
+    if usable(torch.zeros(1, dtype=torch.bfloat16)):
+        assert head.runs_fused(proposer.runner.cache.k[0])  # the packed path was the one tested

@@ -40,17 +40,17 @@ from paperclub.models.draft import DRAFT_KEY, TOKENIZER_FILES, VOCAB_IDS, _read_
 from paperclub.models.llama import AttentionMeta, Block, Llama
 from paperclub.nn.linear import linear
 from paperclub.nn.rmsnorm import RMSNorm
-from paperclub.nn.rope import rope_table
 
 HEAD_KIND = "feature_head"
 
 
-class DraftHead(nn.Module):
-    """fc over [target hidden ; token embedding], `cfg.num_layers` Llama blocks, a norm and a reduced-vocab head."""
+class DraftHead(Llama):
+    """fc over [target hidden ; token embedding], `cfg.num_layers` Llama blocks, a norm and a reduced-vocab head.
+    A `Llama` from its input vectors on (`forward_embeds`), so it runs the engine's compiled CPU kernels."""
 
     def __init__(self, cfg: ModelConfig, embed: nn.Embedding, vocab_ids: torch.Tensor,
                  max_positions: int | None = None):
-        super().__init__()
+        nn.Module.__init__(self)
         if embed.weight.shape != (cfg.vocab_size, cfg.hidden_size):
             raise UserError(f"the target's embedding is {tuple(embed.weight.shape)} but the head expects "
                             f"({cfg.vocab_size}, {cfg.hidden_size}): use a head trained for this target")
@@ -62,17 +62,6 @@ class DraftHead(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, len(vocab_ids), bias=False)
         self.register_buffer("vocab_ids", vocab_ids.to(torch.long), persistent=False)
         self.set_rope(max_positions)
-
-    def set_rope(self, max_positions: int | None = None) -> None:
-        cfg = self.cfg
-        n = min(max_positions or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        with torch.device("cpu"):
-            cos, sin = rope_table(cfg.head_dim, cfg.rope_theta, n, cfg.rope_scaling)
-        device = self.fc.weight.device
-        if device.type != "meta":
-            cos, sin = cos.to(device), sin.to(device)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -90,14 +79,11 @@ class DraftHead(nn.Module):
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
                 k_caches: list[torch.Tensor], v_caches: list[torch.Tensor], meta: AttentionMeta) -> torch.Tensor:
         """With a KV cache (drafting): the predicted next hidden states (B, T, D), normed."""
-        x = self.fuse(features, tokens)
-        cos, sin = self.rope_cos.to(x.dtype)[positions][:, :, None], self.rope_sin.to(x.dtype)[positions][:, :, None]
-        for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
-            x = layer(x, cos, sin, k_cache, v_cache, meta)
-        return self.norm(x)
+        return self.forward_embeds(self.fuse(features, tokens), positions, k_caches, v_caches, meta)
 
-    def causal_forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Whole sequences from position 0, no cache (training): (B, T, D) predicted next hidden states."""
+    def causal_forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Whole sequences from position 0, no cache (training): (B, T, D) predicted next hidden states. (Takes
+        the pairs' features and tokens where `Llama.causal_forward` takes tokens.)"""
         T = tokens.shape[1]
         x = self.fuse(features, tokens)
         cos = self.rope_cos[:T].to(x.dtype)[None, :, None]
@@ -157,9 +143,11 @@ class DraftHead(nn.Module):
 
 def init_head(target: Llama, vocab_ids: torch.Tensor, num_layers: int = 1, init_layer: int | None = -1,
               seed: int = 0) -> DraftHead:
-    """A head for `target`: blocks copied from target layer `init_layer` (None: random), fc mapping the hidden
-    half to the identity and the embedding half to zero (so z starts as the target's own h), final norm from
-    the target, head rows = the target's output rows for `vocab_ids`."""
+    """A head for `target`: blocks copied from target layer `init_layer` with their output projections (attention
+    out, MLP down) zeroed, or random (None); fc mapping the hidden half to the identity and the embedding half to
+    small noise, so the head starts by predicting h_{i+1} = h_i (a last layer copied whole sends its large
+    outputs through and starts at a cross-entropy of 25 nats); final norm from the target; head rows = the
+    target's output rows for `vocab_ids`."""
     tcfg = target.cfg
     if num_layers < 1:
         raise UserError(f"a draft head needs >= 1 layer, got {num_layers}")
@@ -173,8 +161,10 @@ def init_head(target: Llama, vocab_ids: torch.Tensor, num_layers: int = 1, init_
             if init_layer is None:
                 for p in layer.parameters():
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.02 if p.dim() == 2 else torch.ones(p.shape))
-            else:
+            else:  # the target layer's attention and MLP, adding nothing to z until training moves them
                 layer.load_state_dict(target.layers[init_layer].state_dict())
+                layer.attn.o.weight.zero_()
+                layer.mlp.down.weight.zero_()
         fc = torch.cat([torch.eye(D), torch.randn(D, D, generator=gen) * 0.02], dim=1)
         head.fc.weight.copy_(fc)
         head.fc.bias.zero_()

@@ -180,10 +180,13 @@ class Llama(nn.Module):
 
     def forward(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
         """tokens, positions: (B, T). Returns the final-normed hidden states (B, T, D)."""
+        return self.forward_embeds(self.embed(tokens), positions, k_caches, v_caches, meta)
+
+    def forward_embeds(self, x, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
+        """`forward` from the input vectors (B, T, D) instead of token ids (a draft head builds its own)."""
         fused = self.runs_fused(k_caches[0])
         if fused and meta.lengths is not None:
-            return self._forward_packed(tokens, positions, k_caches, v_caches, meta)
-        x = self.embed(tokens)
+            return self._forward_packed(x, positions, k_caches, v_caches, meta)
         cos_table, sin_table = self.rope_tables(x.dtype)
         cos, sin = cos_table[positions][:, :, None], sin_table[positions][:, :, None]  # (B, T, 1, hd)
         if fused:
@@ -231,14 +234,15 @@ class Llama(nn.Module):
                                   self.cfg.rms_norm_eps, cu_seqlens, w if in_kernel else None)
         return out if in_kernel else self.norm(out)
 
-    def _forward_packed(self, tokens, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
-        """`forward` for rows padded to T with only `meta.lengths[b]` real tokens each (a batched prefill): the real
-        tokens are packed row after row and the padding is never computed. Padding positions of the result are 0."""
-        B, T = tokens.shape
-        lengths = torch.tensor(meta.lengths, device=tokens.device)
-        real = (torch.arange(T, device=tokens.device)[None, :] < lengths[:, None]).view(-1)  # (B*T,) row-major
+    def _forward_packed(self, x, positions, k_caches, v_caches, meta: AttentionMeta) -> torch.Tensor:
+        """`forward_embeds` for rows padded to T with only `meta.lengths[b]` real tokens each (a batched prefill):
+        the real rows are packed one after another and the padding is never computed. Padding positions of the
+        result are 0."""
+        B, T = x.shape[:2]
+        lengths = torch.tensor(meta.lengths, device=x.device)
+        real = (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).view(-1)  # (B*T,) row-major
         cu = torch.tensor([0, *itertools.accumulate(meta.lengths)])
-        x = self.embed(tokens.view(-1)[real])  # (N, D)
+        x = x.reshape(B * T, -1)[real]  # (N, D)
         pos = positions.reshape(-1)[real]
         cos_table, sin_table = self.rope_tables(x.dtype)
         cos, sin = cos_table[pos], sin_table[pos]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from paperclub.engine.kv_cache import KVCache, causal_meta
+from paperclub.engine.runner import length_groups
 from paperclub.engine.sampling import filtered_probs, greedy_tokens, sample
 from paperclub.engine.sequence import Sequence
 from paperclub.models.draft_head import DraftHead
@@ -41,15 +42,25 @@ class HeadRunner:
     def append(self, slots: list[int], starts: list[int], features: list[torch.Tensor],
                tokens: list[list[int]]) -> torch.Tensor:
         """Write pairs (features[b][j], tokens[b][j]) after `starts[b]` cached pairs of `slots[b]`; returns each
-        row's last predicted hidden state (B, D)."""
+        row's last predicted hidden state (B, D). Rows of different lengths are packed without padding on the
+        compiled CPU kernels, as the target's are (`ModelRunner.append`); elsewhere they run in groups of similar
+        length, each padded to its longest row."""
         lengths = [len(t) for t in tokens]
+        packed = bool(self.cache.k) and self.head.runs_fused(self.cache.k[0])
+        if not packed and len(set(lengths)) > 1:
+            groups = length_groups(lengths)
+            if len(groups) > 1:
+                out = [self.append([slots[i] for i in g], [starts[i] for i in g], [features[i] for i in g],
+                                   [tokens[i] for i in g]) for g in groups]
+                order = torch.tensor([i for g in groups for i in g], device=self.device)
+                return torch.cat(out)[torch.argsort(order)]
         T, D = max(lengths), self.head.cfg.hidden_size
+        self.reserve(self.cache.num_slots, max(a + (n if packed else T) for a, n in zip(starts, lengths, strict=True)))
         feats = torch.zeros(len(slots), T, D, dtype=self.head.dtype, device=self.device)
         for b, f in enumerate(features):
             feats[b, : len(f)] = f
         toks = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.device)
-        meta, positions = causal_meta(slots, starts, lengths, self.device)
-        meta.lengths = None  # rows are padded to T and computed padded (not the packed-prefill path)
+        meta, positions = causal_meta(slots, starts, lengths, self.device, self.head.cfg.sliding_window, packed)
         hidden = self.head(feats, toks, positions, self.cache.k, self.cache.v, meta)
         last = torch.tensor(lengths, device=self.device) - 1
         return hidden[torch.arange(len(slots), device=self.device), last]
