@@ -20,12 +20,9 @@ distribution at every position), then:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ from tqdm import tqdm
 
 from paperclub.atomic import atomic_path, write_json
 from paperclub.distill.dataset import Example
-from paperclub.distill.train import Batcher, DistillConfig, TrainState, local_names, lr_at, use_bf16
+from paperclub.distill.train import Batcher, DistillConfig, TrainState, fit, local_names, publish
 from paperclub.engine.runner import ModelRunner
 from paperclub.errors import UserError
 from paperclub.models.draft_head import DraftHead, head_loss, init_head, load_head, save_head
@@ -105,77 +102,26 @@ class HeadBatcher(Batcher):
         return b
 
 
-def save_head_checkpoint(path: Path, head: DraftHead, opt: torch.optim.Optimizer, state: TrainState) -> None:
-    params = {n: p.detach().clone() for n, p in head.named_parameters() if p.requires_grad}
-    with atomic_path(path) as tmp:
-        torch.save({"params": params, "optimizer": opt.state_dict(), "state": dataclasses.asdict(state),
-                    "vocab_ids": head.vocab_ids.cpu()}, tmp)
-
-
-def load_head_checkpoint(path: Path, head: DraftHead, opt: torch.optim.Optimizer) -> TrainState:
-    ck = torch.load(path, weights_only=True)
-    own = dict(head.named_parameters())
-    with torch.no_grad():
-        for n, t in ck["params"].items():
-            own[n].copy_(t)
-    opt.load_state_dict(ck["optimizer"])
-    return TrainState(**ck["state"])
-
-
 def train_head(head: DraftHead, examples: list[Example], features: list[torch.Tensor], cfg: DistillConfig,
                ckpt: Path) -> TrainState:
-    """Train `head` in place (the embedding stays frozen); resumes from `ckpt` if it exists."""
-    trainable = [p for n, p in head.named_parameters() if not n.startswith("embed.")]
-    for p in trainable:
-        p.requires_grad_(True)
-    head.embed.requires_grad_(False)
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    state = load_head_checkpoint(ckpt, head, opt) if ckpt.is_file() else TrainState()
-    if state.step:
-        log.info("resuming head training at step %d (%.0fs trained)", state.step, state.elapsed_s)
+    """Train `head` in place (`train.fit`; the embedding stays frozen); resumes from `ckpt` if it exists."""
+
+    def loss_fn(batch, step, bf16, act_dtype):
+        feats = batch["features"].float()
+        inputs = feats
+        if cfg.feature_noise > 0:  # seeded by step, so a resumed run draws the same noise
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            inputs = feats + cfg.feature_noise * feats.pow(2).mean().sqrt() * torch.randn(feats.shape, generator=gen)
+        with torch.autocast(head.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, parts = head_loss(head, inputs, batch["tokens"], batch["ids"], batch["p"], batch["weight"],
+                                    cfg.reg_weight, targets=feats, levels=cfg.unroll)
+        shown = {"ce": parts["ce"], "reg": parts["reg"]}
+        if cfg.unroll > 1:
+            shown[f"ce{cfg.unroll}"] = parts[f"ce{cfg.unroll}"]
+        return loss, shown
+
     batcher = HeadBatcher(examples, features, head.vocab_ids.cpu(), head.cfg.vocab_size, cfg)
-    bf16 = use_bf16(cfg.bf16, head.device)
-    shared_embed = head.embed
-    act = torch.bfloat16 if bf16 else torch.float32
-    head.embed = torch.nn.Embedding.from_pretrained(shared_embed.weight.detach().to(act), freeze=True)
-    head.train()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    last_ckpt = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="distill head", unit="step")
-    try:
-        while state.step < cfg.steps and not (cfg.time_budget_s and state.elapsed_s >= cfg.time_budget_s):
-            t0 = time.perf_counter()
-            batch = batcher.batch(state.step)
-            lr = lr_at(cfg, state.step, state.elapsed_s)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            feats = batch["features"].float()
-            inputs = feats
-            if cfg.feature_noise > 0:
-                rms = feats.pow(2).mean().sqrt()
-                inputs = feats + cfg.feature_noise * rms * torch.randn(feats.shape, generator=gen)
-            with torch.autocast(head.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, parts = head_loss(head, inputs, batch["tokens"], batch["ids"], batch["p"], batch["weight"],
-                                        cfg.reg_weight, targets=feats, levels=cfg.unroll)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            opt.step()
-            state.step += 1
-            state.elapsed_s += time.perf_counter() - t0
-            state.losses.append(round(parts["ce"], 5))
-            bar.update(1)
-            bar.set_postfix(ce=f"{parts['ce']:.3f}", reg=f"{parts['reg']:.3f}", lr=f"{lr:.1e}",
-                            **({f"ce{cfg.unroll}": f"{parts[f'ce{cfg.unroll}']:.3f}"} if cfg.unroll > 1 else {}))
-            if time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s:
-                save_head_checkpoint(ckpt, head, opt, state)
-                last_ckpt = time.perf_counter()
-    finally:
-        bar.close()
-        head.embed = shared_embed
-    save_head_checkpoint(ckpt, head, opt, state)
-    head.eval().requires_grad_(False)
-    return state
+    return fit(head, batcher, cfg, ckpt, loss_fn, "distill head")
 
 
 def measure_acceptance(target: Llama, head: DraftHead, prompts: list[list[int]], k: int, max_tokens: int,
@@ -243,14 +189,7 @@ def run_head_distill(target_dir: Path, out: Path, cfg: DistillConfig, llm: Any, 
     state = train_head(head, examples, features, cfg, work / "checkpoint.pt")
 
     extra = {"distill": local_names(cfg), "train_steps": state.step, "train_seconds": round(state.elapsed_s, 1)}
-    export = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    try:
-        save_head(head, export, target_dir, extra)
-        for f in export.iterdir():
-            f.chmod(0o644)
-            f.replace(out / f.name)
-    finally:
-        shutil.rmtree(export, ignore_errors=True)
+    publish(out, lambda d: save_head(head, d, target_dir, extra))
     exported = load_head(out, target)
     reports = {}
     for temp in cfg.eval_temperatures:

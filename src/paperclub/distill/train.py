@@ -213,16 +213,17 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
 
 
-def save_checkpoint(path: Path, draft: DraftLM, opt: torch.optim.Optimizer, state: TrainState) -> None:
-    params = {n: p.detach().clone() for n, p in draft.named_parameters() if p.requires_grad}
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState) -> None:
+    """Trainable weights, optimizer, progress and the draft vocabulary of a draft LM or head, written atomically."""
+    params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with atomic_path(path) as tmp:
         torch.save({"params": params, "optimizer": opt.state_dict(), "state": dataclasses.asdict(state),
-                    "vocab_ids": draft.vocab_ids.cpu()}, tmp)
+                    "vocab_ids": model.vocab_ids.cpu()}, tmp)
 
 
-def load_checkpoint(path: Path, draft: DraftLM, opt: torch.optim.Optimizer) -> TrainState:
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> TrainState:
     ck = torch.load(path, weights_only=True)
-    own = dict(draft.named_parameters())
+    own = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in ck["params"].items():
             own[n].copy_(t)
@@ -230,26 +231,32 @@ def load_checkpoint(path: Path, draft: DraftLM, opt: torch.optim.Optimizer) -> T
     return TrainState(**ck["state"])
 
 
-def train(draft: DraftLM, examples: list[Example], cfg: DistillConfig, ckpt: Path) -> TrainState:
-    """Train `draft` in place; resumes from `ckpt` if it exists. Returns the final state."""
-    trainable = [p for n, p in draft.named_parameters() if not n.startswith("embed.")]
+LossFn = Callable[[dict[str, torch.Tensor], int, bool, torch.dtype], tuple[torch.Tensor, dict[str, float]]]
+
+
+def fit(model: torch.nn.Module, batcher: Batcher, cfg: DistillConfig, ckpt: Path, loss_fn: LossFn,
+        desc: str) -> TrainState:
+    """The training loop of a draft LM and of a draft head: everything but the shared embedding trains (AdamW,
+    `lr_at`, gradient clipping at 1), resuming from `ckpt` if it exists and checkpointing every
+    `cfg.checkpoint_every_s`. `loss_fn(batch, step, bf16, act_dtype)` returns the loss and the figures the
+    progress bar shows; the first of them is logged per step in `TrainState.losses`."""
+    trainable = [p for n, p in model.named_parameters() if not n.startswith("embed.")]
     for p in trainable:
         p.requires_grad_(True)
-    draft.embed.requires_grad_(False)
+    model.embed.requires_grad_(False)
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    state = load_checkpoint(ckpt, draft, opt) if ckpt.is_file() else TrainState()
+    state = load_checkpoint(ckpt, model, opt) if ckpt.is_file() else TrainState()
     if state.step:
         log.info("resuming training at step %d (%.0fs trained)", state.step, state.elapsed_s)
-    batcher = Batcher(examples, draft.vocab_ids.cpu(), draft.cfg.vocab_size, cfg)
     # where bf16 matmuls are native (`use_bf16`): bf16 autocast with fp32 master weights, the residual stream in
     # bf16 as in bf16 inference, so the shared embedding is read as bf16; elsewhere fp32 throughout
-    shared_embed = draft.embed
-    bf16 = use_bf16(cfg.bf16, draft.device)
+    shared_embed = model.embed
+    bf16 = use_bf16(cfg.bf16, model.device)
     act_dtype = torch.bfloat16 if bf16 else torch.float32
-    draft.embed = torch.nn.Embedding.from_pretrained(shared_embed.weight.detach().to(act_dtype), freeze=True)
-    draft.train()
+    model.embed = torch.nn.Embedding.from_pretrained(shared_embed.weight.detach().to(act_dtype), freeze=True)
+    model.train()
     last_ckpt = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="distill", unit="step")
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, unit="step")
     try:
         while state.step < cfg.steps and not (cfg.time_budget_s and state.elapsed_s >= cfg.time_budget_s):
             t0 = time.perf_counter()
@@ -257,27 +264,38 @@ def train(draft: DraftLM, examples: list[Example], cfg: DistillConfig, ckpt: Pat
             lr = lr_at(cfg, state.step, state.elapsed_s)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with torch.autocast(draft.device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = train_forward(draft, batch["tokens"], batch["lengths"].tolist(), act_dtype)
-            loss = distill_loss(logits.float(), batch)
+            loss, shown = loss_fn(batch, state.step, bf16, act_dtype)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             state.step += 1
             state.elapsed_s += time.perf_counter() - t0
-            state.losses.append(round(loss.item(), 5))
+            state.losses.append(round(next(iter(shown.values())), 5))
             bar.update(1)
-            bar.set_postfix(loss=f"{state.losses[-1]:.3f}", lr=f"{lr:.1e}")
+            bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items()}, lr=f"{lr:.1e}")
             if time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s:
-                save_checkpoint(ckpt, draft, opt, state)
+                save_checkpoint(ckpt, model, opt, state)
                 last_ckpt = time.perf_counter()
     finally:
         bar.close()
-        draft.embed = shared_embed
-    save_checkpoint(ckpt, draft, opt, state)
-    draft.eval().requires_grad_(False)
+        model.embed = shared_embed
+    save_checkpoint(ckpt, model, opt, state)
+    model.eval().requires_grad_(False)
     return state
+
+
+def train(draft: DraftLM, examples: list[Example], cfg: DistillConfig, ckpt: Path) -> TrainState:
+    """Train `draft` in place (`fit`); resumes from `ckpt` if it exists. Returns the final state."""
+
+    def loss_fn(batch, step, bf16, act_dtype):
+        with torch.autocast(draft.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = train_forward(draft, batch["tokens"], batch["lengths"].tolist(), act_dtype)
+        loss = distill_loss(logits.float(), batch)
+        return loss, {"loss": loss.item()}
+
+    batcher = Batcher(examples, draft.vocab_ids.cpu(), draft.cfg.vocab_size, cfg)
+    return fit(draft, batcher, cfg, ckpt, loss_fn, "distill")
 
 
 def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = False,
@@ -370,14 +388,7 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     settings = local_names(cfg)
     extra = {"distill": settings,
              "train_steps": state.step, "train_seconds": round(state.elapsed_s, 1)}
-    export = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    try:  # each file replaces its predecessor atomically
-        save_draft(draft, export, target_dir, extra)
-        for f in export.iterdir():
-            f.chmod(0o644)
-            f.replace(out / f.name)
-    finally:
-        shutil.rmtree(export, ignore_errors=True)
+    publish(out, lambda d: save_draft(draft, d, target_dir, extra))
     target = llm.model
     exported = load_draft(out, target)
     reports = {}
@@ -399,6 +410,19 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     write_json(out / "acceptance.json", summary)
     write_json(work / "losses.json", state.losses)
     return summary
+
+
+def publish(out: Path, write: Callable[[Path], None]) -> None:
+    """`write(dir)` into a fresh directory inside `out`, then move each file into `out`: each replaces its
+    predecessor atomically (a half-written model never sits where a model is expected)."""
+    export = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        write(export)
+        for f in export.iterdir():
+            f.chmod(0o644)
+            f.replace(out / f.name)
+    finally:
+        shutil.rmtree(export, ignore_errors=True)
 
 
 def local_names(cfg: DistillConfig) -> dict[str, Any]:

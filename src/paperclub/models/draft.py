@@ -308,6 +308,17 @@ def load_draft(draft_dir: str | Path, target: Llama, device: str | torch.device 
     device = torch.device(device) if device is not None else target.device
     dtype = dtype or target.dtype
     path = draft_dir / "model.safetensors"
+    tensors, vocab_ids = read_draft_file(path, cfg.vocab_size)
+    draft = empty_draft(DraftLM, cfg, vocab_ids, target, device, dtype)
+    if tensors.get("lm_head.weight") is None or tensors["lm_head.weight"].shape[0] != len(vocab_ids):
+        raise UserError(f"{path}: lm_head.weight must have one row per draft vocabulary id: re-create the draft")
+    _load_own(draft, tensors)
+    draft.set_rope(target.rope_cos.shape[0])
+    return draft.eval().requires_grad_(False)
+
+
+def read_draft_file(path: Path, vocab_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The tensors of a draft's (or a draft head's) `model.safetensors` and its checked `draft.vocab_ids`."""
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {name: f.get_tensor(name) for name in f.keys()}
@@ -316,21 +327,24 @@ def load_draft(draft_dir: str | Path, target: Llama, device: str | torch.device 
     vocab_ids = tensors.pop(VOCAB_IDS, None)
     if vocab_ids is None or vocab_ids.dim() != 1 or not len(vocab_ids):
         raise UserError(f"{path} has no {VOCAB_IDS} tensor: re-create the draft with `paperclub distill`")
-    if int(vocab_ids.min()) < 0 or int(vocab_ids.max()) >= cfg.vocab_size or len(vocab_ids.unique()) != len(vocab_ids):
-        raise UserError(f"{path}: {VOCAB_IDS} must be distinct ids in [0, {cfg.vocab_size}): re-create the draft")
+    if int(vocab_ids.min()) < 0 or int(vocab_ids.max()) >= vocab_size or len(vocab_ids.unique()) != len(vocab_ids):
+        raise UserError(f"{path}: {VOCAB_IDS} must be distinct ids in [0, {vocab_size}): re-create the draft")
+    return tensors, vocab_ids
+
+
+def empty_draft(cls: type[DraftLM], cfg: ModelConfig, vocab_ids: torch.Tensor, target: Llama,
+                device: torch.device, dtype: torch.dtype) -> DraftLM:
+    """An uninitialised draft of class `cls` (a `DraftLM` or a draft head) on `device` in `dtype`, sharing the
+    target's embedding (a converted copy if the target lives elsewhere or in another dtype)."""
     embed = target.embed
     if embed.weight.device != device or embed.weight.dtype != dtype:
         embed = nn.Embedding.from_pretrained(embed.weight.detach().to(device, dtype), freeze=True)
     with torch.device("meta"):
-        draft = DraftLM(cfg, nn.Embedding(cfg.vocab_size, cfg.hidden_size), vocab_ids, max_positions=1)
+        draft = cls(cfg, nn.Embedding(cfg.vocab_size, cfg.hidden_size), vocab_ids, max_positions=1)
     draft = draft.to_empty(device=device).to(dtype)
     draft.embed = embed
     draft.vocab_ids = vocab_ids.to(device)
-    if tensors.get("lm_head.weight") is None or tensors["lm_head.weight"].shape[0] != len(vocab_ids):
-        raise UserError(f"{path}: lm_head.weight must have one row per draft vocabulary id: re-create the draft")
-    _load_own(draft, tensors)
-    draft.set_rope(target.rope_cos.shape[0])
-    return draft.eval().requires_grad_(False)
+    return draft
 
 
 def _load_own(draft: DraftLM, tensors: dict[str, torch.Tensor]) -> None:

@@ -30,46 +30,36 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
-from paperclub.models.draft import DRAFT_KEY, TOKENIZER_FILES, VOCAB_IDS, _read_config, draft_config, full_vocab_logits
-from paperclub.models.llama import AttentionMeta, Block, Llama
+from paperclub.models.draft import (
+    DRAFT_KEY,
+    TOKENIZER_FILES,
+    VOCAB_IDS,
+    DraftLM,
+    _read_config,
+    draft_config,
+    empty_draft,
+    read_draft_file,
+)
+from paperclub.models.llama import AttentionMeta, Llama
 from paperclub.nn.linear import linear
-from paperclub.nn.rmsnorm import RMSNorm
 
 HEAD_KIND = "feature_head"
 
 
-class DraftHead(Llama):
-    """fc over [target hidden ; token embedding], `cfg.num_layers` Llama blocks, a norm and a reduced-vocab head.
-    A `Llama` from its input vectors on (`forward_embeds`), so it runs the engine's compiled CPU kernels."""
+class DraftHead(DraftLM):
+    """A `DraftLM` (blocks, norm, reduced-vocabulary head over the target's embedding) whose input is not a token's
+    embedding but fc([target hidden ; token embedding]); from there on it runs as a `Llama` (`forward_embeds`), on
+    the engine's compiled CPU kernels."""
 
     def __init__(self, cfg: ModelConfig, embed: nn.Embedding, vocab_ids: torch.Tensor,
                  max_positions: int | None = None):
-        nn.Module.__init__(self)
-        if embed.weight.shape != (cfg.vocab_size, cfg.hidden_size):
-            raise UserError(f"the target's embedding is {tuple(embed.weight.shape)} but the head expects "
-                            f"({cfg.vocab_size}, {cfg.hidden_size}): use a head trained for this target")
-        self.cfg = cfg
-        self.embed = embed
+        super().__init__(cfg, embed, vocab_ids, max_positions)
         self.fc = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=True)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, len(vocab_ids), bias=False)
-        self.register_buffer("vocab_ids", vocab_ids.to(torch.long), persistent=False)
-        self.set_rope(max_positions)
-
-    @property
-    def device(self) -> torch.device:
-        return self.fc.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.fc.weight.dtype
 
     def fuse(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """z = fc([h ; embed(x)]): features (B, T, D) of positions i, tokens (B, T) = x_{i+1}."""
@@ -127,14 +117,6 @@ class DraftHead(Llama):
             outs.append(g)
             feats = torch.cat([features[:, :1], g[:, :-1].to(features.dtype)], dim=1)  # pair i <- prediction at i-1
         return outs
-
-    def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits over the draft vocabulary (..., draft_vocab)."""
-        return linear(hidden, self.lm_head.weight).float()
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits over the full target vocabulary, -inf outside the draft vocabulary."""
-        return full_vocab_logits(self.subset_logits(hidden), self.vocab_ids, self.cfg.vocab_size)
 
     def own_state(self) -> dict[str, torch.Tensor]:
         """The head's tensors (the shared embedding is not among them)."""
@@ -245,23 +227,8 @@ def load_head(head_dir: str | Path, target: Llama, device: str | torch.device | 
     device = torch.device(device) if device is not None else target.device
     dtype = dtype or target.dtype
     path = head_dir / "model.safetensors"
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read {path} ({e}): re-create the draft head") from e
-    vocab_ids = tensors.pop(VOCAB_IDS, None)
-    if vocab_ids is None or vocab_ids.dim() != 1 or not len(vocab_ids) or int(vocab_ids.min()) < 0 \
-            or int(vocab_ids.max()) >= cfg.vocab_size or len(vocab_ids.unique()) != len(vocab_ids):
-        raise UserError(f"{path}: {VOCAB_IDS} must be distinct ids in [0, {cfg.vocab_size}): re-create the head")
-    embed = target.embed
-    if embed.weight.device != device or embed.weight.dtype != dtype:
-        embed = nn.Embedding.from_pretrained(embed.weight.detach().to(device, dtype), freeze=True)
-    with torch.device("meta"):
-        head = DraftHead(cfg, nn.Embedding(cfg.vocab_size, cfg.hidden_size), vocab_ids, max_positions=1)
-    head = head.to_empty(device=device).to(dtype)
-    head.embed = embed
-    head.vocab_ids = vocab_ids.to(device)
+    tensors, vocab_ids = read_draft_file(path, cfg.vocab_size)
+    head = empty_draft(DraftHead, cfg, vocab_ids, target, device, dtype)
     expected = {n: tuple(t.shape) for n, t in head.own_state().items()}
     got = {n: tuple(t.shape) for n, t in tensors.items()}
     if expected != got:

@@ -21,10 +21,9 @@ import torch
 
 from paperclub.engine.kv_cache import KVCache, causal_meta
 from paperclub.engine.runner import length_groups
-from paperclub.engine.sampling import filtered_probs, greedy_tokens, sample
 from paperclub.engine.sequence import Sequence
 from paperclub.models.draft_head import DraftHead
-from paperclub.speculative.sd import Proposal
+from paperclub.speculative.sd import Proposal, draw
 
 
 class HeadRunner:
@@ -92,8 +91,7 @@ class HeadProposer:
         self.runner.reserve(self.runner.cache.num_slots, capacity)
 
     def propose(self, seqs: list[Sequence]) -> Proposal:
-        params = [s.params for s in seqs]
-        greedy = all(p.greedy for p in params)
+        greedy = all(s.params.greedy for s in seqs)
         ids = [s.request_id for s in seqs]
         slots = [self.slots[r] for r in ids]
         starts = [self.cached[r] for r in ids]
@@ -106,13 +104,7 @@ class HeadProposer:
         tokens, probs = [], []
         for i in range(self.k):
             h = self.runner.append(slots, starts, feats, toks)
-            logits = self.runner.head.logits(h)
-            if greedy:
-                t = greedy_tokens(logits)
-            else:
-                q = filtered_probs(logits, params)
-                t = sample(q, [s.generator for s in seqs])
-                probs.append(q)
+            t = draw(self.runner.head.logits(h), seqs, greedy, probs)
             tokens.append(t)
             if i == self.k - 1:
                 break

@@ -45,6 +45,16 @@ def one_hot_q(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return q.scatter_(2, tokens[:, :, None], 1.0)
 
 
+def draw(logits: torch.Tensor, seqs: list[Sequence], greedy: bool, probs: list[torch.Tensor]) -> torch.Tensor:
+    """One draft token per row from the draft's logits (B, V): the argmax when every row is greedy, else a sample
+    from each row's filtered distribution q, which is appended to `probs` for verification."""
+    if greedy:
+        return greedy_tokens(logits)
+    q = filtered_probs(logits, [s.params for s in seqs])
+    probs.append(q)
+    return sample(q, [s.generator for s in seqs])
+
+
 class Proposer(Protocol):
     runner: ModelRunner | None  # the draft model's runner, if any (the engine frees its cache when idle)
 
@@ -81,20 +91,13 @@ class DraftProposer:
 
     def propose(self, seqs: list[Sequence]) -> Proposal:
         """K draft tokens per row (B, K) and, unless every row is greedy, their probabilities q (B, K, V)."""
-        params = [s.params for s in seqs]
-        greedy = all(p.greedy for p in params)
+        greedy = all(s.params.greedy for s in seqs)
         slots = [self.slots[s.request_id] for s in seqs]
         starts = [self.cached[s.request_id] for s in seqs]
         chunks = [s.all_ids[c:] for s, c in zip(seqs, starts, strict=True)]
         tokens, probs = [], []
         for i in range(self.k):
-            logits = self.runner.append(slots, starts, chunks, True)
-            if greedy:
-                t = greedy_tokens(logits)
-            else:
-                q = filtered_probs(logits, params)
-                t = sample(q, [s.generator for s in seqs])
-                probs.append(q)
+            t = draw(self.runner.append(slots, starts, chunks, True), seqs, greedy, probs)
             tokens.append(t)
             if i == self.k - 1:
                 break  # d_K is not fed: it enters the draft cache next round, if it is accepted
