@@ -81,3 +81,29 @@ def test_reuse_data_links_the_features_instead_of_recomputing_them(head_run, tmp
     theirs = {p.name: p.stat().st_ino for p in (head_run / "work" / "features").iterdir()}
     mine = {p.name: p.stat().st_ino for p in (out / "work" / "features").iterdir()}
     assert mine and mine == theirs  # the same files (hard links), named by the chunks' contents
+
+
+def test_a_checkpoint_resumes_after_the_modules_are_declared_in_another_order(tmp_path):
+    """The optimizer state follows the parameters by name, not by position."""
+    from paperclub.distill.train import TrainState, load_checkpoint, save_checkpoint
+
+    class Two(torch.nn.Module):
+        def __init__(self, flip: bool):
+            super().__init__()
+            names = ("b", "a") if flip else ("a", "b")
+            for n in names:
+                self.register_parameter(n, torch.nn.Parameter(torch.randn(3 if n == "a" else 5)))
+            self.register_buffer("vocab_ids", torch.arange(2))
+
+    first = Two(flip=False)
+    opt = torch.optim.AdamW(first.parameters(), lr=0.1)
+    (first.a.sum() + 2 * first.b.sum()).backward()
+    opt.step()
+    save_checkpoint(tmp_path / "ck.pt", first, opt, TrainState(step=1))
+    second = Two(flip=True)
+    opt2 = torch.optim.AdamW(second.parameters(), lr=0.1)
+    assert load_checkpoint(tmp_path / "ck.pt", second, opt2).step == 1
+    for name in ("a", "b"):
+        want = opt.state[getattr(first, name)]["exp_avg"]
+        assert torch.equal(opt2.state[getattr(second, name)]["exp_avg"], want)
+        assert torch.equal(getattr(second, name), getattr(first, name))

@@ -222,12 +222,22 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> TrainState:
+    """Weights, optimizer and progress from `save_checkpoint`. The optimizer's state is matched to the parameters
+    by name (the checkpoint's `params` keep the order it was saved in), so a checkpoint still resumes after the
+    model's modules were declared in another order."""
     ck = torch.load(path, weights_only=True)
     own = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in ck["params"].items():
             own[n].copy_(t)
-    opt.load_state_dict(ck["optimizer"])
+    saved = list(ck["params"])  # the optimizer's parameter order when it was saved
+    mine = [n for n, p in model.named_parameters() if n in ck["params"]]  # `fit`'s order now
+    state = ck["optimizer"]
+    if saved != mine:
+        old = {n: i for i, n in enumerate(saved)}
+        state = {"state": {j: state["state"][old[n]] for j, n in enumerate(mine) if old[n] in state["state"]},
+                 "param_groups": [{**g, "params": list(range(len(mine)))} for g in state["param_groups"]]}
+    opt.load_state_dict(state)
     return TrainState(**ck["state"])
 
 
