@@ -151,16 +151,16 @@ class Batcher:
         if not examples:
             raise UserError("no training data: give prompts (the training split is empty)")
         self.examples, self.cfg = examples, cfg
-        self.index = {id(e): i for i, e in enumerate(examples)}  # which example each row was cropped from
         self.to_sub = torch.full((vocab_size,), -1, dtype=torch.long)
         self.to_sub[vocab_ids] = torch.arange(len(vocab_ids))
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         rng = random.Random(cfg.seed * 1_000_003 + step)
-        picks = [self.examples[rng.randrange(len(self.examples))] for _ in range(cfg.batch_size)]
+        picks = [rng.randrange(len(self.examples)) for _ in range(cfg.batch_size)]
         crops = []
-        for e in picks:
+        for i in picks:
+            e = self.examples[i]
             n = len(e.ids)
             # crop long sequences to a window that keeps the continuation when possible
             start = 0 if n <= cfg.max_seq_len else rng.randrange(0, n - cfg.max_seq_len + 1)
@@ -182,8 +182,7 @@ class Batcher:
             tgt_p[r, :n] = p / p.sum(-1, keepdim=True).clamp(min=1e-8)
             pos = torch.arange(a, b - 1)
             weight[r, :n] = torch.where(pos >= e.prompt_len - 1, 1.0, cfg.prompt_weight)
-        index = torch.tensor([self.index[id(e)] for e, _, _ in crops])
-        start = torch.tensor([a for _, a, _ in crops])
+        index, start = torch.tensor(picks), torch.tensor([a for _, a, _ in crops])  # where each row was cropped
         return {"tokens": tokens, "ids": tgt_ids, "p": tgt_p, "weight": weight, "lengths": torch.tensor(lengths),
                 "index": index, "start": start}
 
@@ -364,33 +363,22 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     if cfg.arch == "head":  # a feature head: its vocabulary as below, then `trainer` (`head_train.run_head_distill`)
         if trainer is None:
             raise UserError("--arch head needs the head trainer: run it through `paperclub distill --arch head`")
-        vocab_file = work / "vocab_ids.pt"
-        if vocab_file.is_file():
-            vocab_ids = torch.load(vocab_file, weights_only=True)
-        else:
-            vocab_ids = select_vocab(examples, llm.model.cfg.vocab_size, cfg.draft_vocab, eos)
-            with atomic_path(vocab_file) as tmp:
-                torch.save(vocab_ids, tmp)
+        vocab_ids = run_vocabulary(work, lambda: select_vocab(examples, llm.model.cfg.vocab_size, cfg.draft_vocab, eos))
         return trainer(target_dir, out, cfg, llm, examples, paths, vocab_ids, eval_ids, t_data)
 
     # 2. vocabulary, 3. training (the target in float32 for the draft's fp32 master weights)
     target32 = load_model(target_dir, dtype=torch.float32, max_positions=llm.max_model_len)
     start = None if cfg.init in ("target", "random") else load_draft(cfg.init, target32, dtype=torch.float32)
-    vocab_file = work / "vocab_ids.pt"
-    if vocab_file.is_file():
-        vocab_ids = torch.load(vocab_file, weights_only=True)
-    else:  # a draft that continues keeps its vocabulary; a new one takes the ids with the most mass in the data
-        vocab_ids = start.vocab_ids.cpu() if start is not None else \
-            select_vocab(examples, target32.cfg.vocab_size, cfg.draft_vocab, eos)
-        with atomic_path(vocab_file) as tmp:
-            torch.save(vocab_ids, tmp)
+    # a draft that continues keeps its vocabulary; a new one takes the ids with the most mass in the data
+    vocab_ids = run_vocabulary(work, lambda: start.vocab_ids.cpu() if start is not None else
+                               select_vocab(examples, target32.cfg.vocab_size, cfg.draft_vocab, eos))
     if start is None:
         draft = init_draft(target32, cfg.layers, vocab_ids, cfg.init_layers, random_init=cfg.init == "random",
                            seed=cfg.seed)
     else:
         if not torch.equal(start.vocab_ids.cpu(), vocab_ids):
             raise UserError(f"--init draft {cfg.init} has another draft vocabulary than this run's data "
-                            f"({vocab_file}): start from the target instead")
+                            f"({work / 'vocab_ids.pt'}): start from the target instead")
         draft = grow_draft(start, target32, cfg.layers, cfg.init_layers)
     state = train(draft, examples, cfg, work / "checkpoint.pt")
 
@@ -420,6 +408,18 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     write_json(out / "acceptance.json", summary)
     write_json(work / "losses.json", state.losses)
     return summary
+
+
+def run_vocabulary(work: Path, choose: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The run's draft vocabulary: `work/vocab_ids.pt` if an earlier pass (or `--reuse-data`) wrote it, else
+    `choose()`, saved there atomically so a resumed run keeps it."""
+    vocab_file = work / "vocab_ids.pt"
+    if vocab_file.is_file():
+        return torch.load(vocab_file, weights_only=True)
+    vocab_ids = choose()
+    with atomic_path(vocab_file) as tmp:
+        torch.save(vocab_ids, tmp)
+    return vocab_ids
 
 
 def publish(out: Path, write: Callable[[Path], None]) -> None:
