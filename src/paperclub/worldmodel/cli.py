@@ -56,6 +56,7 @@ RESUME_FIX = "start a new run (without --resume) in another --out"
 def cmd_train(args) -> int:
     from paperclub.worldmodel.checkpoint import CONFIG, saved_section
     from paperclub.worldmodel.data import load
+    from paperclub.worldmodel.ensemble import ENSEMBLE_FILE
     from paperclub.worldmodel.goal_metric import METRIC_FILE
     from paperclub.worldmodel.model import LeWMConfig
     from paperclub.worldmodel.train import TrainConfig, train
@@ -87,6 +88,7 @@ def cmd_train(args) -> int:
     command = "paperclub " + " ".join(argv[argv.index("lewm"):]) if "lewm" in argv else None
     # a step metric belongs to the weights it was fitted on: training changes them, so drop it until the end
     (out / METRIC_FILE).unlink(missing_ok=True)
+    (out / ENSEMBLE_FILE).unlink(missing_ok=True)  # its members read the old encoder's latents
     result = train(
         model_cfg,
         cfg,
@@ -236,6 +238,29 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from paperclub.worldmodel.checkpoint import load_checkpoint
+    from paperclub.worldmodel.data import load
+    from paperclub.worldmodel.ensemble import EnsembleConfig, save_ensemble, train_ensemble
+
+    _torch_threads(args.threads)
+    cfg = EnsembleConfig(members=args.members, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         rollout_weight=args.rollout_weight, seed=args.seed)
+    ckpt = Path(args.ckpt)
+    model, meta = load_checkpoint(ckpt)
+    data = load(args.data)
+    if data.env != meta["env"]:
+        raise UserError(f"dataset {args.data} is for {data.env}, but {ckpt} is a {meta['env']} checkpoint")
+    train_seed = int(meta.get("train", {}).get("seed", 0))
+    members, report = train_ensemble(model, data, cfg, progress=not args.quiet, train_seed=train_seed)
+    path = save_ensemble(ckpt, members, cfg, str(args.data))
+    report["path"] = str(path)
+    if args.json:
+        write_json(args.json, report)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def register(subparsers) -> None:
     lewm = subparsers.add_parser(
         "lewm", help="LeWorldModel: JEPA world model with SIGReg and latent planning"
@@ -300,6 +325,22 @@ def register(subparsers) -> None:
     p.add_argument("--max-episodes", type=int, default=300, help="episodes read, evenly spaced (default 300)")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_metric)
+
+    p = sub.add_parser("ensemble", help="train a predictor ensemble on a checkpoint's frozen encoder; `lewm plan` "
+                                        "then pays for the members' disagreement")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (ensemble.safetensors is written there)")
+    p.add_argument("--data", required=True, help="dataset .h5 (the one the model trained on)")
+    p.add_argument("--members", type=int, default=5, help="predictors (default 5)")
+    p.add_argument("--steps", type=int, default=6000, help="training steps per member (default 6000)")
+    p.add_argument("--batch-size", type=int, default=256, help="latent windows per step (default 256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--rollout-weight", type=float, default=1.0,
+                   help="weight of the multi-step loss on latents imagined from the window's first one (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="member i trains from seed + i (default 0)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None, help="write the members' validation losses here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("probe", help="effective rank of the latents (collapse diagnostic)")
     p.add_argument("--ckpt", default=None, help="checkpoint directory (default: the shipped one for --env)")

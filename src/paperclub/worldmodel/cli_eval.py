@@ -52,6 +52,18 @@ def cmd_plan(args) -> int:
     if args.cost == "step" and whiten is None:
         raise UserError(f"--cost step: {meta['path']} has no {METRIC_FILE}; make it with `paperclub lewm metric "
                         f"--ckpt {meta['path']} --data DATASET` (the dataset the model trained on)")
+    planner_model, ensemble_size = model, 0
+    if args.ensemble != "off":
+        from paperclub.worldmodel.ensemble import ENSEMBLE_FILE, EnsembleWM, load_ensemble
+
+        members = load_ensemble(meta["path"], model.cfg)
+        if members is None and args.ensemble == "on":
+            raise UserError(f"--ensemble on: {meta['path']} has no {ENSEMBLE_FILE}; make it with `paperclub lewm "
+                            f"ensemble --ckpt {meta['path']} --data DATASET`")
+        if members is not None:
+            device = next(model.parameters()).device
+            planner_model = EnsembleWM(model, [m.to(device) for m in members], beta=args.disagreement)
+            ensemble_size = len(members)
     cfg = PlanConfig(
         episodes=args.episodes,
         seed=args.seed,
@@ -72,14 +84,17 @@ def cmd_plan(args) -> int:
         torch.manual_seed(args.seed if args.seeds is None else args.seeds[0])
         baseline = PatchWM(matched_config(model.cfg)).eval().to(next(model.parameters()).device)
     if args.seeds is None:
-        result = evaluate_planning(model, env, cfg, baseline=baseline, progress=not args.quiet, whiten=whiten)
+        result = evaluate_planning(planner_model, env, cfg, baseline=baseline, progress=not args.quiet,
+                                   whiten=whiten)
     else:  # one episode set per seed; the baseline is timed on the first only
-        runs = [evaluate_planning(model, env, replace(cfg, seed=s), baseline=baseline if i == 0 else None,
+        runs = [evaluate_planning(planner_model, env, replace(cfg, seed=s), baseline=baseline if i == 0 else None,
                                   progress=not args.quiet, whiten=whiten) for i, s in enumerate(args.seeds)]
         result = combine_seeds(runs, args.seeds)
     result.pop("plan_times_s", None)
     result["ckpt"] = str(args.ckpt or "shipped")
     result["cost"] = cfg.cost
+    result["ensemble_members"] = ensemble_size
+    result["disagreement_weight"] = args.disagreement if ensemble_size else None
     if args.json:
         write_json(args.json, result)
         times = (
@@ -166,6 +181,12 @@ def register(sub) -> None:
     p.add_argument("--cost", choices=("auto", "step", "latent"), default="auto",
                    help="goal cost: the step metric (the checkpoint's goal_metric.safetensors; see `lewm metric`) "
                         "or the squared latent distance; auto (default): step where the checkpoint has one")
+    p.add_argument("--ensemble", choices=("auto", "on", "off"), default="auto",
+                   help="score plans with the checkpoint's predictor ensemble (ensemble.safetensors; see `lewm "
+                        "ensemble`) instead of its own predictor; auto (default): where the checkpoint has one")
+    p.add_argument("--disagreement", type=float, default=1.0,
+                   help="with an ensemble: weight of the members' disagreement in the goal cost (1: their mean "
+                        "cost, the default; 0: the cost of their mean prediction)")
     p.add_argument("--goal-offset", type=int, default=None, help="env steps from start to goal")
     p.add_argument("--max-steps", type=int, default=None, help="env steps the MPC loop may use")
     p.add_argument(

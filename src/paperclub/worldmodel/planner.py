@@ -76,6 +76,15 @@ def cost(z_final: torch.Tensor, z_goal: torch.Tensor, whiten: torch.Tensor | Non
     return diff.pow(2).flatten(1).sum(dim=1)
 
 
+def plan_cost(model, z0s: torch.Tensor, plans: torch.Tensor, z_goal: torch.Tensor,
+              whiten: torch.Tensor | None) -> torch.Tensor:
+    """Goal cost of each plan: the model's own `plan_cost` where it has one (a predictor ensemble, which also
+    pays for its members' disagreement), else `cost` of its rolled-out final latents."""
+    if hasattr(model, "plan_cost"):
+        return model.plan_cost(z0s, plans, z_goal, whiten)
+    return cost(model.rollout(z0s, plans), z_goal, whiten)
+
+
 @torch.no_grad()
 def cem_plan(
     model,
@@ -101,7 +110,7 @@ def cem_plan(
         noise = torch.randn(cfg.samples, *mean.shape, generator=generator).to(dev)
         plans = (mean + std * noise).clamp(-1, 1)
         plans[0] = mean.clamp(-1, 1)  # keep the current mean among the candidates
-        costs = cost(model.rollout(z0s, plans), z_goal, whiten)
+        costs = plan_cost(model, z0s, plans, z_goal, whiten)
         elite_idx = torch.topk(costs, cfg.elites, largest=False).indices
         elites = plans[elite_idx]
         mean, std = elites.mean(dim=0), elites.std(dim=0).clamp_min(cfg.min_std) if cfg.elites > 1 else std
@@ -109,7 +118,7 @@ def cem_plan(
             best_cost, best_plan = float(costs[elite_idx[0]]), elites[0]
     if cfg.execute == "mean":
         mean = mean.clamp(-1, 1)
-        return mean.cpu(), float(cost(model.rollout(z0.unsqueeze(0), mean.unsqueeze(0)), z_goal, whiten)[0])
+        return mean.cpu(), float(plan_cost(model, z0.unsqueeze(0), mean.unsqueeze(0), z_goal, whiten)[0])
     return best_plan.cpu(), best_cost
 
 
