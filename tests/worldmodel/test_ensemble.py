@@ -149,3 +149,30 @@ def test_cli_ensemble_then_plan(tiny_ckpt, tworoom_data_path, tmp_path, capsys):
     assert main(["lewm", "train", "--env", "tworoom", "--out", str(ckpt), "--resume", "--steps", "31",
                  "--data", str(tworoom_data_path), "--quiet"]) == 0
     assert not (ckpt / ENSEMBLE_FILE).exists()
+
+
+def test_the_step_metric_loss_weighs_errors_as_planning_does():
+    member = Fixed([0.0, 0.0])
+    member.predict = lambda z, a: z[:, :-1] * 0 + torch.tensor([1.0, 1.0])  # error (1, 1) on every token
+    z, a = torch.zeros(2, 3, 2), torch.zeros(2, 3, 4)
+    z[:, 1:] = torch.tensor([0.0, 0.0])
+    w = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    tf, _ = member_losses(member, z, a)
+    tf_w, _ = member_losses(member, z, a, w)
+    assert float(tf) == pytest.approx(1.0) and float(tf_w) == pytest.approx((9 + 1) / 2)
+
+
+def test_step_loss_needs_the_checkpoints_metric(tiny_ckpt, tworoom_data_path, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    (ckpt / "goal_metric.safetensors").unlink(missing_ok=True)
+    args = ["lewm", "ensemble", "--ckpt", str(ckpt), "--data", str(tworoom_data_path), "--members", "1",
+            "--steps", "3", "--batch-size", "8", "--loss", "step", "--quiet"]
+    assert main(args) == 2
+    assert "lewm metric" in capsys.readouterr().err
+    assert main(["lewm", "metric", "--ckpt", str(ckpt), "--data", str(tworoom_data_path)]) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["loss_metric"] == "step"
+    assert "val_pred_loss_step_metric" in report["members"][0]

@@ -242,17 +242,23 @@ def cmd_ensemble(args) -> int:
     from paperclub.worldmodel.checkpoint import load_checkpoint
     from paperclub.worldmodel.data import load
     from paperclub.worldmodel.ensemble import EnsembleConfig, save_ensemble, train_ensemble
+    from paperclub.worldmodel.goal_metric import METRIC_FILE, load_step_metric
 
     _torch_threads(args.threads)
     cfg = EnsembleConfig(members=args.members, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         rollout_weight=args.rollout_weight, seed=args.seed)
+                         rollout_weight=args.rollout_weight, loss_metric=args.loss, seed=args.seed)
     ckpt = Path(args.ckpt)
     model, meta = load_checkpoint(ckpt)
+    whiten = load_step_metric(ckpt, model.cfg.latent_dim) if cfg.loss_metric == "step" else None
+    if cfg.loss_metric == "step" and whiten is None:
+        raise UserError(f"--loss step: {ckpt} has no {METRIC_FILE}; make it with `paperclub lewm metric --ckpt "
+                        f"{ckpt} --data DATASET`")
     data = load(args.data)
     if data.env != meta["env"]:
         raise UserError(f"dataset {args.data} is for {data.env}, but {ckpt} is a {meta['env']} checkpoint")
     train_seed = int(meta.get("train", {}).get("seed", 0))
-    members, report = train_ensemble(model, data, cfg, progress=not args.quiet, train_seed=train_seed)
+    members, report = train_ensemble(model, data, cfg, progress=not args.quiet, train_seed=train_seed,
+                                     whiten=whiten)
     path = save_ensemble(ckpt, members, cfg, str(args.data))
     report["path"] = str(path)
     if args.json:
@@ -336,6 +342,9 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--rollout-weight", type=float, default=1.0,
                    help="weight of the multi-step loss on latents imagined from the window's first one (default 1)")
+    p.add_argument("--loss", choices=("latent", "step"), default="latent",
+                   help="the prediction error trained on: squared latent distance (default, as `lewm train`) or "
+                        "the checkpoint's step metric, the goal cost planning pays")
     p.add_argument("--seed", type=int, default=0, help="member i trains from seed + i (default 0)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write the members' validation losses here")

@@ -57,6 +57,9 @@ class EnsembleConfig:
     weight_decay: float = 1e-3
     warmup: int = 200
     rollout_weight: float = 1.0  # weight of the multi-step (imagined from the first latent) loss
+    # the error the members learn to avoid: "latent" (squared latent distance, as `lewm train`) or "step" (the
+    # checkpoint's step metric, the goal cost planning pays: it weighs the slow block above the fast pusher)
+    loss_metric: str = "latent"
     val_fraction: float = 0.1  # the same episode split as `lewm train` with the same seed
     seed: int = 0  # member i starts from seed + i (initialization and batch order)
 
@@ -67,6 +70,8 @@ class EnsembleConfig:
             raise UserError("--steps and --batch-size must be >= 1")
         if not self.lr > 0 or self.weight_decay < 0 or self.rollout_weight < 0 or self.warmup < 0:
             raise UserError("the ensemble needs lr > 0 and weight decay, warm-up and rollout weight >= 0")
+        if self.loss_metric not in ("latent", "step"):
+            raise UserError(f"ensemble loss metric must be 'latent' or 'step', got {self.loss_metric!r}")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -119,17 +124,34 @@ class LatentWindows:
         return self.latents[torch.from_numpy(idx)], torch.from_numpy(actions)
 
 
-def member_losses(member: Member, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(teacher-forced MSE of latents 1..T, MSE of latents 1..T imagined from latent 0 alone)."""
+def member_losses(member: Member, z: torch.Tensor, a: torch.Tensor,
+                  whiten: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teacher-forced MSE of latents 1..T, MSE of latents 1..T imagined from latent 0 alone); with `whiten` (the
+    step metric's W) the squared errors are measured as ||W (pred - z)||^2 / D."""
     pred = member.predict(z[:, :-1], a[:, :-1])
     imagined = member.imagine(z[:, 0], a[:, :-1])
     target = z[:, 1:]
-    return (pred - target).pow(2).mean(), (imagined - target).pow(2).mean()
+
+    def mse(x: torch.Tensor) -> torch.Tensor:
+        err = x - target
+        return (err if whiten is None else err @ whiten.T).pow(2).mean()
+
+    return mse(pred), mse(imagined)
+
+
+def val_losses(member: Member, z: torch.Tensor, a: torch.Tensor, whiten: torch.Tensor | None) -> dict:
+    """Validation losses in the latent distance, and with `whiten` also in the step metric."""
+    tf, roll = member_losses(member, z, a)
+    out = {"val_pred_loss": float(tf), "val_rollout_loss": float(roll)}
+    if whiten is not None:
+        tf, roll = member_losses(member, z, a, whiten)
+        out |= {"val_pred_loss_step_metric": float(tf), "val_rollout_loss_step_metric": float(roll)}
+    return out
 
 
 def train_member(
     cfg_model: LeWMConfig, cfg: EnsembleConfig, index: int, train: LatentWindows, val: LatentWindows,
-    progress: bool = True,
+    progress: bool = True, whiten: torch.Tensor | None = None,
 ) -> tuple[Member, dict]:
     """Member `index`: AdamW, linear warm-up then cosine to 0 over `cfg.steps`, its own seed."""
     seed = cfg.seed + index
@@ -144,7 +166,7 @@ def train_member(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * warm * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
         z, a = train.sample(cfg.batch_size, rng)
-        tf, roll = member_losses(member, z, a)
+        tf, roll = member_losses(member, z, a, whiten)
         loss = tf + cfg.rollout_weight * roll
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,20 +176,20 @@ def train_member(
     member.eval()
     with torch.no_grad():
         z, a = val.sample(1024, np.random.default_rng(1234))
-        tf, roll = member_losses(member, z, a)
-    stats = {"member": index, "seed": seed, "val_pred_loss": float(tf), "val_rollout_loss": float(roll),
-             "time_s": time.perf_counter() - start}
+        stats = {"member": index, "seed": seed, **val_losses(member, z, a, whiten),
+                 "time_s": time.perf_counter() - start}
     log.info("member %d: %s", index, stats)
     return member, stats
 
 
 def train_ensemble(model: LeWM, data: Episodes, cfg: EnsembleConfig, progress: bool = True,
-                   train_seed: int = 0) -> tuple[list[Member], dict]:
+                   train_seed: int = 0, whiten: torch.Tensor | None = None) -> tuple[list[Member], dict]:
     """Encode `data` with the frozen `model`, train `cfg.members` members on its latent windows (validation on
-    the episodes `lewm train --seed train_seed` held out) and report each member's validation losses beside the
-    checkpoint's own predictor's on the same windows."""
-    if data.env is None:
-        raise UserError("dataset has no env")
+    the episodes `lewm train --seed train_seed` held out) and report each member's validation losses (in the
+    plain latent distance) beside the checkpoint's own predictor's on the same windows. `whiten`: the step
+    metric, required when `cfg.loss_metric == "step"`."""
+    if (whiten is not None) != (cfg.loss_metric == "step"):
+        raise ValueError(f"loss metric {cfg.loss_metric!r} with{'out' if whiten is None else ''} a step metric")
     latents = encode_dataset(model, data, progress=progress)
     train_eps, val_eps = split_episodes(data, cfg.val_fraction, train_seed)
     h, k = model.cfg.history, model.cfg.frameskip
@@ -175,7 +197,7 @@ def train_ensemble(model: LeWM, data: Episodes, cfg: EnsembleConfig, progress: b
     val = LatentWindows(latents, WindowSampler(data, h, k, val_eps if len(val_eps) else None))
     members, stats = [], []
     for i in range(cfg.members):
-        member, s = train_member(model.cfg, cfg, i, train, val, progress)
+        member, s = train_member(model.cfg, cfg, i, train, val, progress, whiten)
         members.append(member)
         stats.append(s)
     base = Member(model.cfg)
@@ -184,9 +206,7 @@ def train_ensemble(model: LeWM, data: Episodes, cfg: EnsembleConfig, progress: b
     base.eval()
     with torch.no_grad():
         z, a = val.sample(1024, np.random.default_rng(1234))
-        tf, roll = member_losses(base, z, a)
-    report = {"members": stats, "checkpoint_predictor": {"val_pred_loss": float(tf), "val_rollout_loss": float(roll)},
-              "config": asdict(cfg)}
+        report = {"members": stats, "checkpoint_predictor": val_losses(base, z, a, whiten), "config": asdict(cfg)}
     return members, report
 
 
