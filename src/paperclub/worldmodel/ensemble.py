@@ -175,6 +175,8 @@ def train_member(
             bar.set_postfix(tf=f"{tf.item():.4f}", roll=f"{roll.item():.4f}")
     member.eval()
     with torch.no_grad():
+        for p in member.parameters():  # as saved (save_ensemble): the validation loss is the shipped weights'
+            p.copy_(p.half().float())
         z, a = val.sample(1024, np.random.default_rng(1234))
         stats = {"member": index, "seed": seed, **val_losses(member, z, a, whiten),
                  "time_s": time.perf_counter() - start}
@@ -211,8 +213,10 @@ def train_ensemble(model: LeWM, data: Episodes, cfg: EnsembleConfig, progress: b
 
 
 def save_ensemble(ckpt: str | os.PathLike, members: list[Member], cfg: EnsembleConfig, dataset: str) -> Path:
+    """Write the members into `ckpt`/ensemble.safetensors in float16 (half the size; what is saved is what is
+    evaluated: `train_ensemble` rounds its members the same way)."""
     path = Path(ckpt) / ENSEMBLE_FILE
-    state = {f"m{i}.{k}": v.detach().contiguous().clone() for i, m in enumerate(members)
+    state = {f"m{i}.{k}": v.detach().to(torch.float16).contiguous() for i, m in enumerate(members)
              for k, v in m.state_dict().items()}
     meta = {"config": json.dumps(asdict(cfg)), "dataset": str(dataset), "members": str(len(members))}
     with atomic_path(path) as tmp:
@@ -234,7 +238,7 @@ def load_ensemble(ckpt: str | os.PathLike, cfg_model: LeWMConfig) -> list[Member
     members = []
     for i in range(n):
         member = Member(cfg_model)
-        own = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"m{i}.")}
+        own = {k.split(".", 1)[1]: v.float() for k, v in state.items() if k.startswith(f"m{i}.")}
         try:
             member.load_state_dict(own)
         except RuntimeError as e:
