@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from paperclub.cli import main
 from paperclub.errors import UserError
@@ -114,6 +115,13 @@ def test_training_lowers_the_loss_and_the_file_round_trips(tiny_ckpt, tworoom_da
         for m, n in zip(members, loaded, strict=True):
             torch.testing.assert_close(m.imagine(z[:3, 0], plans), n.imagine(z[:3, 0], plans))
     assert load_ensemble(tmp_path / "missing", model.cfg) is None
+
+    state = load_file(str(tmp_path / ENSEMBLE_FILE))
+    nan = {k: (v * float("nan") if i == 0 else v) for i, (k, v) in enumerate(state.items())}
+    (tmp_path / "nan").mkdir()
+    save_file(nan, str(tmp_path / "nan" / ENSEMBLE_FILE))
+    with pytest.raises(UserError, match="NaN"):
+        load_ensemble(tmp_path / "nan", model.cfg)
     raw = (tmp_path / ENSEMBLE_FILE).read_bytes()
     (tmp_path / ENSEMBLE_FILE).write_bytes(raw[: len(raw) // 2])
     with pytest.raises(UserError, match="truncated or corrupt.*lewm ensemble"):
@@ -145,6 +153,13 @@ def test_cli_ensemble_then_plan(tiny_ckpt, tworoom_data_path, tmp_path, capsys):
     capsys.readouterr()
     assert main(["lewm", "plan", "--ckpt", str(ckpt), "--disagreement", "-1", *SMALL_PLAN]) == 2
     assert "disagreement" in capsys.readouterr().err
+    saved = (ckpt / ENSEMBLE_FILE).read_bytes()
+    for damaged in (saved[: len(saved) // 3], b""):
+        (ckpt / ENSEMBLE_FILE).write_bytes(damaged)
+        assert main(["lewm", "plan", "--ckpt", str(ckpt), *SMALL_PLAN]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(ckpt / ENSEMBLE_FILE) in err and "lewm ensemble" in err, err
+    (ckpt / ENSEMBLE_FILE).write_bytes(saved)
     # training changes the encoder the members read: the ensemble is dropped
     assert main(["lewm", "train", "--env", "tworoom", "--out", str(ckpt), "--resume", "--steps", "31",
                  "--data", str(tworoom_data_path), "--quiet"]) == 0

@@ -336,8 +336,8 @@ def register(subparsers) -> None:
                                         "then pays for the members' disagreement")
     p.add_argument("--ckpt", required=True, help="checkpoint directory (ensemble.safetensors is written there)")
     p.add_argument("--data", required=True, help="dataset .h5 (the one the model trained on)")
-    p.add_argument("--members", type=int, default=5, help="predictors (default 5)")
-    p.add_argument("--steps", type=int, default=6000, help="training steps per member (default 6000)")
+    p.add_argument("--members", type=int, default=3, help="predictors (default 3)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per member (default 3000)")
     p.add_argument("--batch-size", type=int, default=256, help="latent windows per step (default 256)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--rollout-weight", type=float, default=1.0,

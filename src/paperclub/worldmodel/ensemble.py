@@ -50,8 +50,8 @@ ENSEMBLE_FILE = "ensemble.safetensors"
 
 @dataclass
 class EnsembleConfig:
-    members: int = 5
-    steps: int = 20000  # per member
+    members: int = 3
+    steps: int = 3000  # per member
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -234,6 +234,9 @@ def load_ensemble(ckpt: str | os.PathLike, cfg_model: LeWMConfig) -> list[Member
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is truncated or corrupt ({first_line(e)}): {fix}") from e
+    bad = next((k for k, v in state.items() if not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{path}: {bad} holds NaN or infinite values: {fix}")
     n = len({k.split(".", 1)[0] for k in state})
     members = []
     for i in range(n):
