@@ -148,11 +148,27 @@ def test_cli_ensemble_then_plan(tiny_ckpt, tworoom_data_path, tmp_path, capsys):
     assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), "--disagreement", "2", *SMALL_PLAN]) == 0
     result = json.loads(out.read_text())
     assert result["ensemble_members"] == 2 and result["disagreement_weight"] == 2.0
+    # without the flag: the weight the checkpoint's config.json was measured with, else 1
+    assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), *SMALL_PLAN]) == 0
+    assert json.loads(out.read_text())["disagreement_weight"] == 1.0
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "plan_defaults": {"disagreement": 4}}))
+    assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), *SMALL_PLAN]) == 0
+    assert json.loads(out.read_text())["disagreement_weight"] == 4.0
+    assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), "--disagreement", "0", *SMALL_PLAN]) == 0
+    assert json.loads(out.read_text())["disagreement_weight"] == 0.0
+    (ckpt / "config.json").write_text(json.dumps({**config, "plan_defaults": {"disagreement": "high"}}))
+    capsys.readouterr()
+    assert main(["lewm", "plan", "--ckpt", str(ckpt), *SMALL_PLAN]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plan_defaults.disagreement" in err
+    (ckpt / "config.json").write_text(json.dumps(config))
     assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), "--ensemble", "off", *SMALL_PLAN]) == 0
     assert json.loads(out.read_text())["ensemble_members"] == 0
     capsys.readouterr()
-    assert main(["lewm", "plan", "--ckpt", str(ckpt), "--disagreement", "-1", *SMALL_PLAN]) == 2
-    assert "disagreement" in capsys.readouterr().err
+    for bad in ("-1", "nan", "inf"):
+        assert main(["lewm", "plan", "--ckpt", str(ckpt), "--disagreement", bad, *SMALL_PLAN]) == 2
+        assert "disagreement" in capsys.readouterr().err
     saved = (ckpt / ENSEMBLE_FILE).read_bytes()
     for damaged in (saved[: len(saved) // 3], b""):
         (ckpt / ENSEMBLE_FILE).write_bytes(damaged)

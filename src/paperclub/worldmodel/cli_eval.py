@@ -30,6 +30,17 @@ def _load(args):
     return model, meta
 
 
+def disagreement_weight(flag: float | None, meta: dict) -> float:
+    """The ensemble's disagreement weight: --disagreement where given, else the one the checkpoint's config.json
+    was measured with (`plan_defaults.disagreement`), else 1 (the members' mean cost)."""
+    if flag is not None:
+        return flag
+    value = (meta.get("plan_defaults") or {}).get("disagreement", 1.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"{meta['path']}/config.json: plan_defaults.disagreement must be a number, got {value!r}")
+    return float(value)
+
+
 def _sidecar(json_path: str | None, suffix: str) -> Path | None:
     return None if not json_path else Path(json_path).with_name(Path(json_path).stem + suffix)
 
@@ -62,7 +73,8 @@ def cmd_plan(args) -> int:
                             f"ensemble --ckpt {meta['path']} --data DATASET`")
         if members is not None:
             device = next(model.parameters()).device
-            planner_model = EnsembleWM(model, [m.to(device) for m in members], beta=args.disagreement)
+            beta = disagreement_weight(args.disagreement, meta)
+            planner_model = EnsembleWM(model, [m.to(device) for m in members], beta=beta)
             ensemble_size = len(members)
     cfg = PlanConfig(
         episodes=args.episodes,
@@ -94,7 +106,7 @@ def cmd_plan(args) -> int:
     result["ckpt"] = str(args.ckpt or "shipped")
     result["cost"] = cfg.cost
     result["ensemble_members"] = ensemble_size
-    result["disagreement_weight"] = args.disagreement if ensemble_size else None
+    result["disagreement_weight"] = planner_model.beta if ensemble_size else None
     if args.json:
         write_json(args.json, result)
         times = (
@@ -184,9 +196,10 @@ def register(sub) -> None:
     p.add_argument("--ensemble", choices=("auto", "on", "off"), default="auto",
                    help="score plans with the checkpoint's predictor ensemble (ensemble.safetensors; see `lewm "
                         "ensemble`) instead of its own predictor; auto (default): where the checkpoint has one")
-    p.add_argument("--disagreement", type=float, default=1.0,
+    p.add_argument("--disagreement", type=float, default=None,
                    help="with an ensemble: weight of the members' disagreement in the goal cost (1: their mean "
-                        "cost, the default; 0: the cost of their mean prediction)")
+                        "cost; 0: the cost of their mean prediction); default: the checkpoint's "
+                        "plan_defaults.disagreement in config.json, else 1")
     p.add_argument("--goal-offset", type=int, default=None, help="env steps from start to goal")
     p.add_argument("--max-steps", type=int, default=None, help="env steps the MPC loop may use")
     p.add_argument(

@@ -259,8 +259,8 @@ class EnsembleWM(nn.Module):
 
     def __init__(self, model: LeWM, members: list[Member], beta: float = 1.0):
         super().__init__()
-        if beta < 0:
-            raise UserError(f"--disagreement must be >= 0, got {beta}")
+        if not 0 <= beta < float("inf"):
+            raise UserError(f"--disagreement must be a finite number >= 0, got {beta}")
         self.base, self.members, self.beta = model, nn.ModuleList(members), beta
         self.cfg = model.cfg
 
