@@ -72,3 +72,29 @@ def test_demos_run_from_the_command_line(tmp_path):
                  "--plot", str(tmp_path / "p.png")]) == 0
     assert json.loads((tmp_path / "p.json").read_text())["targets"]
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_noise_flags_reach_the_demo_and_bad_ones_fail(tmp_path, monkeypatch, capsys):
+    from paperclub.bounds.demos import label_noise
+
+    seen = {}
+
+    def fake_run(cfg, **kwargs):
+        label_noise.validate(cfg)
+        seen["cfg"] = cfg
+        return {"rows": []}
+
+    monkeypatch.setattr(label_noise, "run", fake_run)
+    args = ["bounds", "demo", "label-noise", "--json", str(tmp_path / "r.json"), "--cache", str(tmp_path / "c")]
+    assert main([*args, "--n-train", "10000", "--noise", "0", "0.05", "--epochs", "30"]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.n_train, cfg.noise_levels, cfg.epochs) == (10000, (0.0, 0.05), 30)
+    assert main(args) == 0
+    assert (seen["cfg"].n_train, seen["cfg"].epochs) == (2000, 80)
+    capsys.readouterr()
+    for bad in (["--n-train", "5"], ["--noise", "1.5"], ["--noise", "0.1", "0.1"], ["--epochs", "0"]):
+        assert main([*args, *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "LabelNoiseConfig" in err, err
+    assert main(["bounds", "demo", "polynomial", "--n-train", "100"]) == 2
+    assert "--n-train: only the label-noise demo" in capsys.readouterr().err

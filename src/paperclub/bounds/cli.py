@@ -154,7 +154,13 @@ def cmd_demo(args) -> int:
             check_writable(path, what)
     module_name, config_name = DEMOS[args.name]
     module = import_module(f"paperclub.bounds.demos.{module_name}")
-    cfg = getattr(module, config_name)(seed=args.seed)
+    overrides = {"n_train": args.n_train, "noise_levels": None if args.noise is None else tuple(args.noise),
+                 "epochs": args.epochs}
+    given = [name for name, value in overrides.items() if value is not None]
+    if given and args.name != "label-noise":
+        flags = ", ".join("--" + {"n_train": "n-train", "noise_levels": "noise"}.get(n, n) for n in given)
+        raise UserError(f"{flags}: only the label-noise demo takes these")
+    cfg = getattr(module, config_name)(seed=args.seed, **{name: overrides[name] for name in given})
     plot = Path(args.plot) if args.plot else None
     if args.name == "label-noise":  # many trainings: resumable through a cache of finished ones
         from paperclub.models.store import paperclub_home
@@ -230,6 +236,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="label-noise: where finished trainings are kept, so a rerun resumes "
                                    "(default $PAPERCLUB_HOME/bounds/label_noise)")
     p.add_argument("--threads", type=int, help="label-noise: torch threads (1 is fastest beside another job)")
+    p.add_argument("--n-train", type=int, help="label-noise: training images, the bound's n (default 2000)")
+    p.add_argument("--noise", type=float, nargs="+", metavar="P",
+                   help="label-noise: the fractions of labels randomized (default 0 .02 .05 .1 .25 .5 .75 1)")
+    p.add_argument("--epochs", type=int, help="label-noise: subspace training epochs per model (default 80)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     group.set_defaults(func=lambda args: group.print_help() or 2)
