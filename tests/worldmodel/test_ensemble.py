@@ -157,11 +157,12 @@ def test_cli_ensemble_then_plan(tiny_ckpt, tworoom_data_path, tmp_path, capsys):
     assert json.loads(out.read_text())["disagreement_weight"] == 4.0
     assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), "--disagreement", "0", *SMALL_PLAN]) == 0
     assert json.loads(out.read_text())["disagreement_weight"] == 0.0
-    (ckpt / "config.json").write_text(json.dumps({**config, "plan_defaults": {"disagreement": "high"}}))
     capsys.readouterr()
-    assert main(["lewm", "plan", "--ckpt", str(ckpt), *SMALL_PLAN]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "plan_defaults.disagreement" in err
+    for bad in ("high", -2):
+        (ckpt / "config.json").write_text(json.dumps({**config, "plan_defaults": {"disagreement": bad}}))
+        assert main(["lewm", "plan", "--ckpt", str(ckpt), *SMALL_PLAN]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "plan_defaults.disagreement" in err
     (ckpt / "config.json").write_text(json.dumps(config))
     assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), "--ensemble", "off", *SMALL_PLAN]) == 0
     assert json.loads(out.read_text())["ensemble_members"] == 0

@@ -36,8 +36,9 @@ def disagreement_weight(flag: float | None, meta: dict) -> float:
     if flag is not None:
         return flag
     value = (meta.get("plan_defaults") or {}).get("disagreement", 1.0)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UserError(f"{meta['path']}/config.json: plan_defaults.disagreement must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise UserError(f"{meta['path']}/config.json: plan_defaults.disagreement must be a finite number >= 0, "
+                        f"got {value!r}")
     return float(value)
 
 
