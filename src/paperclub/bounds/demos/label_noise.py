@@ -34,11 +34,12 @@ the training error stays at 0.6-4.8% at every noise level while the compressed s
 d = 1400) to ~118k bits (all labels random, d = 32000), the test error on clean labels from 0.20 to 0.90, and the
 bound from 0.90 (clean) through 0.95, 0.98 and 0.9995 (2, 5 and 10% noise) to 1. It is no better than guessing
 anywhere at this n: subspace coding is far from the information-theoretic minimum (50-60 bits per random label,
-not 3.32), and even the clean model needs ~2.9 bits per training example; non-vacuous bounds need n large enough
-that the clean model's bits are well below n, which the full 60k training set gives and a two-core demo cannot
-afford. Coarser codebooks (3 or 7 levels) fitted the labels to 5% once only, with a higher bound. Levels of
-noise that land on the same d (the grid steps by ~sqrt(2)) get about the same size, so neighbouring bounds so
-close to 1 may even swap by ~1e-10, the smaller training error winning (0.5 and 0.75 do).
+not 3.32), and even the clean model needs ~2.9 bits per training example. A larger n does not cure it: at
+n = 10000 (`--n-train 10000 --epochs 30`) the smallest clean model under 5% training error needs 4.1 bits per
+example and certifies 0.957, while d = 1400 certifies 0.533 at 11% training error; the 5% target, not n, keeps
+the clean end near 1 (BENCHMARKS.md). Coarser codebooks (3 or 7 levels) fitted the labels to 5% once only, with a
+higher bound. Levels of noise that land on the same d (the grid steps by ~sqrt(2)) get about the same size, so
+neighbouring bounds so close to 1 may even swap by ~1e-10, the smaller training error winning (0.5 and 0.75 do).
 
 Resumable: with `cache_dir`, each finished training is stored as a small JSON file keyed on everything that
 determines it (data subset, labels, network, d, L, schedule), and a rerun reads it instead of training again.
