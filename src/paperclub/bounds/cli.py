@@ -154,13 +154,13 @@ def cmd_demo(args) -> int:
             check_writable(path, what)
     module_name, config_name = DEMOS[args.name]
     module = import_module(f"paperclub.bounds.demos.{module_name}")
-    overrides = {"n_train": args.n_train, "noise_levels": None if args.noise is None else tuple(args.noise),
-                 "epochs": args.epochs}
-    given = [name for name, value in overrides.items() if value is not None]
+    # label-noise only: flag -> (config field, value)
+    overrides = {"--n-train": ("n_train", args.n_train), "--epochs": ("epochs", args.epochs),
+                 "--noise": ("noise_levels", None if args.noise is None else tuple(args.noise))}
+    given = {flag: fv for flag, fv in overrides.items() if fv[1] is not None}
     if given and args.name != "label-noise":
-        flags = ", ".join("--" + {"n_train": "n-train", "noise_levels": "noise"}.get(n, n) for n in given)
-        raise UserError(f"{flags}: only the label-noise demo takes these")
-    cfg = getattr(module, config_name)(seed=args.seed, **{name: overrides[name] for name in given})
+        raise UserError(f"{', '.join(given)}: only the label-noise demo takes these")
+    cfg = getattr(module, config_name)(seed=args.seed, **dict(given.values()))
     plot = Path(args.plot) if args.plot else None
     if args.name == "label-noise":  # many trainings: resumable through a cache of finished ones
         from paperclub.models.store import paperclub_home

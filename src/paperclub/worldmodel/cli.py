@@ -242,17 +242,14 @@ def cmd_ensemble(args) -> int:
     from paperclub.worldmodel.checkpoint import load_checkpoint
     from paperclub.worldmodel.data import load
     from paperclub.worldmodel.ensemble import EnsembleConfig, save_ensemble, train_ensemble
-    from paperclub.worldmodel.goal_metric import METRIC_FILE, load_step_metric
+    from paperclub.worldmodel.goal_metric import require_step_metric
 
     _torch_threads(args.threads)
     cfg = EnsembleConfig(members=args.members, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          rollout_weight=args.rollout_weight, loss_metric=args.loss, seed=args.seed)
     ckpt = Path(args.ckpt)
     model, meta = load_checkpoint(ckpt)
-    whiten = load_step_metric(ckpt, model.cfg.latent_dim) if cfg.loss_metric == "step" else None
-    if cfg.loss_metric == "step" and whiten is None:
-        raise UserError(f"--loss step: {ckpt} has no {METRIC_FILE}; make it with `paperclub lewm metric --ckpt "
-                        f"{ckpt} --data DATASET`")
+    whiten = require_step_metric(ckpt, model.cfg.latent_dim, "--loss step") if cfg.loss_metric == "step" else None
     data = load(args.data)
     if data.env != meta["env"]:
         raise UserError(f"dataset {args.data} is for {data.env}, but {ckpt} is a {meta['env']} checkpoint")

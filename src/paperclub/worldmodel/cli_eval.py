@@ -50,7 +50,7 @@ def cmd_plan(args) -> int:
     import torch
 
     from paperclub.worldmodel.defaults import ENV_DEFAULTS, or_default
-    from paperclub.worldmodel.goal_metric import METRIC_FILE, load_step_metric
+    from paperclub.worldmodel.goal_metric import load_step_metric, require_step_metric
     from paperclub.worldmodel.patch_baseline import PatchWM, matched_config
     from paperclub.worldmodel.planner import CEMConfig, PlanConfig, combine_seeds, evaluate_planning
     from paperclub.worldmodel.plots import bar_plot
@@ -60,10 +60,10 @@ def cmd_plan(args) -> int:
     model, meta = _load(args)
     env = meta["env"]
     d = ENV_DEFAULTS[env]
-    whiten = load_step_metric(meta["path"], model.cfg.latent_dim) if args.cost != "latent" else None
-    if args.cost == "step" and whiten is None:
-        raise UserError(f"--cost step: {meta['path']} has no {METRIC_FILE}; make it with `paperclub lewm metric "
-                        f"--ckpt {meta['path']} --data DATASET` (the dataset the model trained on)")
+    if args.cost == "step":
+        whiten = require_step_metric(meta["path"], model.cfg.latent_dim, "--cost step")
+    else:
+        whiten = load_step_metric(meta["path"], model.cfg.latent_dim) if args.cost == "auto" else None
     planner_model, ensemble_size = model, 0
     if args.ensemble != "off":
         from paperclub.worldmodel.ensemble import ENSEMBLE_FILE, EnsembleWM, load_ensemble

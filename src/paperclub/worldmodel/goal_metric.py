@@ -104,3 +104,13 @@ def load_step_metric(ckpt: str | os.PathLike, latent_dim: int) -> torch.Tensor |
     if tuple(w.shape) != (latent_dim, latent_dim) or not torch.isfinite(w).all():
         raise UserError(f"{path} holds a {tuple(w.shape)} matrix, not a finite ({latent_dim}, {latent_dim}) one: {fix}")
     return w.float()
+
+
+def require_step_metric(ckpt: str | os.PathLike, latent_dim: int, flag: str) -> torch.Tensor:
+    """`load_step_metric` for an option (`flag`) that cannot work without one: a missing file is a UserError
+    that says how to make it."""
+    w = load_step_metric(ckpt, latent_dim)
+    if w is None:
+        raise UserError(f"{flag}: {ckpt} has no {METRIC_FILE}; make it with `paperclub lewm metric --ckpt {ckpt} "
+                        "--data DATASET` (the dataset the model trained on)")
+    return w
