@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -158,3 +159,69 @@ def test_a_sweep_on_a_local_ray_cluster_gives_the_runs_a_process_pool_gives(tmp_
         return {p.parent.name: json.loads(p.read_text())["val_loss"] for p in files}
 
     assert losses("ray") == losses("local") and len(losses("local")) >= 4  # the same runs, bit for bit
+
+
+SLOW_STUDY = TINY_STUDY.split("[recipes.standard]")[0].replace('sizes = ["s0", "s1"]', 'sizes = ["s1"]') + """
+[recipes.standard]
+budgets = [1, 2]
+lr = [0.003]
+weight_decay = [0.1]
+epochs = [400]
+start = { lr = 0.003, weight_decay = 0.1, epochs = 400 }
+"""
+
+
+def _pool_workers(pid: int) -> list[int]:
+    """The multiprocessing workers `pid` started (Linux /proc)."""
+    from pathlib import Path
+
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_stopping_a_sweep_stops_its_workers(tmp_path, how):
+    """Ctrl-C or SIGTERM stop the running jobs too (they resume from their checkpoints next time), and a sweep
+    killed outright takes its workers with it: no training job is left orphaned, burning the cores."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    study_file = tmp_path / "study.toml"
+    study_file.write_text(SLOW_STUDY)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "paperclub.cli", "scaling", "sweep", "--study", str(study_file), "--out", str(out),
+           "--threads", "1", "--no-compile", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("runs/*/log.txt"))) < 2:  # both workers are training
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not start its runs"
+            time.sleep(0.2)
+        workers = _pool_workers(proc.pid)
+        assert len(workers) == 2
+        os.kill(proc.pid, getattr(signal, how))
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+        assert not list(out.glob("runs/*/metrics.json"))  # they were stopped, not run to the end
+    finally:
+        proc.kill()
+        proc.wait()

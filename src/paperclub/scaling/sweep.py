@@ -11,10 +11,14 @@ sweep resumes by running the same command.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass
@@ -137,11 +141,23 @@ def synth_job(job: dict, corpus_root: str, out: str, threads: int) -> dict:
 
 # ---- executors: a local process pool, in-process for one worker, or Ray ----
 
+def _die_with_parent() -> None:
+    """Pool-worker initializer: on Linux, ask the kernel to send this worker SIGTERM when the sweep that started
+    it dies, even by SIGKILL, so no training job outlives its sweep (a killed run resumes from its checkpoint)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() == 1:  # the parent died before the request took effect
+            os._exit(1)
+
+
 class _Local:
     def __init__(self, workers: int):
         self.pool = None
         if workers > 1:
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_die_with_parent)
 
     def submit(self, fn, *args) -> Future:
         if self.pool is not None:
@@ -161,9 +177,22 @@ class _Local:
     def result(handle):
         return handle.result()
 
-    def close(self) -> None:
-        if self.pool is not None:
+    def close(self, abort: bool = False) -> None:
+        """Shut the pool down; with `abort` (the sweep was interrupted or failed) stop the running jobs now rather
+        than wait for them: each resumes from its last checkpoint on the next sweep."""
+        if self.pool is None:
+            return
+        if not abort:
             self.pool.shutdown(cancel_futures=True)
+            return
+        workers = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            with contextlib.suppress(OSError, ValueError):
+                proc.terminate()
+        for proc in workers:
+            with contextlib.suppress(OSError, ValueError):
+                proc.join(10)
 
 
 class _Ray:
@@ -198,12 +227,29 @@ class _Ray:
     def result(self, handle):
         return self.ray.get(handle)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self.owned:
-            self.ray.shutdown()
+            self.ray.shutdown()  # stops the cluster this sweep started, and its running tasks with it
 
 
 # ---- the plan-run loop ----
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While the sweep runs, SIGTERM interrupts it like Ctrl-C (SIGINT), so that both stop its workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
 
 def cost(job: RunConfig | EnsembleJob) -> float:
     """Roughly proportional to a job's compute: parameters x tokens seen (an evaluation counts as little)."""
@@ -293,6 +339,9 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
     started = finished = failed = 0
     failures: dict[str, str] = {}
     bar = tqdm(desc="sweep", unit="job")
+    aborted = True  # until the loop ends on its own
+    interrupts = contextlib.ExitStack()
+    interrupts.enter_context(_sigterm_interrupts())
     try:
         while True:
             runs, jobs = study.wanted(results.loss, results.evaluated)
@@ -342,9 +391,11 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
                     failed += 1
                     log.error("job %s failed: %s", key, failures[key])
                 bar.update(1)
+        aborted = False
     finally:
         bar.close()
-        executor.close()
+        executor.close(abort=aborted)
+        interrupts.close()
     runs, jobs = study.wanted(results.loss, results.evaluated)
     summary = {"out": str(out), "jobs_finished": finished, "jobs_failed": failed, "failures": failures,
                "complete": not runs and not jobs and not failures,
