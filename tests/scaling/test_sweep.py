@@ -9,7 +9,7 @@ import pytest
 
 from paperclub.cli import main
 from paperclub.errors import UserError
-from paperclub.scaling.study import load_study, parse_study
+from paperclub.scaling.study import SynthJob, load_study, parse_study
 from tests.scaling.conftest import EMAIL
 
 TINY_STUDY = f"""
@@ -46,7 +46,7 @@ members = 4
 [recipes.distill]
 students = ["s0"]
 teachers = ["ensemble", "self"]
-synthetic_fraction = 0.5
+synthetic_fraction = [0.25, 0.5]
 synthetic_budgets = 1
 prefix = 8
 """
@@ -92,7 +92,7 @@ def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, ca
         assert stats["samples"] == 4096 // 65 and synth.stat().st_size == 2 * stats["samples"] * 65
         assert len(stats["teacher"]) == (4 if kind == "ensemble" else 1)
         students = [m for m in runs.values() if m["config"]["synthetic"] == f"synthetic/{synth.name}"]
-        assert len(students) == 1 and students[0]["config"]["synthetic_fraction"] == 0.5
+        assert sorted(m["config"]["synthetic_fraction"] for m in students) == [0.25, 0.5]  # one file, two mixtures
 
     assert main(["scaling", "fit", "--runs", str(out), "--json", str(tmp_path / "fit.json"), "--bootstrap", "20"]) == 0
     fit = json.loads((tmp_path / "fit.json").read_text())
@@ -100,6 +100,12 @@ def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, ca
     assert set(fit["asymptotes"]) >= {"ensemble_s0", "ensemble_s1"}  # L(K) fits; two sizes fit nothing in N
     assert all(fit["certified"].values())
     assert set(fit["best_loss"]) >= {"distilled_ensemble", "distilled_self", "regularized", "ensemble"}
+    students = {f"distilled_{k}_b1_f{f}_s0" for k in ("ensemble", "self") for f in ("0.25", "0.5")}
+    assert set(fit["students"]) == students
+    for kind in ("ensemble", "self"):  # the best mixture stands for its teacher
+        best = min(v["val_loss"] for name, v in fit["students"].items() if f"_{kind}_" in name)
+        assert fit["best_loss"][f"distilled_{kind}"]["1"]["s0"]["value"] == pytest.approx(best)
+    assert {f"{name}_minus_regularized" for name in students} <= set(fit["comparisons"])
 
     # a fresh checkout has the runs' metrics but not their weights (scratch): an ensemble evaluated again first
     # trains its members again, keeping their earlier metrics aside
@@ -225,3 +231,37 @@ def test_stopping_a_sweep_stops_its_workers(tmp_path, how):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_distillation_knobs_as_lists_give_one_student_per_mixture(caplog):
+    import tomllib
+
+    text = TINY_STUDY.replace("synthetic_budgets = 1", "synthetic_budgets = [1, 4]").replace(
+        "synthetic_fraction = [0.25, 0.5]", "synthetic_fraction = [0.25, 0.5, 0.75]")
+    study = parse_study(tomllib.loads(text))
+    assert study.distill.synthetic_fraction == (0.25, 0.5, 0.75) and study.distill.synthetic_budgets == (1, 4)
+    # 0.75 draws 3 x the 63 real sequences of fresh teacher samples per epoch: 1 D of text (63 samples) is too little
+    assert "(1, 0.75)" in caplog.text
+    certified = {"lr": 0.01, "weight_decay": 0.8, "epochs": 2.0}
+
+    def loss(run):  # every run finished, the regularized search certified at `certified`
+        return 1.0 if run.synthetic == "" and run.weight_decay == 0.8 and run.epochs == 2 else 2.0
+
+    pairs = study.synth_jobs(study.walks(loss))
+    assert len(pairs) == 2 * 5  # teachers x the five usable (budget, fraction) pairs
+    jobs = {job.job_id(): job for job, _ in pairs}
+    assert sorted(j.samples for j in jobs.values()) == [4096 // 65, 4096 // 65, 4 * 4096 // 65, 4 * 4096 // 65]
+    for job, student in pairs:
+        assert student.synthetic == job.file() and student.lr == certified["lr"] and student.epochs == 2
+        assert (job.samples, student.synthetic_fraction) != (4096 // 65, 0.75)
+    _, wanted_jobs = study.wanted(lambda r: None if r.synthetic else loss(r), lambda job: False)
+    synth = [j for j in wanted_jobs if isinstance(j, SynthJob)]
+    assert len({j.job_id() for j in synth}) == len(synth) == 4  # each teacher file asked for once
+    for bad, message in (("synthetic_fraction = [0.5, 1.5]", "synthetic_fraction in"),
+                         ("synthetic_fraction = []", "a number or a list"),
+                         ("synthetic_fraction = [true]", "a number or a list"),
+                         ("synthetic_fraction = 0.9", "no synthetic_budgets is enough")):
+        with pytest.raises(UserError, match=message):
+            parse_study(tomllib.loads(TINY_STUDY.replace("synthetic_fraction = [0.25, 0.5]", bad)))
+    with pytest.raises(UserError, match="whole numbers"):
+        parse_study(tomllib.loads(TINY_STUDY.replace("synthetic_budgets = 1", "synthetic_budgets = [1.5]")))

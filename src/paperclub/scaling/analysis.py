@@ -116,14 +116,23 @@ def _searched(c: Collected) -> dict[tuple[str, str, int], tuple[list[str], bool]
     return out
 
 
-def _students(c: Collected) -> dict[tuple[str, str], str]:
-    """(teacher kind, size) -> the finished distilled student's run id."""
-    found = {}
+def _students(c: Collected) -> dict[tuple[str, str], list[str]]:
+    """(teacher kind, size) -> the finished distilled students' run ids (one per amount of teacher text and
+    mixture weight the study asks for)."""
+    found: dict[tuple[str, str], list[str]] = {}
     for job, student in c.study.synth_jobs(c.study.walks(_loss_of(c))):
         rid = student.run_id(c.fingerprint)
         if rid in c.runs:
-            found[job.kind, job.size] = rid
+            found.setdefault((job.kind, job.size), []).append(rid)
     return found
+
+
+def student_name(c: Collected, kind: str, rid: str) -> str:
+    """A distilled student named by its knobs, e.g. `distilled_ensemble_b16_f0.8_s1`."""
+    cfg = c.runs[rid]["config"]
+    synth = next((j for j, s in c.study.synth_jobs(c.study.walks(_loss_of(c))) if s.run_id(c.fingerprint) == rid))
+    budgets = round(synth.samples * (cfg["seq_len"] + 1) / c.study.budget)
+    return f"distilled_{kind}_b{budgets}_f{cfg['synthetic_fraction']:g}_{cfg['size']}"
 
 
 def estimates(c: Collected, losses: np.ndarray, searched, base: dict | None = None,
@@ -162,8 +171,10 @@ def estimates(c: Collected, losses: np.ndarray, searched, base: dict | None = No
     sizes = [s for s in study.sizes if s in member_asymptotes]
     law("joint_vs_params", [params[s] for s in sizes], [member_asymptotes[s] for s in sizes])
 
-    for (kind, size), rid in (students or {}).items():
-        res["best"].setdefault(f"distilled_{kind}", {}).setdefault(1, {})[size] = float(losses[row[rid]])
+    for (kind, size), rids in (students or {}).items():  # the best mixture, as a search takes its best point
+        res["best"].setdefault(f"distilled_{kind}", {}).setdefault(1, {})[size] = float(
+            min(losses[row[r]] for r in rids))
+    res["students"] = {rid: float(losses[row[rid]]) for rids in (students or {}).values() for rid in rids}
 
     std = res["best"].get("standard", {})
     budgets = sorted(std)
@@ -179,8 +190,8 @@ def estimates(c: Collected, losses: np.ndarray, searched, base: dict | None = No
         targets["ensemble_best"] = min(res["best"]["ensemble"][1].values())
     if "regularized" in res["best"] and 1 in res["best"]["regularized"]:
         targets["regularized_best"] = min(res["best"]["regularized"][1].values())
-    for (kind, size), rid in (students or {}).items():
-        targets[f"distilled_{kind}_{size}"] = float(losses[row[rid]])
+    for kind, size in students or {}:
+        targets[f"distilled_{kind}_{size}"] = res["best"][f"distilled_{kind}"][1][size]
         if size in res["best"].get("regularized", {}).get(1, {}):
             targets[f"regularized_{size}"] = res["best"]["regularized"][1][size]
     res["targets"] = targets
@@ -225,6 +236,8 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
             for name, per_budget in point["best"].items()}
     # the paper's orderings as paired differences: every replicate resamples the same documents for both sides,
     # so a difference's interval is far narrower than either side's own (their shared document noise cancels)
+    names = {rid: student_name(c, kind, rid) for (kind, _), rids in students.items() for rid in rids}
+
     def pairs(est: dict) -> dict[str, float]:
         best, laws, out = est["best"], est["laws"], {}
         at_d = {name: per.get(1, {}) for name, per in best.items()}
@@ -232,6 +245,11 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
             for other in ("standard", "ensemble", "distilled_ensemble", "distilled_self"):
                 if s in at_d.get(other, {}):
                     out[f"{other}_minus_regularized_{s}"] = at_d[other][s] - reg
+        if any(len(rids) > 1 for rids in students.values()):  # each mixture on its own, beside the best
+            for rid, loss in est["students"].items():
+                size = c.runs[rid]["config"]["size"]
+                if size in at_d.get("regularized", {}):
+                    out[f"{names[rid]}_minus_regularized"] = loss - at_d["regularized"][size]
         if "regularized_vs_params" in laws:
             if at_d.get("standard"):
                 out["regularized_asymptote_minus_best_standard"] = (laws["regularized_vs_params"].C
@@ -258,6 +276,8 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
         "paper": PAPER,
         "corpus": c.fingerprint,
         "skipped": c.skipped,
+        "students": {names[rid]: {"run_id": rid, "val_loss": v, "ci95": ci(lambda b, r=rid: b["students"][r])}
+                     for rid, v in point["students"].items()},
         "table": [{"size": m["config"]["size"], "budget": m["config"]["tokens"] // c.study.budget,
                    "lr": m["config"]["lr"], "weight_decay": m["config"]["weight_decay"],
                    "epochs": m["config"]["epochs"], "seed": m["config"]["seed"],

@@ -32,10 +32,14 @@ weight_decay_factor = 0.5
 [recipes.distill]             # students trained on real text mixed with their teacher's samples
 students = ["s2"]
 teachers = ["ensemble", "self"]   # the ensemble of the student's size, or its own regularized model
-synthetic_fraction = 0.5      # share of each epoch's sequences that are teacher text
-synthetic_budgets = 4         # teacher text written, in multiples of D
+synthetic_fraction = 0.5      # share of each epoch's sequences that are teacher text (or a list: one student each)
+synthetic_budgets = 4         # teacher text written, in multiples of D (or a list: one teacher file each)
 prefix = 32                   # each sample continues a window of this many real tokens
 ```
+
+With lists for `synthetic_fraction` and `synthetic_budgets`, each (teacher, budget, fraction) is a student of its
+own (the mixture weight and the amount of teacher text are the distillation's knobs); `scaling fit` reports each
+and takes the best per teacher, as a search takes its best point.
 
 Each recipe is a planner: from the finished runs it says what to run next (`Study.wanted`), so the sweep is a
 loop of "plan, run, plan again" that is resumable by construction. A local search (`search.walk`) runs per
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -56,6 +61,8 @@ from paperclub.scaling import search
 from paperclub.scaling.corpus import CorpusConfig
 from paperclub.scaling.ladder import LADDER
 from paperclub.scaling.train import RunConfig
+
+log = logging.getLogger(__name__)
 
 SEARCH_AXES = ("lr", "weight_decay", "epochs")
 RECIPES = ("standard", "regularized", "ensemble", "distill")
@@ -82,10 +89,18 @@ class EnsembleRecipe:
 class DistillRecipe:
     students: tuple[str, ...]
     teachers: tuple[str, ...] = TEACHERS
-    synthetic_fraction: float = 0.5
-    synthetic_budgets: int = 4
+    synthetic_fraction: tuple[float, ...] = (0.5,)  # one student per value
+    synthetic_budgets: tuple[int, ...] = (4,)  # one teacher file (and one student per fraction) per value
     prefix: int = 32
     seed: int = 0
+
+    def mixtures(self, budget: int, seq_len: int) -> list[tuple[int, float]]:
+        """The (teacher text in multiples of D, mixture weight) pairs of the grid that can be trained: a student
+        draws fraction / (1 - fraction) x its real sequences of fresh teacher samples each epoch, so the file must
+        hold that many."""
+        real = len(range(0, budget - seq_len, seq_len))  # train.sequences of the budget
+        return [(b, f) for b in self.synthetic_budgets for f in self.synthetic_fraction
+                if round(real * f / (1 - f)) <= b * budget // (seq_len + 1)]
 
 
 @dataclass(frozen=True)
@@ -177,11 +192,11 @@ class Study:
                 if teachers[kind] is None:
                     continue
                 seq_len = teachers["self"][0].seq_len  # samples are seq_len + 1 tokens
-                samples = d.synthetic_budgets * self.budget // (seq_len + 1)
-                job = SynthJob(kind, size, self.budget, teachers[kind], samples, d.prefix, d.seed)
-                student = self.run_config(size, 1, w.certified, synthetic=job.file(),
-                                          synthetic_fraction=d.synthetic_fraction)
-                out.append((job, student))
+                for budgets, fraction in d.mixtures(self.budget, seq_len):
+                    samples = budgets * self.budget // (seq_len + 1)
+                    job = SynthJob(kind, size, self.budget, teachers[kind], samples, d.prefix, d.seed)
+                    student = self.run_config(size, 1, w.certified, synthetic=job.file(), synthetic_fraction=fraction)
+                    out.append((job, student))
         return out
 
     def wanted(self, loss, evaluated) -> tuple[list[RunConfig], list[EnsembleJob | SynthJob]]:
@@ -192,7 +207,7 @@ class Study:
         for (_, size, mult), w in walks.items():
             for p in w.pending:
                 runs[self.run_config(size, mult, p)] = None
-        jobs = []
+        jobs: dict[str, EnsembleJob | SynthJob] = {}
         for size in self.sizes:
             members = self.ensemble_members(walks, size)
             if members is None:
@@ -202,17 +217,17 @@ class Study:
                 runs[m] = None
             job = EnsembleJob(size, self.budget, members)
             if not todo and not evaluated(job):
-                jobs.append(job)
+                jobs[job.job_id()] = job
         for job, student in self.synth_jobs(walks):
             if loss(student) is not None:
                 continue  # the student is trained: its teacher text (scratch, not committed) is not needed again
             if any(loss(t) is None for t in job.teacher):
                 continue  # the ensemble's members are still training
             if not evaluated(job):
-                jobs.append(job)
-            elif loss(student) is None:
+                jobs[job.job_id()] = job  # one teacher file feeds each fraction's student
+            else:
                 runs[student] = None
-        return list(runs), jobs
+        return list(runs), list(jobs.values())
 
 
 def _axes(name: str, table: dict) -> tuple[dict[str, tuple[float, ...]], dict[str, float]]:
@@ -279,6 +294,13 @@ def parse_study(data: dict, source: str = "") -> Study:
             table = dict(recipes["distill"])
             table["students"] = tuple(table.get("students", ()))
             table["teachers"] = tuple(table.get("teachers", TEACHERS))
+            for knob in ("synthetic_fraction", "synthetic_budgets"):
+                if knob in table:
+                    value = table[knob]
+                    values = value if isinstance(value, list) else [value]
+                    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+                        raise UserError(f"recipes.distill.{knob}: expected a number or a list of numbers")
+                    table[knob] = tuple(dict.fromkeys(values))
             distill = DistillRecipe(**table)
         except TypeError as e:
             raise UserError(f"recipes.distill: {e}") from None
@@ -288,8 +310,19 @@ def parse_study(data: dict, source: str = "") -> Study:
             raise UserError(f"recipes.distill.teachers: choose from {TEACHERS} (ensemble needs [recipes.ensemble])")
         if "regularized" not in {r.name for r in searches}:
             raise UserError("recipes.distill needs [recipes.regularized]: students train at its optimum")
-        if not 0 < distill.synthetic_fraction < 1 or distill.synthetic_budgets < 1 or distill.prefix < 1:
-            raise UserError("recipes.distill: synthetic_fraction in (0, 1), synthetic_budgets >= 1, prefix >= 1")
+        if (not all(0 < f < 1 for f in distill.synthetic_fraction) or distill.prefix < 1
+                or not all(isinstance(b, int) and b >= 1 for b in distill.synthetic_budgets)):
+            raise UserError("recipes.distill: synthetic_fraction in (0, 1), synthetic_budgets whole numbers >= 1, "
+                            "prefix >= 1")
+        seq_len = train.get("seq_len", RunConfig.seq_len)
+        grid = [(b, f) for b in distill.synthetic_budgets for f in distill.synthetic_fraction]
+        usable = distill.mixtures(budget, seq_len)
+        if not usable:
+            raise UserError("recipes.distill: no synthetic_budgets is enough teacher text for its synthetic_fraction "
+                            "(a fraction f draws f / (1 - f) D of fresh samples per epoch)")
+        if skipped := [m for m in grid if m not in usable]:
+            log.warning("recipes.distill: leaving out (synthetic_budgets, synthetic_fraction) = %s: too little "
+                        "teacher text for that mixture", ", ".join(map(str, skipped)))
     s = Study(corpus, train, budget, list(sizes), searches, ensemble, distill, source)
     try:  # the shared run fields must make valid runs
         RunConfig(size=sizes[0], tokens=budget, epochs=1, lr=1e-3, weight_decay=0.0, **train)
