@@ -49,6 +49,7 @@ teachers = ["ensemble", "self"]
 synthetic_fraction = [0.25, 0.5]
 synthetic_budgets = 1
 prefix = 8
+teacher_weight = [0.5]
 """
 
 
@@ -101,10 +102,14 @@ def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, ca
     assert all(fit["certified"].values())
     assert set(fit["best_loss"]) >= {"distilled_ensemble", "distilled_self", "regularized", "ensemble"}
     students = {f"distilled_{k}_b1_f{f}_s0" for k in ("ensemble", "self") for f in ("0.25", "0.5")}
+    students |= {f"distilled_{k}_logits_w0.5_s0" for k in ("ensemble", "self")}  # on the teacher's logits
     assert set(fit["students"]) == students
     for kind in ("ensemble", "self"):  # the best mixture stands for its teacher
-        best = min(v["val_loss"] for name, v in fit["students"].items() if f"_{kind}_" in name)
+        best = min(v["val_loss"] for name, v in fit["students"].items() if f"_{kind}_b" in name)
         assert fit["best_loss"][f"distilled_{kind}"]["1"]["s0"]["value"] == pytest.approx(best)
+        logit = runs[fit["students"][f"distilled_{kind}_logits_w0.5_s0"]["run_id"]]["config"]
+        assert len(logit["teacher"]) == (4 if kind == "ensemble" else 1) and not logit["synthetic"]
+        assert all(t in runs for t in logit["teacher"])
     assert {f"{name}_minus_regularized" for name in students} <= set(fit["comparisons"])
 
     # a fresh checkout has the runs' metrics but not their weights (scratch): an ensemble evaluated again first

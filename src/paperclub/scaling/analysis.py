@@ -117,20 +117,27 @@ def _searched(c: Collected) -> dict[tuple[str, str, int], tuple[list[str], bool]
 
 
 def _students(c: Collected) -> dict[tuple[str, str], list[str]]:
-    """(teacher kind, size) -> the finished distilled students' run ids (one per amount of teacher text and
-    mixture weight the study asks for)."""
+    """(teacher kind, size) -> the finished distilled students' run ids: one per amount of teacher text and
+    mixture weight the study asks for (kinds "ensemble", "self"), and one per loss weight of the logit-distilled
+    ones (kinds "ensemble_logits", "self_logits")."""
     found: dict[tuple[str, str], list[str]] = {}
-    for job, student in c.study.synth_jobs(c.study.walks(_loss_of(c))):
+    walks = c.study.walks(_loss_of(c))
+    students = [(job.kind, s) for job, s in c.study.synth_jobs(walks)]
+    students += [(f"{kind}_logits", s) for kind, _, s in c.study.logit_students(walks, c.fingerprint)]
+    for kind, student in students:
         rid = student.run_id(c.fingerprint)
         if rid in c.runs:
-            found.setdefault((job.kind, job.size), []).append(rid)
+            found.setdefault((kind, student.size), []).append(rid)
     return found
 
 
 def student_name(c: Collected, kind: str, rid: str) -> str:
-    """A distilled student named by its knobs, e.g. `distilled_ensemble_b16_f0.8_s1`."""
+    """A distilled student named by its knobs: `distilled_ensemble_b16_f0.8_s1` (16 D of teacher text, 80% of
+    each epoch), `distilled_ensemble_logits_w0.5_s1` (half the loss on the teacher's logits)."""
     cfg = c.runs[rid]["config"]
-    synth = next((j for j, s in c.study.synth_jobs(c.study.walks(_loss_of(c))) if s.run_id(c.fingerprint) == rid))
+    if cfg.get("teacher"):
+        return f"distilled_{kind}_w{cfg['teacher_weight']:g}_{cfg['size']}"
+    synth = next(j for j, s in c.study.synth_jobs(c.study.walks(_loss_of(c))) if s.run_id(c.fingerprint) == rid)
     budgets = round(synth.samples * (cfg["seq_len"] + 1) / c.study.budget)
     return f"distilled_{kind}_b{budgets}_f{cfg['synthetic_fraction']:g}_{cfg['size']}"
 
@@ -242,7 +249,8 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
         best, laws, out = est["best"], est["laws"], {}
         at_d = {name: per.get(1, {}) for name, per in best.items()}
         for s, reg in at_d.get("regularized", {}).items():
-            for other in ("standard", "ensemble", "distilled_ensemble", "distilled_self"):
+            for other in ("standard", "ensemble", "distilled_ensemble", "distilled_self",
+                          "distilled_ensemble_logits", "distilled_self_logits"):
                 if s in at_d.get(other, {}):
                     out[f"{other}_minus_regularized_{s}"] = at_d[other][s] - reg
         if any(len(rids) > 1 for rids in students.values()):  # each mixture on its own, beside the best

@@ -30,6 +30,16 @@ def val_chunks(val: np.ndarray, val_tokens: int, seq_len: int, eot: int) -> tupl
 
 
 @torch.no_grad()
+def ensemble_logits(models: list[Llama], tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token logits of the ensemble of `models` on `tokens` (batch, time): the members' logits averaged, the
+    paper's way of combining members."""
+    logits = None
+    for m in models:
+        member = m.logits(m.causal_forward(tokens))
+        logits = member if logits is None else logits.add_(member)
+    return logits / len(models)
+
+
 def chunk_losses(models: list[Llama], chunks: torch.Tensor, batch_size: int = 16) -> np.ndarray:
     """Mean next-token loss of each chunk under the ensemble of `models` (logits averaged over members)."""
     if not models:
@@ -37,11 +47,7 @@ def chunk_losses(models: list[Llama], chunks: torch.Tensor, batch_size: int = 16
     out = []
     for i in range(0, len(chunks), batch_size):
         block = chunks[i: i + batch_size]
-        logits = None
-        for m in models:
-            member = m.logits(m.causal_forward(block[:, :-1]))
-            logits = member if logits is None else logits.add_(member)
-        logits /= len(models)
+        logits = ensemble_logits(models, block[:, :-1])
         nll = F.cross_entropy(logits.view(-1, logits.shape[-1]), block[:, 1:].reshape(-1), reduction="none")
         out.append(nll.view(len(block), -1).mean(1).double().numpy())
     return np.concatenate(out)

@@ -35,6 +35,7 @@ teachers = ["ensemble", "self"]   # the ensemble of the student's size, or its o
 synthetic_fraction = 0.5      # share of each epoch's sequences that are teacher text (or a list: one student each)
 synthetic_budgets = 4         # teacher text written, in multiples of D (or a list: one teacher file each)
 prefix = 32                   # each sample continues a window of this many real tokens
+teacher_weight = [0.5]        # logit distillation: students on the real text matching the teacher's logits
 ```
 
 With lists for `synthetic_fraction` and `synthetic_budgets`, each (teacher, budget, fraction) is a student of its
@@ -93,6 +94,7 @@ class DistillRecipe:
     synthetic_budgets: tuple[int, ...] = (4,)  # one teacher file (and one student per fraction) per value
     prefix: int = 32
     seed: int = 0
+    teacher_weight: tuple[float, ...] = ()  # logit distillation: one student per weight and teacher (none: off)
 
     def mixtures(self, budget: int, seq_len: int) -> list[tuple[int, float]]:
         """The (teacher text in multiples of D, mixture weight) pairs of the grid that can be trained: a student
@@ -199,9 +201,33 @@ class Study:
                     out.append((job, student))
         return out
 
-    def wanted(self, loss, evaluated) -> tuple[list[RunConfig], list[EnsembleJob | SynthJob]]:
+    def logit_students(self, walks, fingerprint: str) -> list[tuple[str, tuple[RunConfig, ...], RunConfig]]:
+        """(teacher kind, teacher runs, student) per logit-distilled student whose teacher is known: the student
+        trains on the real text alone, matching its teacher's averaged logits with `teacher_weight` of its loss.
+        The student names its teachers by run id, so the corpus `fingerprint` is needed."""
+        d = self.distill
+        if d is None or not d.teacher_weight:
+            return []
+        out = []
+        for size in d.students:
+            w = walks.get(("regularized", size, 1))
+            if w is None or w.certified is None:
+                continue
+            teachers = {"self": (self.run_config(size, 1, w.certified),),
+                        "ensemble": self.ensemble_members(walks, size)}
+            for kind in d.teachers:
+                if teachers[kind] is None:
+                    continue
+                ids = tuple(t.run_id(fingerprint) for t in teachers[kind])
+                for weight in d.teacher_weight:
+                    student = self.run_config(size, 1, w.certified, teacher=ids, teacher_weight=weight)
+                    out.append((kind, teachers[kind], student))
+        return out
+
+    def wanted(self, loss, evaluated, fingerprint: str = "") -> tuple[list[RunConfig], list[EnsembleJob | SynthJob]]:
         """Runs and other jobs (ensemble evaluations, teacher text) that the study needs next, given the finished
-        runs (`loss`) and the other finished jobs (`evaluated(job) -> bool`)."""
+        runs (`loss`) and the other finished jobs (`evaluated(job) -> bool`); logit-distilled students only with
+        the corpus `fingerprint` (their teachers are named by run id)."""
         walks = self.walks(loss)
         runs: dict[RunConfig, None] = {}
         for (_, size, mult), w in walks.items():
@@ -226,6 +252,9 @@ class Study:
             if not evaluated(job):
                 jobs[job.job_id()] = job  # one teacher file feeds each fraction's student
             else:
+                runs[student] = None
+        for _, teachers, student in self.logit_students(walks, fingerprint) if fingerprint else []:
+            if loss(student) is None and all(loss(t) is not None for t in teachers):
                 runs[student] = None
         return list(runs), list(jobs.values())
 
@@ -257,7 +286,8 @@ def parse_study(data: dict, source: str = "") -> Study:
         raise UserError(f"study file [corpus]: {e}") from None
     train = dict(data.get("train", {}))
     allowed = {f.name for f in fields(RunConfig)} - {"size", "tokens", "epochs", "lr", "weight_decay", "seed",
-                                                     "data_seed", "synthetic", "synthetic_fraction"}
+                                                     "data_seed", "synthetic", "synthetic_fraction", "teacher",
+                                                     "teacher_weight"}
     if unknown := set(train) - allowed:
         raise UserError(f"study file [train]: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
                         f"{', '.join(sorted(allowed))}")
@@ -294,7 +324,7 @@ def parse_study(data: dict, source: str = "") -> Study:
             table = dict(recipes["distill"])
             table["students"] = tuple(table.get("students", ()))
             table["teachers"] = tuple(table.get("teachers", TEACHERS))
-            for knob in ("synthetic_fraction", "synthetic_budgets"):
+            for knob in ("synthetic_fraction", "synthetic_budgets", "teacher_weight"):
                 if knob in table:
                     value = table[knob]
                     values = value if isinstance(value, list) else [value]
@@ -310,6 +340,8 @@ def parse_study(data: dict, source: str = "") -> Study:
             raise UserError(f"recipes.distill.teachers: choose from {TEACHERS} (ensemble needs [recipes.ensemble])")
         if "regularized" not in {r.name for r in searches}:
             raise UserError("recipes.distill needs [recipes.regularized]: students train at its optimum")
+        if not all(0 < w <= 1 for w in distill.teacher_weight):
+            raise UserError("recipes.distill.teacher_weight: each weight in (0, 1]")
         if (not all(0 < f < 1 for f in distill.synthetic_fraction) or distill.prefix < 1
                 or not all(isinstance(b, int) and b >= 1 for b in distill.synthetic_budgets)):
             raise UserError("recipes.distill: synthetic_fraction in (0, 1), synthetic_budgets whole numbers >= 1, "

@@ -281,9 +281,16 @@ class Results:
         not committed, so a fresh checkout has the runs' metrics and no models. Each such run's metrics.json is
         kept as metrics.weights-lost.json and the run counts as unfinished, so that the sweep trains it again
         (same config and seed) before the job; returns their ids."""
+        runs = job.teacher if isinstance(job, SynthJob) else job.members
+        return self._reopen([self.run_dir(run) for run in runs])
+
+    def reopen_teachers(self, student: RunConfig) -> list[str]:
+        """The same for a logit-distilled student's teachers (named by run id)."""
+        return self._reopen([self.out / "runs" / rid for rid in student.teacher])
+
+    def _reopen(self, run_dirs: list[Path]) -> list[str]:
         reopened = []
-        for run in job.teacher if isinstance(job, SynthJob) else job.members:
-            run_dir = self.run_dir(run)
+        for run_dir in run_dirs:
             if read_metrics(run_dir) is not None and not (run_dir / "model.safetensors").is_file():
                 os.replace(run_dir / "metrics.json", run_dir / "metrics.weights-lost.json")
                 self.loss_of.pop(run_dir.name, None)
@@ -344,8 +351,10 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
     interrupts.enter_context(_sigterm_interrupts())
     try:
         while True:
-            runs, jobs = study.wanted(results.loss, results.evaluated)
+            runs, jobs = study.wanted(results.loss, results.evaluated, results.fingerprint)
             reopened = [r for j in jobs if j.job_id() not in in_flight.values() for r in results.reopen_for_weights(j)]
+            reopened += [r for run in runs if run.teacher and run.run_id(results.fingerprint) not in in_flight.values()
+                         for r in results.reopen_teachers(run)]
             if reopened:
                 log.warning("training %d finished runs again for their weights (not kept in the results): %s",
                             len(reopened), ", ".join(reopened))
@@ -396,7 +405,7 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
         bar.close()
         executor.close(abort=aborted)
         interrupts.close()
-    runs, jobs = study.wanted(results.loss, results.evaluated)
+    runs, jobs = study.wanted(results.loss, results.evaluated, results.fingerprint)
     summary = {"out": str(out), "jobs_finished": finished, "jobs_failed": failed, "failures": failures,
                "complete": not runs and not jobs and not failures,
                "runs_total": len(list((out / "runs").glob("*/metrics.json")))}

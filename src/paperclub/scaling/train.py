@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from paperclub.atomic import atomic_path, write_json
 from paperclub.errors import UserError
 from paperclub.models.llama import Llama
 from paperclub.scaling.corpus import Corpus
-from paperclub.scaling.evaluate import chunk_losses, val_chunks
+from paperclub.scaling.evaluate import chunk_losses, ensemble_logits, val_chunks
 from paperclub.scaling.ladder import model_config, non_embedding_params
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,29 @@ class RunConfig:
     val_tokens: int = 262144
     synthetic: str = ""  # distillation: teacher samples of seq_len + 1 tokens (a path relative to the study folder)
     synthetic_fraction: float = 0.0  # share of each epoch's sequences drawn from `synthetic`
+    teacher: tuple[str, ...] = ()  # logit distillation: finished runs (ids under the study's runs/) whose averaged
+    teacher_weight: float = 0.0  # logits the student matches, with this share of the loss (the rest: next token)
+
+    # fields added after runs were named: they enter a run's id only when set, so earlier runs keep their names
+    LATE_FIELDS: ClassVar[dict] = {"teacher": (), "teacher_weight": 0.0}
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "teacher", tuple(self.teacher))  # a JSON list read back
         checks = [(self.tokens > self.seq_len * self.batch_size, "tokens must exceed one batch"),
                   (self.epochs >= 1, "epochs must be at least 1"), (self.lr > 0, "lr must be positive"),
                   (self.weight_decay >= 0, "weight_decay must be >= 0"),
                   (0 <= self.synthetic_fraction < 1, "synthetic_fraction must be in [0, 1)"),
                   (bool(self.synthetic) == (self.synthetic_fraction > 0),
-                   "synthetic and synthetic_fraction go together")]
+                   "synthetic and synthetic_fraction go together"),
+                  (0 <= self.teacher_weight <= 1, "teacher_weight must be in [0, 1]"),
+                  (bool(self.teacher) == (self.teacher_weight > 0), "teacher and teacher_weight go together")]
         for ok, message in checks:
             if not ok:
                 raise UserError(f"run config: {message} ({self})")
 
     def run_id(self, corpus_fingerprint: str) -> str:
-        blob = json.dumps({**asdict(self), "corpus": corpus_fingerprint}, sort_keys=True)
+        fields = {k: v for k, v in asdict(self).items() if self.LATE_FIELDS.get(k, object()) != v}
+        blob = json.dumps({**fields, "corpus": corpus_fingerprint}, sort_keys=True)
         h = hashlib.sha256(blob.encode()).hexdigest()[:10]
         return f"{self.size}-D{self.tokens}-e{self.epochs}-lr{self.lr:g}-wd{self.weight_decay:g}-s{self.seed}-{h}"
 
@@ -163,6 +173,14 @@ def load_model(run_dir: Path, vocab_size: int) -> Llama:
     return model.eval().requires_grad_(False)
 
 
+def load_teacher(run_dir: Path, vocab_size: int, student: str) -> Llama:
+    """A finished run's model, to distill from."""
+    if read_metrics(run_dir) is None or not (run_dir / "model.safetensors").is_file():
+        raise UserError(f"run {student}: its teacher {run_dir.name} is not a finished run with weights under "
+                        f"{run_dir.parent}")
+    return load_model(run_dir, vocab_size)
+
+
 def train_run(cfg: RunConfig, corpus: Corpus, run_dir: Path, checkpoint_every_s: float = 120.0,
               progress: bool = True, root: Path | None = None, compile: bool = False) -> dict:
     """Train (or resume, or skip when finished) the run in `run_dir`; returns its metrics. `root` is the folder a
@@ -181,6 +199,8 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: Path, checkpoint_every_s:
         if not path.is_file():
             raise UserError(f"run {run_dir.name}: its teacher text {path} does not exist")
         synthetic = np.memmap(path, dtype=np.uint16, mode="r")
+    teachers = [load_teacher(Path(root or ".") / "runs" / rid, corpus.vocab_size, run_dir.name)
+                for rid in cfg.teacher]
     batches = Batches(cfg, corpus.budget(cfg.tokens), synthetic)
     model = build_model(cfg, corpus.vocab_size).train().requires_grad_(True)
     opt = optimizer(model, cfg)
@@ -206,7 +226,13 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: Path, checkpoint_every_s:
 
     def loss_of(batch: torch.Tensor) -> torch.Tensor:
         logits = model.logits(model.causal_forward(batch[:, :-1]))
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        if teachers:  # KL(teacher || student) per position, the teacher's distribution from its averaged logits
+            with torch.no_grad():
+                target = F.log_softmax(ensemble_logits(teachers, batch[:, :-1]), dim=-1)
+            kl = F.kl_div(F.log_softmax(logits, dim=-1), target, log_target=True, reduction="none").sum(-1).mean()
+            loss = (1 - cfg.teacher_weight) * loss + cfg.teacher_weight * kl
+        return loss
 
     step_loss = torch.compile(loss_of) if compile else loss_of
     total, last_save = batches.total_steps, time.perf_counter()
