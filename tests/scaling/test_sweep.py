@@ -204,7 +204,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGINT in a background job", "SIGTERM", "SIGKILL"])
 def test_stopping_a_sweep_stops_its_workers(tmp_path, how):
     """Ctrl-C or SIGTERM stop the running jobs too (they resume from their checkpoints next time), and a sweep
     killed outright takes its workers with it: no training job is left orphaned, burning the cores."""
@@ -218,7 +218,13 @@ def test_stopping_a_sweep_stops_its_workers(tmp_path, how):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "paperclub.cli", "scaling", "sweep", "--study", str(study_file), "--out", str(out),
            "--threads", "1", "--no-compile", "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    background = how.endswith("background job")  # a shell's `cmd &` starts with SIGINT ignored
+
+    def start():
+        if background:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=start)
     try:
         deadline = time.monotonic() + 120
         while len(list(out.glob("runs/*/log.txt"))) < 2:  # both workers are training
@@ -226,7 +232,7 @@ def test_stopping_a_sweep_stops_its_workers(tmp_path, how):
             time.sleep(0.2)
         workers = _pool_workers(proc.pid)
         assert len(workers) == 2
-        os.kill(proc.pid, getattr(signal, how))
+        os.kill(proc.pid, getattr(signal, how.split()[0]))
         proc.wait(timeout=60)
         deadline = time.monotonic() + 30
         while any(_alive(w) for w in workers) and time.monotonic() < deadline:

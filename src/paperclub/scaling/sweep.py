@@ -235,8 +235,9 @@ class _Ray:
 # ---- the plan-run loop ----
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
-    """While the sweep runs, SIGTERM interrupts it like Ctrl-C (SIGINT), so that both stop its workers."""
+def _signals_interrupt():
+    """While the sweep runs, SIGTERM and SIGINT interrupt it like Ctrl-C, so that either stops its workers. SIGINT
+    is set explicitly: a shell starts a background job (`paperclub scaling sweep ... &`) with SIGINT ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -244,11 +245,12 @@ def _sigterm_interrupts():
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = signal.signal(signal.SIGTERM, interrupt)
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def cost(job: RunConfig | EnsembleJob) -> float:
@@ -348,7 +350,7 @@ def sweep(study_file: Path, out: Path, cfg: SweepConfig) -> dict:
     bar = tqdm(desc="sweep", unit="job")
     aborted = True  # until the loop ends on its own
     interrupts = contextlib.ExitStack()
-    interrupts.enter_context(_sigterm_interrupts())
+    interrupts.enter_context(_signals_interrupt())
     try:
         while True:
             runs, jobs = study.wanted(results.loss, results.evaluated, results.fingerprint)
