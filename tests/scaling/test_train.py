@@ -166,3 +166,28 @@ def test_logit_distillation_pulls_the_student_to_its_teacher(tiny_corpus, tmp_pa
     missing = RunConfig(**{**plain.__dict__, "teacher": ("nobody",), "teacher_weight": 0.5})
     with pytest.raises(UserError, match="nobody is not a finished run"):
         train_run(missing, tiny_corpus, tmp_path / "runs" / "m", progress=False, root=tmp_path)
+
+
+def test_committed_ensembles_and_teacher_text_keep_their_job_ids():
+    """Jobs are named by their runs' identities: a field added to RunConfig must not rename the committed study's
+    ensemble evaluations and teacher-text jobs (renamed, the sweep would evaluate and train them all again)."""
+    from pathlib import Path
+
+    from paperclub.scaling.study import EnsembleJob, SynthJob
+
+    study = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "scaling" / "study"
+    files = sorted((study / "ensembles").glob("*.json"))
+    if not files:
+        pytest.skip("no committed study")
+
+    def config(rid):
+        return RunConfig(**json.loads((study / "runs" / rid / "config.json").read_text())["run"])
+
+    for f in files:
+        e = json.loads(f.read_text())
+        assert EnsembleJob(e["size"], e["tokens"], tuple(config(r) for r in e["members"])).job_id() == f.stem
+    for f in sorted((study / "synthetic").glob("*.u16.json")):
+        info = json.loads(f.read_text())
+        kind, size = info["job_id"].split("-")[1:3]
+        job = SynthJob(kind, size, 131072, tuple(config(r) for r in info["teacher"]), info["samples"], 32, 0)
+        assert job.job_id() == info["job_id"]

@@ -119,7 +119,7 @@ class SynthJob:
     seed: int
 
     def job_id(self) -> str:
-        blob = json.dumps([[m.__dict__ for m in self.teacher], self.samples, self.prefix, self.seed], sort_keys=True)
+        blob = json.dumps([[m.identity() for m in self.teacher], self.samples, self.prefix, self.seed], sort_keys=True)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
         return f"synthetic-{self.kind}-{self.size}-D{self.tokens}-{digest}"
 
@@ -137,7 +137,7 @@ class EnsembleJob:
     members: tuple[RunConfig, ...]
 
     def job_id(self) -> str:
-        blob = json.dumps([m.__dict__ for m in self.members], sort_keys=True)
+        blob = json.dumps([m.identity() for m in self.members], sort_keys=True)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
         return f"ensemble-{self.size}-D{self.tokens}-k{len(self.members)}-{digest}"
 

@@ -73,9 +73,13 @@ class RunConfig:
             if not ok:
                 raise UserError(f"run config: {message} ({self})")
 
+    def identity(self) -> dict:
+        """The fields that name this run (and the jobs built on it): all of them, less the late ones left at
+        their defaults."""
+        return {k: v for k, v in asdict(self).items() if self.LATE_FIELDS.get(k, object()) != v}
+
     def run_id(self, corpus_fingerprint: str) -> str:
-        fields = {k: v for k, v in asdict(self).items() if self.LATE_FIELDS.get(k, object()) != v}
-        blob = json.dumps({**fields, "corpus": corpus_fingerprint}, sort_keys=True)
+        blob = json.dumps({**self.identity(), "corpus": corpus_fingerprint}, sort_keys=True)
         h = hashlib.sha256(blob.encode()).hexdigest()[:10]
         return f"{self.size}-D{self.tokens}-e{self.epochs}-lr{self.lr:g}-wd{self.weight_decay:g}-s{self.seed}-{h}"
 
