@@ -78,7 +78,7 @@ def test_fit_save_load_round_trip(tiny_ckpt, tworoom_data, tmp_path):
 def test_cost_and_metric_must_agree(tiny_ckpt):
     model, _ = load_checkpoint(tiny_ckpt)
     cfg = PlanConfig(episodes=1, cost="step", cem=CEMConfig(samples=4, elites=2, iterations=1, horizon=1))
-    with pytest.raises(ValueError, match="without a step metric"):
+    with pytest.raises(ValueError, match="cost .step. with a NoneType metric"):
         evaluate_planning(model, "tworoom", cfg, progress=False)
     with pytest.raises(UserError, match="goal cost"):
         PlanConfig(cost="l2")

@@ -57,6 +57,7 @@ def cmd_train(args) -> int:
     from paperclub.worldmodel.checkpoint import CONFIG, saved_section
     from paperclub.worldmodel.data import load
     from paperclub.worldmodel.ensemble import ENSEMBLE_FILE
+    from paperclub.worldmodel.goal_graph import GRAPH_FILE
     from paperclub.worldmodel.goal_metric import METRIC_FILE
     from paperclub.worldmodel.model import LeWMConfig
     from paperclub.worldmodel.train import TrainConfig, train
@@ -89,6 +90,7 @@ def cmd_train(args) -> int:
     # a step metric belongs to the weights it was fitted on: training changes them, so drop it until the end
     (out / METRIC_FILE).unlink(missing_ok=True)
     (out / ENSEMBLE_FILE).unlink(missing_ok=True)  # its members read the old encoder's latents
+    (out / GRAPH_FILE).unlink(missing_ok=True)  # its nodes are the old encoder's latents
     result = train(
         model_cfg,
         cfg,
@@ -122,9 +124,34 @@ def _write_step_metric(ckpt: Path, data, data_path, cfg=None, model=None, device
     return path
 
 
+def cmd_graph(args) -> int:
+    from paperclub.worldmodel.checkpoint import load_checkpoint
+    from paperclub.worldmodel.data import load
+    from paperclub.worldmodel.goal_graph import GoalGraphConfig, build_graph, save_goal_graph
+    from paperclub.worldmodel.goal_metric import require_step_metric
+
+    _torch_threads(args.threads)
+    cfg = GoalGraphConfig(nodes=args.nodes, radius=args.radius, max_episodes=args.max_episodes)
+    ckpt = Path(args.ckpt)
+    model, meta = load_checkpoint(ckpt)
+    whiten = require_step_metric(ckpt, model.cfg.latent_dim, "lewm graph")
+    data = load(args.data)
+    if data.env != meta["env"]:
+        raise UserError(f"dataset {args.data} is for {data.env}, but {ckpt} is a {meta['env']} checkpoint")
+    nodes, radius, stats = build_graph(model.eval(), data, whiten, cfg)
+    path = save_goal_graph(ckpt, nodes, radius, stats)
+    print(json.dumps({"path": str(path), **stats}, indent=2))
+    if stats["components"] > 1:
+        log.warning("the graph has %d components (largest: %d of %d nodes): goals outside a start's component "
+                    "fall back to the step metric's cost; a larger --radius joins them", stats["components"],
+                    stats["largest_component"], stats["nodes"])
+    return 0
+
+
 def cmd_metric(args) -> int:
     from paperclub.worldmodel.checkpoint import load_checkpoint
     from paperclub.worldmodel.data import load
+    from paperclub.worldmodel.goal_graph import GRAPH_FILE
     from paperclub.worldmodel.goal_metric import StepMetricConfig
 
     _torch_threads(args.threads)
@@ -135,6 +162,10 @@ def cmd_metric(args) -> int:
     if data.env != meta["env"]:
         raise UserError(f"dataset {args.data} is for {data.env}, but {ckpt} is a {meta['env']} checkpoint")
     print(f"wrote {_write_step_metric(ckpt, data, args.data, cfg, model)}")
+    if (ckpt / GRAPH_FILE).exists():  # its radius is a length in the old metric
+        (ckpt / GRAPH_FILE).unlink()
+        print(f"removed {ckpt / GRAPH_FILE}, built on the old metric: rebuild it with `paperclub lewm graph`",
+              file=sys.stderr)
     return 0
 
 
@@ -328,6 +359,17 @@ def register(subparsers) -> None:
     p.add_argument("--max-episodes", type=int, default=300, help="episodes read, evenly spaced (default 300)")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_metric)
+
+    p = sub.add_parser("graph", help="build a checkpoint's goal graph over its training latents: `lewm plan "
+                                     "--cost graph` then scores plans by path length to the goal, around walls")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (with a step metric; see `lewm metric`)")
+    p.add_argument("--data", required=True, help="dataset .h5 (the one the model trained on)")
+    p.add_argument("--nodes", type=int, default=3000, help="latents kept, by farthest-point sampling (default 3000)")
+    p.add_argument("--radius", type=float, default=0.0,
+                   help="longest edge, in the step metric (default 0: the 90th percentile of one-step moves)")
+    p.add_argument("--max-episodes", type=int, default=300, help="episodes read, evenly spaced (default 300)")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("ensemble", help="train a predictor ensemble on a checkpoint's frozen encoder; `lewm plan` "
                                         "then pays for the members' disagreement")

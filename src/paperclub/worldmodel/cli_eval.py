@@ -60,10 +60,17 @@ def cmd_plan(args) -> int:
     model, meta = _load(args)
     env = meta["env"]
     d = ENV_DEFAULTS[env]
-    if args.cost == "step":
-        whiten = require_step_metric(meta["path"], model.cfg.latent_dim, "--cost step")
+    if args.cost in ("step", "graph"):
+        metric = require_step_metric(meta["path"], model.cfg.latent_dim, f"--cost {args.cost}")
     else:
-        whiten = load_step_metric(meta["path"], model.cfg.latent_dim) if args.cost == "auto" else None
+        metric = load_step_metric(meta["path"], model.cfg.latent_dim) if args.cost == "auto" else None
+    if args.cost == "graph":
+        from paperclub.worldmodel.goal_graph import GRAPH_FILE, load_goal_graph
+
+        metric = load_goal_graph(meta["path"], model.cfg.latent_dim, metric)
+        if metric is None:
+            raise UserError(f"--cost graph: {meta['path']} has no {GRAPH_FILE}; make it with `paperclub lewm graph "
+                            f"--ckpt {meta['path']} --data DATASET` (the dataset the model trained on)")
     planner_model, ensemble_size = model, 0
     if args.ensemble != "off":
         from paperclub.worldmodel.ensemble import ENSEMBLE_FILE, EnsembleWM, load_ensemble
@@ -83,7 +90,7 @@ def cmd_plan(args) -> int:
         goal_offset=or_default(args.goal_offset, d["goal_offset"]),
         max_steps=or_default(args.max_steps, d["max_steps"]),
         baseline_plans=args.baseline_plans,
-        cost="latent" if whiten is None else "step",
+        cost="latent" if metric is None else "graph" if args.cost == "graph" else "step",
         cem=CEMConfig(
             samples=args.samples,
             elites=args.elites,
@@ -98,10 +105,10 @@ def cmd_plan(args) -> int:
         baseline = PatchWM(matched_config(model.cfg)).eval().to(next(model.parameters()).device)
     if args.seeds is None:
         result = evaluate_planning(planner_model, env, cfg, baseline=baseline, progress=not args.quiet,
-                                   whiten=whiten)
+                                   metric=metric)
     else:  # one episode set per seed; the baseline is timed on the first only
         runs = [evaluate_planning(planner_model, env, replace(cfg, seed=s), baseline=baseline if i == 0 else None,
-                                  progress=not args.quiet, whiten=whiten) for i, s in enumerate(args.seeds)]
+                                  progress=not args.quiet, metric=metric) for i, s in enumerate(args.seeds)]
         result = combine_seeds(runs, args.seeds)
     result.pop("plan_times_s", None)
     result["ckpt"] = str(args.ckpt or "shipped")
@@ -191,9 +198,10 @@ def register(sub) -> None:
                    help="action blocks planned ahead (default: 5 on tworoom, 3 on pusht)")
     p.add_argument("--execute", choices=("best", "mean"), default="best",
                    help="execute CEM's lowest-cost sample (default) or its final elite mean (textbook CEM)")
-    p.add_argument("--cost", choices=("auto", "step", "latent"), default="auto",
-                   help="goal cost: the step metric (the checkpoint's goal_metric.safetensors; see `lewm metric`) "
-                        "or the squared latent distance; auto (default): step where the checkpoint has one")
+    p.add_argument("--cost", choices=("auto", "step", "graph", "latent"), default="auto",
+                   help="goal cost: the step metric (the checkpoint's goal_metric.safetensors; see `lewm metric`), "
+                        "the goal graph's path length (goal_graph.safetensors; see `lewm graph`) or the squared "
+                        "latent distance; auto (default): step where the checkpoint has one")
     p.add_argument("--ensemble", choices=("auto", "on", "off"), default="auto",
                    help="score plans with the checkpoint's predictor ensemble (ensemble.safetensors; see `lewm "
                         "ensemble`) instead of its own predictor; auto (default): where the checkpoint has one")

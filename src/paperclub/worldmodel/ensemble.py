@@ -278,12 +278,15 @@ class EnsembleWM(nn.Module):
         return self.rollout_members(z0, plan).mean(dim=0)
 
     @torch.no_grad()
-    def plan_cost(self, z0: torch.Tensor, plan: torch.Tensor, z_goal: torch.Tensor,
-                  whiten: torch.Tensor | None) -> torch.Tensor:
+    def plan_cost(self, z0: torch.Tensor, plan: torch.Tensor, z_goal: torch.Tensor, metric=None) -> torch.Tensor:
+        """The goal cost (`planner.cost`) of the members' mean final latent plus beta x their mean squared
+        distance from it, measured in the step metric where the goal cost has one."""
+        from paperclub.worldmodel.planner import cost, metric_whitening
+
         zs = self.rollout_members(z0, plan)
         mean = zs.mean(dim=0)
         spread = zs - mean
-        goal = mean - z_goal
+        whiten = metric_whitening(metric)
         if whiten is not None:
-            spread, goal = spread @ whiten.T, goal @ whiten.T
-        return goal.pow(2).sum(dim=-1) + self.beta * spread.pow(2).sum(dim=-1).mean(dim=0)
+            spread = spread @ whiten.T
+        return cost(mean, z_goal, metric) + self.beta * spread.pow(2).sum(dim=-1).mean(dim=0)

@@ -1,5 +1,6 @@
 """Latent planning: CEM over action blocks, cost = distance between the imagined final latent and the
-encoded goal image (squared, or in the step metric of `goal_metric.py`); receding-horizon MPC (execute the
+encoded goal image (squared, in the step metric of `goal_metric.py`, or along the goal graph of `goal_graph.py`,
+which goes around walls); receding-horizon MPC (execute the
 first block, re-plan); success rate over episodes whose goals are states a held-out scripted trajectory reaches
 some steps ahead.
 
@@ -56,33 +57,40 @@ class PlanConfig:
     max_steps: int = 50  # env steps the MPC loop may use
     cem: CEMConfig = field(default_factory=CEMConfig)
     baseline_plans: int = 3  # how many plans (from the same states) to time with the patch-token baseline
-    cost: str = "latent"  # goal cost: "latent" (squared latent distance) or "step" (the step metric)
+    cost: str = "latent"  # goal cost: "latent" (squared latent distance), "step" (the step metric), "graph"
 
     def __post_init__(self):
         if self.episodes < 1:
             raise UserError("--episodes must be >= 1")
-        if self.cost not in ("latent", "step"):
-            raise UserError(f"goal cost must be 'latent' or 'step', got {self.cost!r}")
+        if self.cost not in ("latent", "step", "graph"):
+            raise UserError(f"goal cost must be 'latent', 'step' or 'graph', got {self.cost!r}")
         if self.goal_offset < 1 or self.max_steps < 1:
             raise UserError("goal offset and max steps must be >= 1")
 
 
-def cost(z_final: torch.Tensor, z_goal: torch.Tensor, whiten: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared distance between imagined final latents (S, ...) and the goal latent (...); with `whiten` (W, for
-    latents (S, D)), the step metric ||W (z - g)||^2 of `goal_metric.py`."""
+def cost(z_final: torch.Tensor, z_goal: torch.Tensor, metric=None) -> torch.Tensor:
+    """Goal cost of imagined final latents (S, ...) against the goal latent (...). `metric`: None, the squared
+    latent distance; a matrix W (latents (S, D)), the step metric ||W (z - g)||^2 of `goal_metric.py`; a goal's
+    `GraphCost` (`goal_graph.py`), its squared path length to the goal."""
+    if metric is not None and not isinstance(metric, torch.Tensor):
+        return metric(z_final, z_goal)
     diff = z_final - z_goal
-    if whiten is not None:
-        diff = diff @ whiten.T
+    if metric is not None:
+        diff = diff @ metric.T
     return diff.pow(2).flatten(1).sum(dim=1)
 
 
-def plan_cost(model, z0s: torch.Tensor, plans: torch.Tensor, z_goal: torch.Tensor,
-              whiten: torch.Tensor | None) -> torch.Tensor:
+def metric_whitening(metric) -> torch.Tensor | None:
+    """The step-metric matrix behind a `metric` (what a predictor ensemble measures its disagreement in)."""
+    return metric if metric is None or isinstance(metric, torch.Tensor) else metric.whiten
+
+
+def plan_cost(model, z0s: torch.Tensor, plans: torch.Tensor, z_goal: torch.Tensor, metric=None) -> torch.Tensor:
     """Goal cost of each plan: the model's own `plan_cost` where it has one (a predictor ensemble, which also
     pays for its members' disagreement), else `cost` of its rolled-out final latents."""
     if hasattr(model, "plan_cost"):
-        return model.plan_cost(z0s, plans, z_goal, whiten)
-    return cost(model.rollout(z0s, plans), z_goal, whiten)
+        return model.plan_cost(z0s, plans, z_goal, metric)
+    return cost(model.rollout(z0s, plans), z_goal, metric)
 
 
 @torch.no_grad()
@@ -94,14 +102,13 @@ def cem_plan(
     block_dim: int,
     generator: torch.Generator,
     init_mean: torch.Tensor | None = None,
-    whiten: torch.Tensor | None = None,
+    metric=None,
 ) -> tuple[torch.Tensor, float]:
     """Cross-entropy method over (horizon, block_dim) action plans in [-1, 1]. Returns (plan, imagined cost):
     the lowest-cost sample of all iterations (`cfg.execute == "best"`) or the final elite mean ("mean").
-    z0 and z_goal are single latents (no batch dim); `whiten`: the step metric's matrix, or None for the plain
-    latent distance."""
+    z0 and z_goal are single latents (no batch dim); `metric`: the goal cost's (see `cost`)."""
     dev = z0.device
-    whiten = None if whiten is None else whiten.to(dev)
+    metric = metric.to(dev) if isinstance(metric, torch.Tensor) else metric
     mean = torch.zeros(cfg.horizon, block_dim, device=dev) if init_mean is None else init_mean.to(dev).clone()
     std = torch.full((cfg.horizon, block_dim), cfg.init_std, device=dev)
     z0s = z0.unsqueeze(0).expand(cfg.samples, *z0.shape)
@@ -110,7 +117,7 @@ def cem_plan(
         noise = torch.randn(cfg.samples, *mean.shape, generator=generator).to(dev)
         plans = (mean + std * noise).clamp(-1, 1)
         plans[0] = mean.clamp(-1, 1)  # keep the current mean among the candidates
-        costs = plan_cost(model, z0s, plans, z_goal, whiten)
+        costs = plan_cost(model, z0s, plans, z_goal, metric)
         elite_idx = torch.topk(costs, cfg.elites, largest=False).indices
         elites = plans[elite_idx]
         mean, std = elites.mean(dim=0), elites.std(dim=0).clamp_min(cfg.min_std) if cfg.elites > 1 else std
@@ -118,7 +125,7 @@ def cem_plan(
             best_cost, best_plan = float(costs[elite_idx[0]]), elites[0]
     if cfg.execute == "mean":
         mean = mean.clamp(-1, 1)
-        return mean.cpu(), float(plan_cost(model, z0.unsqueeze(0), mean.unsqueeze(0), z_goal, whiten)[0])
+        return mean.cpu(), float(plan_cost(model, z0.unsqueeze(0), mean.unsqueeze(0), z_goal, metric)[0])
     return best_plan.cpu(), best_cost
 
 
@@ -144,23 +151,27 @@ def make_goal(env_name: str, env, seed: int, goal_offset: int) -> tuple[np.ndarr
 
 def time_plan(
     model, frame, goal_frame, cfg: CEMConfig, block_dim: int, seed: int, init_mean: torch.Tensor | None = None,
-    whiten: torch.Tensor | None = None,
+    metric=None,
 ) -> tuple[torch.Tensor, float]:
     """One full plan (encode current and goal frames + CEM), timed."""
     t0 = time.perf_counter()
     z0, zg = encode_one(model, frame), encode_one(model, goal_frame)
-    plan, _ = cem_plan(model, z0, zg, cfg, block_dim, torch.Generator().manual_seed(seed), init_mean, whiten)
+    plan, _ = cem_plan(model, z0, zg, cfg, block_dim, torch.Generator().manual_seed(seed), init_mean, metric)
     return plan, time.perf_counter() - t0
 
 
 def evaluate_planning(
-    model, env_name: str, cfg: PlanConfig, baseline=None, progress: bool = True, whiten: torch.Tensor | None = None
+    model, env_name: str, cfg: PlanConfig, baseline=None, progress: bool = True, metric=None
 ) -> dict:
     """MPC success rate over `cfg.episodes` held-out episodes; LeWM plan times; and, when `baseline` is
     given, the patch-token model timed planning from the first `baseline_plans` identical states (with the plain
-    latent distance: a patch-token model has no step metric). `whiten`: LeWM's step metric (`cfg.cost == "step"`)."""
-    if (whiten is not None) != (cfg.cost == "step"):
-        raise ValueError(f"cost {cfg.cost!r} with{'out' if whiten is None else ''} a step metric")
+    latent distance: a patch-token model has no step metric). `metric`: LeWM's step metric W (`cfg.cost ==
+    "step"`) or its `GoalGraph` ("graph"; each episode's goal gets its own cost from it)."""
+    from paperclub.worldmodel.goal_graph import GoalGraph
+
+    kind = "latent" if metric is None else "step" if isinstance(metric, torch.Tensor) else "graph"
+    if kind != cfg.cost or (kind == "graph" and not isinstance(metric, GoalGraph)):
+        raise ValueError(f"cost {cfg.cost!r} with a {type(metric).__name__} metric")
     model.eval()
     k = model.cfg.frameskip
     block_dim = model.cfg.action_block_dim
@@ -175,8 +186,9 @@ def evaluate_planning(
             continue
         start_dist = env.goal_distance(goal_state)
         success, steps, warm = False, 0, None
+        ep_metric = metric.toward(encode_one(model, goal_frame)) if kind == "graph" else metric
         while steps < cfg.max_steps and not success:
-            plan, dt = time_plan(model, frame, goal_frame, cfg.cem, block_dim, seed * 100 + steps, warm, whiten)
+            plan, dt = time_plan(model, frame, goal_frame, cfg.cem, block_dim, seed * 100 + steps, warm, ep_metric)
             plan_times.append(dt)
             if baseline is not None and len(paired_base) < cfg.baseline_plans:
                 _, dt_base = time_plan(
