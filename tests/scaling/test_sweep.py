@@ -95,7 +95,9 @@ def test_sweep_runs_a_study_to_certified_points_resumably_then_fits(tmp_path, ca
         students = [m for m in runs.values() if m["config"]["synthetic"] == f"synthetic/{synth.name}"]
         assert sorted(m["config"]["synthetic_fraction"] for m in students) == [0.25, 0.5]  # one file, two mixtures
 
-    assert main(["scaling", "fit", "--runs", str(out), "--json", str(tmp_path / "fit.json"), "--bootstrap", "20"]) == 0
+    assert main(["scaling", "fit", "--runs", str(out), "--json", str(tmp_path / "fit.json"), "--bootstrap", "20",
+                 "--plots", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "students_s0.png").stat().st_size > 10_000  # every student against its lines
     fit = json.loads((tmp_path / "fit.json").read_text())
     assert {"asymptotes", "data_efficiency", "runs"} <= set(fit) and fit["runs"] == len(runs)
     assert set(fit["asymptotes"]) >= {"ensemble_s0", "ensemble_s1"}  # L(K) fits; two sizes fit nothing in N

@@ -44,7 +44,8 @@ def write_plots(folder: Path, result: dict, point: dict, boots: list[dict]) -> l
         y = np.array([per_size[s]["value"] for s in sizes])
         err = np.array([[y[i] - per_size[s]["ci95"][0], per_size[s]["ci95"][1] - y[i]] for i, s in enumerate(sizes)]).T
         label = "ensemble (8 members)" if name == "ensemble" else name
-        ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="o", color=COLORS.get(name), label=label, capsize=3)
+        ax.errorbar(x, y, yerr=np.clip(np.nan_to_num(err), 0, None), fmt="o", color=COLORS.get(name), label=label,
+                    capsize=3)  # a best-of (min over students) estimate can sit outside its bootstrap interval
         law = laws.get(f"{name}_vs_params")
         if law is not None:
             grid = np.geomspace(x.min() / 1.5, x.max() * 20, 100)
@@ -84,6 +85,7 @@ def write_plots(folder: Path, result: dict, point: dict, boots: list[dict]) -> l
         plt.close(fig)
 
     written += heat_maps(folder, result, plt)
+    written += students_plot(folder, result, plt)
 
     law = laws.get("standard_vs_tokens")
     if law is not None:
@@ -107,6 +109,36 @@ def write_plots(folder: Path, result: dict, point: dict, boots: list[dict]) -> l
         ax.set_title("Data efficiency: tokens the standard recipe needs to match each recipe")
         ax.legend(fontsize=8)
         written.append(_save(fig, folder / "data_efficiency.png"))
+        plt.close(fig)
+    return written
+
+
+def students_plot(folder: Path, result: dict, plt) -> list[str]:
+    """Every distilled student's loss with its 95% interval, per student size, against the regularized model and
+    the ensemble of that size (the lines a student has to beat, and the one it learns from)."""
+    students = result.get("students", {})
+    sizes = sorted({name.rsplit("_", 1)[1] for name in students})
+    written = []
+    for size in sizes:
+        names = sorted((n for n in students if n.endswith(f"_{size}")), key=lambda n: -students[n]["val_loss"])
+        fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.42 * len(names)))
+        y = np.arange(len(names))
+        loss = np.array([students[n]["val_loss"] for n in names])
+        ci = np.array([students[n]["ci95"] for n in names])
+        ax.errorbar(loss, y, xerr=np.clip(np.nan_to_num(np.abs(ci.T - loss)), 0, None), fmt="o", color="tab:green",
+                    capsize=3)
+        ax.set_yticks(y, [n.removeprefix("distilled_").removesuffix(f"_{size}") for n in names], fontsize=8)
+        for recipe, color in (("regularized", COLORS["regularized"]), ("ensemble", COLORS["ensemble"])):
+            entry = result["best_loss"].get(recipe, {}).get("1", {}).get(size)
+            if entry is not None:
+                lo, hi = entry["ci95"]
+                if np.isfinite(lo) and np.isfinite(hi):
+                    ax.axvspan(lo, hi, color=color, alpha=0.12, lw=0)
+                ax.axvline(entry["value"], color=color, ls="--", lw=1, label=f"{recipe} {size}: {entry['value']:.3f}")
+        ax.set_xlabel("validation loss (nats/token); b: teacher text in D, f: its share, w: weight on the logits")
+        ax.set_title(f"Distilled {size} students (95% CI over validation documents)")
+        ax.legend(fontsize=8, loc="lower right")
+        written.append(_save(fig, folder / f"students_{size}.png"))
         plt.close(fig)
     return written
 
