@@ -115,16 +115,21 @@ def test_bad_run_configs_are_user_errors():
 @pytest.mark.slow  # the first compile of a shape takes a minute or more
 def test_compiled_training_matches_eager_up_to_rounding(tiny_corpus, tmp_path):
     cfg = RunConfig(**{**RUN.__dict__, "epochs": 1})
+    kd = RunConfig(**{**cfg.__dict__, "seed": 1, "teacher": ("eager",), "teacher_weight": 0.5})  # logit distillation
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        eager = train_run(cfg, tiny_corpus, tmp_path / "eager", progress=False)
-        compiled = train_run(cfg, tiny_corpus, tmp_path / "compiled", progress=False, compile=True)
+        runs = {}
+        for name, run, compile in (("eager", cfg, False), ("compiled", cfg, True), ("kd_eager", kd, False),
+                                   ("kd_compiled", kd, True)):
+            runs[name] = train_run(run, tiny_corpus, tmp_path / "runs" / name, progress=False, root=tmp_path,
+                                   compile=compile)
     finally:
         torch.set_num_threads(threads)
-    assert compiled["compiled"] and not eager["compiled"]
-    assert abs(compiled["val_loss"] - eager["val_loss"]) < 2e-3
-    assert abs(compiled["train_loss"][-1][1] - eager["train_loss"][-1][1]) < 2e-3
+    for eager, compiled in ((runs["eager"], runs["compiled"]), (runs["kd_eager"], runs["kd_compiled"])):
+        assert compiled["compiled"] and not eager["compiled"]
+        assert abs(compiled["val_loss"] - eager["val_loss"]) < 2e-3
+        assert abs(compiled["train_loss"][-1][1] - eager["train_loss"][-1][1]) < 2e-3
 
 
 def test_runs_named_before_logit_distillation_keep_their_ids():

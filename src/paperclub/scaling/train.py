@@ -228,15 +228,19 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: Path, checkpoint_every_s:
         with atomic_path(ckpt) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": asdict(state)}, tmp)
 
-    def loss_of(batch: torch.Tensor) -> torch.Tensor:
+    def loss_of(batch: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         logits = model.logits(model.causal_forward(batch[:, :-1]))
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        if teachers:  # KL(teacher || student) per position, the teacher's distribution from its averaged logits
-            with torch.no_grad():
-                target = F.log_softmax(ensemble_logits(teachers, batch[:, :-1]), dim=-1)
+        if target is not None:  # KL(teacher || student) per position; target: the teacher's log-probabilities
             kl = F.kl_div(F.log_softmax(logits, dim=-1), target, log_target=True, reduction="none").sum(-1).mean()
             loss = (1 - cfg.teacher_weight) * loss + cfg.teacher_weight * kl
         return loss
+
+    @torch.no_grad()
+    def teacher_target(batch: torch.Tensor) -> torch.Tensor | None:
+        """The teachers' next-token log-probabilities (their averaged logits), outside the compiled loss: the
+        teachers run the inference path, which torch.compile does not trace."""
+        return F.log_softmax(ensemble_logits(teachers, batch[:, :-1]), dim=-1) if teachers else None
 
     step_loss = torch.compile(loss_of) if compile else loss_of
     total, last_save = batches.total_steps, time.perf_counter()
@@ -247,7 +251,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: Path, checkpoint_every_s:
         batch = batches(state.step)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, state.step, total)
-        loss = step_loss(batch)
+        loss = step_loss(batch, teacher_target(batch))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
