@@ -30,15 +30,18 @@ def _load(args):
     return model, meta
 
 
-def disagreement_weight(flag: float | None, meta: dict) -> float:
+def disagreement_weight(flag: float | None, meta: dict, cost: str = "step") -> float:
     """The ensemble's disagreement weight: --disagreement where given, else the one the checkpoint's config.json
-    was measured with (`plan_defaults.disagreement`), else 1 (the members' mean cost)."""
+    was measured with (`plan_defaults.disagreement`: a number, or one per goal cost like {"graph": 1, "step": 4}),
+    else 1 (the members' mean cost)."""
     if flag is not None:
         return flag
     value = (meta.get("plan_defaults") or {}).get("disagreement", 1.0)
+    if isinstance(value, dict):
+        value = value.get(cost, 1.0)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-        raise UserError(f"{meta['path']}/config.json: plan_defaults.disagreement must be a finite number >= 0, "
-                        f"got {value!r}")
+        raise UserError(f"{meta['path']}/config.json: plan_defaults.disagreement must be a finite number >= 0 (or "
+                        f"one per goal cost), got {value!r}")
     return float(value)
 
 
@@ -60,17 +63,20 @@ def cmd_plan(args) -> int:
     model, meta = _load(args)
     env = meta["env"]
     d = ENV_DEFAULTS[env]
+    from paperclub.worldmodel.goal_graph import GRAPH_FILE, load_goal_graph
+
     if args.cost in ("step", "graph"):
         metric = require_step_metric(meta["path"], model.cfg.latent_dim, f"--cost {args.cost}")
     else:
         metric = load_step_metric(meta["path"], model.cfg.latent_dim) if args.cost == "auto" else None
-    if args.cost == "graph":
-        from paperclub.worldmodel.goal_graph import GRAPH_FILE, load_goal_graph
-
-        metric = load_goal_graph(meta["path"], model.cfg.latent_dim, metric)
-        if metric is None:
+    cost = "latent" if metric is None else "step"
+    if args.cost == "graph" or (args.cost == "auto" and metric is not None):  # auto: the graph where there is one
+        graph = load_goal_graph(meta["path"], model.cfg.latent_dim, metric)
+        if graph is None and args.cost == "graph":
             raise UserError(f"--cost graph: {meta['path']} has no {GRAPH_FILE}; make it with `paperclub lewm graph "
                             f"--ckpt {meta['path']} --data DATASET` (the dataset the model trained on)")
+        if graph is not None:
+            metric, cost = graph, "graph"
     planner_model, ensemble_size = model, 0
     if args.ensemble != "off":
         from paperclub.worldmodel.ensemble import ENSEMBLE_FILE, EnsembleWM, load_ensemble
@@ -81,7 +87,7 @@ def cmd_plan(args) -> int:
                             f"ensemble --ckpt {meta['path']} --data DATASET`")
         if members is not None:
             device = next(model.parameters()).device
-            beta = disagreement_weight(args.disagreement, meta)
+            beta = disagreement_weight(args.disagreement, meta, cost)
             planner_model = EnsembleWM(model, [m.to(device) for m in members], beta=beta)
             ensemble_size = len(members)
     cfg = PlanConfig(
@@ -90,7 +96,7 @@ def cmd_plan(args) -> int:
         goal_offset=or_default(args.goal_offset, d["goal_offset"]),
         max_steps=or_default(args.max_steps, d["max_steps"]),
         baseline_plans=args.baseline_plans,
-        cost="latent" if metric is None else "graph" if args.cost == "graph" else "step",
+        cost=cost,
         cem=CEMConfig(
             samples=args.samples,
             elites=args.elites,
@@ -201,7 +207,8 @@ def register(sub) -> None:
     p.add_argument("--cost", choices=("auto", "step", "graph", "latent"), default="auto",
                    help="goal cost: the step metric (the checkpoint's goal_metric.safetensors; see `lewm metric`), "
                         "the goal graph's path length (goal_graph.safetensors; see `lewm graph`) or the squared "
-                        "latent distance; auto (default): step where the checkpoint has one")
+                        "latent distance; auto (default): the graph where the checkpoint has one, else the step "
+                        "metric where it has one")
     p.add_argument("--ensemble", choices=("auto", "on", "off"), default="auto",
                    help="score plans with the checkpoint's predictor ensemble (ensemble.safetensors; see `lewm "
                         "ensemble`) instead of its own predictor; auto (default): where the checkpoint has one")
