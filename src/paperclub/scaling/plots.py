@@ -114,30 +114,34 @@ def write_plots(folder: Path, result: dict, point: dict, boots: list[dict]) -> l
 
 
 def students_plot(folder: Path, result: dict, plt) -> list[str]:
-    """Every distilled student's loss with its 95% interval, per student size, against the regularized model and
-    the ensemble of that size (the lines a student has to beat, and the one it learns from)."""
-    students = result.get("students", {})
+    """Every distilled student against the regularized model of its size: the paired difference in validation
+    loss with its 95% interval (both sides scored on the same resampled documents, so the interval is far
+    narrower than either loss's own), beside the ensemble the students learn from."""
+    students, comparisons = result.get("students", {}), result.get("comparisons", {})
     sizes = sorted({name.rsplit("_", 1)[1] for name in students})
     written = []
     for size in sizes:
-        names = sorted((n for n in students if n.endswith(f"_{size}")), key=lambda n: -students[n]["val_loss"])
-        fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.42 * len(names)))
+        names = [n for n in students if f"{n}_minus_regularized" in comparisons and n.endswith(f"_{size}")]
+        if not names:
+            continue
+        names.sort(key=lambda n: -comparisons[f"{n}_minus_regularized"]["value"])
+        diff = np.array([comparisons[f"{n}_minus_regularized"]["value"] for n in names])
+        ci = np.array([comparisons[f"{n}_minus_regularized"]["ci95"] for n in names])
+        fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.42 * len(names)))
         y = np.arange(len(names))
-        loss = np.array([students[n]["val_loss"] for n in names])
-        ci = np.array([students[n]["ci95"] for n in names])
-        ax.errorbar(loss, y, xerr=np.clip(np.nan_to_num(np.abs(ci.T - loss)), 0, None), fmt="o", color="tab:green",
-                    capsize=3)
+        err = np.clip(np.nan_to_num(np.abs(ci.T - diff)), 0, None)
+        for i in range(len(names)):  # green: the interval excludes 0 on the better side
+            ax.errorbar(diff[i], y[i], xerr=err[:, i: i + 1], fmt="o", capsize=3,
+                        color="tab:green" if ci[i, 1] < 0 else "tab:gray")
         ax.set_yticks(y, [n.removeprefix("distilled_").removesuffix(f"_{size}") for n in names], fontsize=8)
-        for recipe, color in (("regularized", COLORS["regularized"]), ("ensemble", COLORS["ensemble"])):
-            entry = result["best_loss"].get(recipe, {}).get("1", {}).get(size)
-            if entry is not None:
-                lo, hi = entry["ci95"]
-                if np.isfinite(lo) and np.isfinite(hi):
-                    ax.axvspan(lo, hi, color=color, alpha=0.12, lw=0)
-                ax.axvline(entry["value"], color=color, ls="--", lw=1, label=f"{recipe} {size}: {entry['value']:.3f}")
-        ax.set_xlabel("validation loss (nats/token); b: teacher text in D, f: its share, w: weight on the logits")
-        ax.set_title(f"Distilled {size} students (95% CI over validation documents)")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.axvline(0, color=COLORS["regularized"], lw=1, label=f"regularized {size}")
+        ens = comparisons.get(f"ensemble_minus_regularized_{size}")
+        if ens is not None:
+            ax.axvline(ens["value"], color=COLORS["ensemble"], ls="--", lw=1, label=f"ensemble {size} (the teacher)")
+        ax.set_xlabel("validation loss minus the regularized model's (nats/token), 95% CI")
+        ax.set_title(f"Distilled {size} students (b: teacher text in D, f: its share; w: weight on the logits)",
+                     fontsize=9)
+        ax.legend(fontsize=8, loc="lower left")
         written.append(_save(fig, folder / f"students_{size}.png"))
         plt.close(fig)
     return written
