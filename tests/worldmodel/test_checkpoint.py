@@ -50,3 +50,26 @@ def test_shipped_checkpoints_are_small_and_load(env):
     model, meta = load_checkpoint(path)
     assert meta["env"] == env and meta.get("command")
     assert state_dict_size_bytes(model) < 8e6
+
+
+def test_shipped_tworoom_plans_with_its_goal_graph_by_default(tmp_path):
+    """The shipped TwoRoom defaults (BENCHMARKS "TwoRoom: the goal graph"): its ensemble scores plans by the goal
+    graph's path length, with the disagreement weight tuned for that cost."""
+    import json
+
+    from paperclub.cli import main
+    from paperclub.worldmodel.goal_graph import load_goal_graph
+    from paperclub.worldmodel.goal_metric import load_step_metric
+
+    path = shipped_checkpoint("tworoom")
+    if not (path / "goal_graph.safetensors").is_file():
+        pytest.skip("no shipped TwoRoom goal graph in this checkout")
+    model, _ = load_checkpoint(path)
+    graph = load_goal_graph(path, model.cfg.latent_dim, load_step_metric(path, model.cfg.latent_dim))
+    assert len(graph.white_nodes) == 3000 and graph.adjacency.nnz > 0
+    out = tmp_path / "plan.json"
+    assert main(["lewm", "plan", "--env", "tworoom", "--episodes", "1", "--samples", "16", "--elites", "4",
+                 "--iterations", "1", "--max-steps", "5", "--baseline-plans", "0", "--quiet",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["cost"] == "graph" and result["ensemble_members"] == 3 and result["disagreement_weight"] == 1.0
