@@ -178,50 +178,38 @@ class Study:
         p = (("lr", best["lr"]), ("weight_decay", best["weight_decay"] * ens.weight_decay_factor), ("epochs", epochs))
         return tuple(self.run_config(size, 1, p, seed=k, data_seed=k) for k in range(ens.members))
 
-    def synth_jobs(self, walks) -> list[tuple[SynthJob, RunConfig]]:
-        """Per (student, teacher) whose teacher is known: the teacher-text job and the student run it feeds."""
-        d = self.distill
-        if d is None:
-            return []
-        out = []
-        for size in d.students:
+    def teachers(self, walks) -> list[tuple[str, search.Point, str, tuple[RunConfig, ...]]]:
+        """(student size, its regularized optimum, teacher kind, teacher runs) for every student size and teacher
+        the study names whose teacher is known (the regularized search certified; for "ensemble", its members)."""
+        d, out = self.distill, []
+        for size in d.students if d else ():
             w = walks.get(("regularized", size, 1))
             if w is None or w.certified is None:
                 continue
-            members = self.ensemble_members(walks, size)
-            teachers = {"self": (self.run_config(size, 1, w.certified),), "ensemble": members}
-            for kind in d.teachers:
-                if teachers[kind] is None:
-                    continue
-                seq_len = teachers["self"][0].seq_len  # samples are seq_len + 1 tokens
-                for budgets, fraction in d.mixtures(self.budget, seq_len):
-                    samples = budgets * self.budget // (seq_len + 1)
-                    job = SynthJob(kind, size, self.budget, teachers[kind], samples, d.prefix, d.seed)
-                    student = self.run_config(size, 1, w.certified, synthetic=job.file(), synthetic_fraction=fraction)
-                    out.append((job, student))
+            runs = {"self": (self.run_config(size, 1, w.certified),), "ensemble": self.ensemble_members(walks, size)}
+            out += [(size, w.certified, kind, runs[kind]) for kind in d.teachers if runs[kind] is not None]
+        return out
+
+    def synth_jobs(self, walks) -> list[tuple[SynthJob, RunConfig]]:
+        """Per (student, teacher) whose teacher is known: the teacher-text job and the student run it feeds."""
+        out = []
+        for size, point, kind, teacher in self.teachers(walks):
+            seq_len = teacher[0].seq_len  # samples are seq_len + 1 tokens
+            for budgets, fraction in self.distill.mixtures(self.budget, seq_len):
+                samples = budgets * self.budget // (seq_len + 1)
+                job = SynthJob(kind, size, self.budget, teacher, samples, self.distill.prefix, self.distill.seed)
+                out.append((job, self.run_config(size, 1, point, synthetic=job.file(), synthetic_fraction=fraction)))
         return out
 
     def logit_students(self, walks, fingerprint: str) -> list[tuple[str, tuple[RunConfig, ...], RunConfig]]:
         """(teacher kind, teacher runs, student) per logit-distilled student whose teacher is known: the student
         trains on the real text alone, matching its teacher's averaged logits with `teacher_weight` of its loss.
         The student names its teachers by run id, so the corpus `fingerprint` is needed."""
-        d = self.distill
-        if d is None or not d.teacher_weight:
-            return []
         out = []
-        for size in d.students:
-            w = walks.get(("regularized", size, 1))
-            if w is None or w.certified is None:
-                continue
-            teachers = {"self": (self.run_config(size, 1, w.certified),),
-                        "ensemble": self.ensemble_members(walks, size)}
-            for kind in d.teachers:
-                if teachers[kind] is None:
-                    continue
-                ids = tuple(t.run_id(fingerprint) for t in teachers[kind])
-                for weight in d.teacher_weight:
-                    student = self.run_config(size, 1, w.certified, teacher=ids, teacher_weight=weight)
-                    out.append((kind, teachers[kind], student))
+        for size, point, kind, teacher in self.teachers(walks):
+            ids = tuple(t.run_id(fingerprint) for t in teacher)
+            out += [(kind, teacher, self.run_config(size, 1, point, teacher=ids, teacher_weight=w))
+                    for w in self.distill.teacher_weight]
         return out
 
     def wanted(self, loss, evaluated, fingerprint: str = "") -> tuple[list[RunConfig], list[EnsembleJob | SynthJob]]:
