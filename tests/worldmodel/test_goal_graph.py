@@ -106,3 +106,15 @@ def test_cli_graph_then_plan_with_it(tiny_ckpt, tworoom_data_path, tmp_path, cap
     assert main(["lewm", "graph", "--ckpt", str(ckpt), "--data", str(tworoom_data_path)]) == 2
     assert "lewm metric" in capsys.readouterr().err
     assert main(["lewm", "graph", "--ckpt", str(ckpt), "--data", str(tworoom_data_path), "--nodes", "1"]) == 2
+
+
+def test_more_training_drops_the_graph(tworoom_data_path, tmp_path):
+    """The nodes are the old encoder's latents: `lewm train --resume` removes the graph with the metric it is
+    built on (the metric is fitted again; the graph is not, until `lewm graph` runs again)."""
+    out = tmp_path / "run"
+    assert main(["lewm", "train", "--env", "tworoom", "--config", "tiny", "--steps", "3", "--data",
+                 str(tworoom_data_path), "--sigreg-directions", "16", "--out", str(out), "--quiet"]) == 0
+    assert main(["lewm", "graph", "--ckpt", str(out), "--data", str(tworoom_data_path), "--nodes", "50"]) == 0
+    assert (out / GRAPH_FILE).is_file()
+    assert main(["lewm", "train", "--env", "tworoom", "--out", str(out), "--resume", "--steps", "6", "--quiet"]) == 0
+    assert not (out / GRAPH_FILE).exists() and (out / METRIC_FILE).is_file()
