@@ -160,11 +160,11 @@ def test_cli_ensemble_then_plan(tiny_ckpt, tworoom_data_path, tmp_path, capsys):
     # one weight per goal cost: the plan's cost picks its own (a cost the table does not name gets 1)
     per_cost = {"disagreement": {"graph": 1.5, "latent": 3}}
     (ckpt / "config.json").write_text(json.dumps({**config, "plan_defaults": per_cost}))
-    for cost, want in (("latent", 3.0), ("auto", 3.0), ("step", 1.0)):  # auto: no metric in this checkpoint
-        if cost == "step":
+    for goal_cost, want in (("latent", 3.0), ("auto", 3.0), ("step", 1.0)):  # auto: no metric in this checkpoint
+        if goal_cost == "step":
             assert main(["lewm", "metric", "--ckpt", str(ckpt), "--data", str(tworoom_data_path)]) == 0
-        assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), "--cost", cost, *SMALL_PLAN]) == 0
-        assert json.loads(out.read_text())["disagreement_weight"] == want, cost
+        assert main(["lewm", "plan", "--ckpt", str(ckpt), "--json", str(out), "--cost", goal_cost, *SMALL_PLAN]) == 0
+        assert json.loads(out.read_text())["disagreement_weight"] == want, goal_cost
     capsys.readouterr()
     for bad in ("high", -2, {"step": "x"}):
         (ckpt / "config.json").write_text(json.dumps({**config, "plan_defaults": {"disagreement": bad}}))
