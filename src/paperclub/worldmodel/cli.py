@@ -349,26 +349,27 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
+    def from_training_data(p, ckpt_help: str) -> None:
+        """The arguments of a command that fits something to a checkpoint from the data it trained on."""
+        p.add_argument("--ckpt", required=True, help=ckpt_help)
+        p.add_argument("--data", required=True, help="dataset .h5 (the one the model trained on)")
+        p.add_argument("--max-episodes", type=int, default=300, help="episodes read, evenly spaced (default 300)")
+        p.add_argument("--threads", type=int, default=1)
+
     p = sub.add_parser("metric", help="fit a checkpoint's step metric, the goal cost `lewm plan` uses "
                                       "(`lewm train` writes one at the end)")
-    p.add_argument("--ckpt", required=True, help="checkpoint directory")
-    p.add_argument("--data", required=True, help="dataset .h5 (the one the model trained on)")
+    from_training_data(p, "checkpoint directory")
     p.add_argument("--lag", type=int, default=1, help="env steps per move (default 1)")
     p.add_argument("--shrink", type=float, default=0.01,
                    help="added to the move covariance, as a fraction of its median eigenvalue (default 0.01)")
-    p.add_argument("--max-episodes", type=int, default=300, help="episodes read, evenly spaced (default 300)")
-    p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_metric)
 
     p = sub.add_parser("graph", help="build a checkpoint's goal graph over its training latents: `lewm plan "
                                      "--cost graph` then scores plans by path length to the goal, around walls")
-    p.add_argument("--ckpt", required=True, help="checkpoint directory (with a step metric; see `lewm metric`)")
-    p.add_argument("--data", required=True, help="dataset .h5 (the one the model trained on)")
+    from_training_data(p, "checkpoint directory (with a step metric; see `lewm metric`)")
     p.add_argument("--nodes", type=int, default=3000, help="latents kept, by farthest-point sampling (default 3000)")
     p.add_argument("--radius", type=float, default=0.0,
                    help="longest edge, in the step metric (default 0: the 90th percentile of one-step moves)")
-    p.add_argument("--max-episodes", type=int, default=300, help="episodes read, evenly spaced (default 300)")
-    p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("ensemble", help="train a predictor ensemble on a checkpoint's frozen encoder; `lewm plan` "
