@@ -116,30 +116,27 @@ def _searched(c: Collected) -> dict[tuple[str, str, int], tuple[list[str], bool]
     return out
 
 
-def _students(c: Collected) -> dict[tuple[str, str], list[str]]:
+def _students(c: Collected) -> tuple[dict[tuple[str, str], list[str]], dict[str, str]]:
     """(teacher kind, size) -> the finished distilled students' run ids: one per amount of teacher text and
     mixture weight the study asks for (kinds "ensemble", "self"), and one per loss weight of the logit-distilled
-    ones (kinds "ensemble_logits", "self_logits")."""
-    found: dict[tuple[str, str], list[str]] = {}
+    ones (kinds "ensemble_logits", "self_logits"); and each student's name by its knobs:
+    `distilled_ensemble_b16_f0.8_s1` (16 D of teacher text, 80% of each epoch), `distilled_ensemble_logits_w0.5_s1`
+    (half the loss on the teacher's logits)."""
     walks = c.study.walks(_loss_of(c))
-    students = [(job.kind, s) for job, s in c.study.synth_jobs(walks)]
-    students += [(f"{kind}_logits", s) for kind, _, s in c.study.logit_students(walks, c.fingerprint)]
-    for kind, student in students:
+    students = []
+    for job, s in c.study.synth_jobs(walks):
+        budgets = round(job.samples * (s.seq_len + 1) / c.study.budget)
+        students.append((job.kind, s, f"distilled_{job.kind}_b{budgets}_f{s.synthetic_fraction:g}_{s.size}"))
+    for kind, _, s in c.study.logit_students(walks, c.fingerprint):
+        students.append((f"{kind}_logits", s, f"distilled_{kind}_logits_w{s.teacher_weight:g}_{s.size}"))
+    found: dict[tuple[str, str], list[str]] = {}
+    names = {}
+    for kind, student, name in students:
         rid = student.run_id(c.fingerprint)
         if rid in c.runs:
             found.setdefault((kind, student.size), []).append(rid)
-    return found
-
-
-def student_name(c: Collected, kind: str, rid: str) -> str:
-    """A distilled student named by its knobs: `distilled_ensemble_b16_f0.8_s1` (16 D of teacher text, 80% of
-    each epoch), `distilled_ensemble_logits_w0.5_s1` (half the loss on the teacher's logits)."""
-    cfg = c.runs[rid]["config"]
-    if cfg.get("teacher"):
-        return f"distilled_{kind}_w{cfg['teacher_weight']:g}_{cfg['size']}"
-    synth = next(j for j, s in c.study.synth_jobs(c.study.walks(_loss_of(c))) if s.run_id(c.fingerprint) == rid)
-    budgets = round(synth.samples * (cfg["seq_len"] + 1) / c.study.budget)
-    return f"distilled_{kind}_b{budgets}_f{cfg['synthetic_fraction']:g}_{cfg['size']}"
+            names[rid] = name
+    return found, names
 
 
 def estimates(c: Collected, losses: np.ndarray, searched, base: dict | None = None,
@@ -212,7 +209,7 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
     c = collect(out)
     if c.matrix is None:
         raise UserError(f"{out} holds no finished runs yet: run `paperclub scaling sweep` first")
-    searched, students = _searched(c), _students(c)
+    searched, (students, names) = _searched(c), _students(c)
     point = estimates(c, c.matrix.mean(1), searched, students=students)
     weights = document_weights(c.chunk_docs, n_boot, seed)
     boots = [estimates(c, c.matrix @ w / w.sum(), searched, base=point, students=students) for w in weights]
@@ -243,8 +240,6 @@ def analyze(out: Path, n_boot: int = 500, seed: int = 0) -> tuple[dict, dict, li
             for name, per_budget in point["best"].items()}
     # the paper's orderings as paired differences: every replicate resamples the same documents for both sides,
     # so a difference's interval is far narrower than either side's own (their shared document noise cancels)
-    names = {rid: student_name(c, kind, rid) for (kind, _), rids in students.items() for rid in rids}
-
     def pairs(est: dict) -> dict[str, float]:
         best, laws, out = est["best"], est["laws"], {}
         at_d = {name: per.get(1, {}) for name, per in best.items()}
