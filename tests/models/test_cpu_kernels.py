@@ -153,6 +153,34 @@ def assert_close_to_torch(out, q, kc, vc, slots, S, mask, scale=0.25):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("prefix", [5, 120, 126, 300])
+def test_a_tree_query_gives_the_bits_of_its_path_laid_out_contiguously(kernels, dtype, prefix):
+    """Token-tree verification: a node sees the prefix, then its ancestors with other branches' nodes between
+    them. Its result must be bit for bit what the same keys give laid out one after the other (a plain decode of
+    that path), including where the gaps push its keys past a 128-key chunk boundary (prefix 120, 126)."""
+    g = torch.Generator().manual_seed(prefix)
+    S = prefix + 24
+    kc = torch.randn(2, 2, 512, 16, generator=g).to(dtype)
+    vc = torch.randn(2, 2, 512, 16, generator=g).to(dtype)
+    q = torch.randn(1, 3, 4, 16, generator=g).to(dtype)
+    paths = [[0], [0, 4, 9], [0, 2, 7, 12, 20]]  # per query: tree indices of its ancestors and itself (0: root)
+    mask = torch.zeros(1, 3, S, dtype=torch.bool)
+    mask[:, :, :prefix] = True
+    for t, path in enumerate(paths):
+        mask[0, t, [prefix + i for i in path]] = True
+    tree = kernels.attention(q, kc, vc, torch.tensor([0]), S, mask, 0.25)
+    for t, path in enumerate(paths):
+        n = prefix + len(path)
+        flat = kc.clone(), vc.clone()
+        for cache, src in zip(flat, (kc, vc), strict=True):  # slot 1: the prefix, then the path contiguously
+            cache[1, :, :prefix] = src[0, :, :prefix]
+            cache[1, :, prefix:n] = src[0, :, [prefix + i for i in path]]
+        alone = kernels.attention(q[:, t : t + 1].contiguous(), flat[0], flat[1], torch.tensor([1]), n, None, 0.25)
+        assert torch.equal(tree[:, t : t + 1], alone), (prefix, t)
+    assert_close_to_torch(tree, q, kc, vc, torch.tensor([0]), S, mask)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("D", "group"), [(64, 3), (32, 4), (48, 5), (128, 3), (256, 2), (64, 1)])
 def test_attention_head_sizes_and_gqa_groups(kernels, dtype, D, group):
     """The AVX-512 path runs a GQA group's heads together, at most 3 at a time (2 from 128 dims, 1 at 256), and

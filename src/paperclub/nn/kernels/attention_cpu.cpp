@@ -263,6 +263,24 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
   const int64_t units = B * Hkv * blocks, per_unit = kQueryBlock * G;
   const bool spread = chunks > 1 && units < 4 * at::get_num_threads();
   std::vector<float> partial(spread ? units * chunks * per_unit * kState : 0);
+  // Queries whose visible keys are not one run from position 0 (a token tree: the prefix, then a node's
+  // ancestors, with other branches' nodes between them) are cut into chunks by visible ordinal, not position:
+  // chunk c holds their visible keys number 128c .. 128c + 127, gathered into one run where they have gaps. So a
+  // node sees its keys in the chunks, order and lanes that the same keys laid out contiguously give (a plain
+  // decode of that path): tree verification gives the same bits as decoding the accepted path one token at a time.
+  std::vector<std::vector<int32_t>> gapped(mask ? B * Tq : 0);
+  if (mask) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < cu[b + 1] - cu[b]; ++t) {
+        const bool* m = mask + (b * Tq + t) * S;
+        const int64_t run = std::find(m, m + S, false) - m;
+        // one run from 0 (causal): positions are ordinals; none from 0 (a sliding window): chunks by position
+        if (run == 0 || std::find(m + run, m + S, true) == m + S) continue;
+        auto& list = gapped[b * Tq + t];
+        for (int64_t i = 0; i < S; ++i)
+          if (m[i]) list.push_back((int32_t)i);
+      }
+  }
 
   // The G heads of one query and KV head against one chunk, kHeadGroup at a time; head g's result to emit(j0 + g).
   auto heads_in_registers = [&](const T* qh, const T* K, const T* V, int64_t n, const bool* m, float* score,
@@ -286,7 +304,7 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
   };
   // Chunk c of a unit: every query head's partial result goes to emit(j, mx, sum, acc), j = its index in the unit.
   auto run_chunk = [&](int64_t u, int64_t c, std::vector<float>& kbuf, std::vector<float>& vbuf,
-                       std::vector<float>& score, auto&& emit) {
+                       std::vector<float>& score, std::vector<T>& gk, std::vector<T>& gv, auto&& emit) {
     const int64_t b = u / (Hkv * blocks), hk = (u / blocks) % Hkv, t0 = (u % blocks) * kQueryBlock;
     const int64_t nq = cu[b + 1] - cu[b], c0 = c * kKeyChunk, n = std::min(S, c0 + kKeyChunk) - c0;
     if (t0 >= nq) return false;  // a short row of a ragged batch
@@ -296,6 +314,40 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
     __m256 qv[NV], acc[NV];
     for (int d = 0; d < NV; ++d) acc[d] = _mm256_setzero_ps();
     for (int64_t t = t0; t < std::min(nq, t0 + kQueryBlock); ++t) {
+      if (mask && !gapped[b * Tq + t].empty()) {  // chunk c = visible keys 128c .. 128c + 127, in one run
+        const auto& list = gapped[b * Tq + t];
+        const int64_t lo = c * kKeyChunk, hi = std::min<int64_t>(list.size(), lo + kKeyChunk), nv = hi - lo;
+        if (nv <= 0) {
+          for (int64_t h = 0; h < G; ++h) emit((t - t0) * G + h, kNegInf, 0.f, acc);
+          continue;
+        }
+        const int64_t row0 = (slots[b] * Hkv + hk) * cap;
+        const T* Kg = kc + (row0 + list[lo]) * D;
+        const T* Vg = vc + (row0 + list[lo]) * D;
+        if (list[hi - 1] - list[lo] != nv - 1) {  // gaps: gather the visible rows
+          for (int64_t i = 0; i < nv; ++i) {
+            std::copy(kc + (row0 + list[lo + i]) * D, kc + (row0 + list[lo + i] + 1) * D, gk.data() + i * D);
+            std::copy(vc + (row0 + list[lo + i]) * D, vc + (row0 + list[lo + i] + 1) * D, gv.data() + i * D);
+          }
+          Kg = gk.data(), Vg = gv.data();
+        }
+        if constexpr (kHeadsInRegisters) {
+          heads_in_registers(q + ((cu[b] + t) * H + hk * G) * D, Kg, Vg, nv, nullptr, score.data(), (t - t0) * G,
+                             emit);
+        } else {
+          const float* Kf = as_float(Kg, nv, D, kbuf);
+          const float* Vf = as_float(Vg, nv, D, vbuf);
+          K = V = nullptr;  // the buffers no longer hold the unit's chunk
+          for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+            const T* qi = q + ((cu[b] + t) * H + h) * D;
+            for (int d = 0; d < NV; ++d) qv[d] = load8(qi + 8 * d);
+            float mx, sum;
+            chunk_attend<NV>(qv, Kf, Vf, nv, nullptr, scale, score.data(), mx, sum, acc);
+            emit((t - t0) * G + h - hk * G, mx, sum, acc);
+          }
+        }
+        continue;
+      }
       const bool* m = mask ? mask + (b * Tq + t) * S + c0 : nullptr;
       if (m && std::find(m, m + n, true) == m + n) {  // the query sees nothing here (causal prefill, a tree mask)
         for (int64_t h = 0; h < G; ++h) emit((t - t0) * G + h, kNegInf, 0.f, acc);
@@ -354,6 +406,7 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
     const int64_t threads = std::min<int64_t>(at::get_num_threads(), units);
     at::parallel_for(0, threads, 1, [&](int64_t t_begin, int64_t t_end) {
       std::vector<float> kbuf(kb), vbuf(kb), score(cs), state(per_unit * kState);
+      std::vector<T> gk(mask ? kKeyChunk * D : 0), gv(mask ? kKeyChunk * D : 0);
       auto merge_here = [&](int64_t j, float mx, float sum, const __m256(&acc)[NV]) {
         merge<NV>(state.data() + j * kState, mx, sum, acc);
       };
@@ -363,7 +416,7 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
       for (int64_t u = first_unit(t_begin); u < first_unit(t_end); ++u) {
         reset(state.data(), queries_of(u));
         const int64_t need = work[u + 1] - work[u] - 1;
-        for (int64_t c = 0; c < need && run_chunk(u, c, kbuf, vbuf, score, merge_here); ++c) {
+        for (int64_t c = 0; c < need && run_chunk(u, c, kbuf, vbuf, score, gk, gv, merge_here); ++c) {
         }
         for (int64_t j = 0; j < queries_of(u); ++j) finish<NV, T>(state.data() + j * kState, out_of(u, j));
       }
@@ -373,6 +426,7 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
   // Few units: one task per (unit, chunk) keeps every thread busy; partial results stored, merged afterwards.
   at::parallel_for(0, units * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> kbuf(kb), vbuf(kb), score(cs);
+    std::vector<T> gk(mask ? kKeyChunk * D : 0), gv(mask ? kKeyChunk * D : 0);
     float* dst = nullptr;
     auto store = [&](int64_t j, float mx, float sum, const __m256(&acc)[NV]) {
       float* p = dst + j * kState;
@@ -381,7 +435,7 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
     };
     for (int64_t i = begin; i < end; ++i) {
       dst = partial.data() + i * per_unit * kState;
-      run_chunk(i / chunks, i % chunks, kbuf, vbuf, score, store);
+      run_chunk(i / chunks, i % chunks, kbuf, vbuf, score, gk, gv, store);
     }
   });
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
