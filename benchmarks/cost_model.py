@@ -3,7 +3,9 @@
     PYTHONPATH=src .venv/bin/python benchmarks/cost_model.py --prompts 8 --tokens 64 --repeats 3 \
         --out benchmarks/results/cost_model/cost_model.json
 
-One process loads the default pair for every placement measured here: AR and SD with 2 threads, SSD with the
+One process loads the default pair for every placement measured here: AR and SD with 2 threads, SD with token
+trees (n-gram guesses and the draft's branches, `--tree`; its shape, tokens per round, nodes and the rounds the
+draft ran, taken from its measured run like the others' acceptance), SSD with the
 target on 1 thread and the draft process on 1 thread, SSD with the draft on 2 threads (the target then gets 1:
 3 threads on 2 cores). It calibrates the step times of the target and the draft on the engine's own runners
 (1 and 2 threads, a few row counts), then runs every placement round-robin per repeat (greedy, EOS ignored,
@@ -27,6 +29,13 @@ from paperclub.bench.bench import OurSystem, load_prompts, machine_info, specula
 from paperclub.engine.llm import LLM
 from paperclub.speculative import cost_model as cm
 from paperclub.speculative.config import SSDConfig
+from paperclub.speculative.tree_proposer import TreeConfig
+
+
+def tree_shape(spec: dict) -> cm.TreeShape:
+    """What the tree rounds of a measured run looked like (the engine's counters)."""
+    return cm.TreeShape(spec["mean_acceptance_length"], spec["mean_tree_nodes"], TreeConfig().draft_width,
+                        spec["num_tree_draft_rounds"] / spec["num_drafts"])
 
 
 def main() -> None:
@@ -43,6 +52,7 @@ def main() -> None:
     systems = {
         "ar": LLM(mode="ar", dtype="bfloat16", device="cpu"),
         "sd": LLM(mode="sd", k=k, dtype="bfloat16", device="cpu"),
+        "tree": LLM(mode="sd", k=k, dtype="bfloat16", device="cpu", draft="ngram+default", tree=TreeConfig()),
     }
     ar = systems["ar"]
     prompt_ids = [ar.encode(x) for x in load_prompts("instruct", args.prompts)]
@@ -53,7 +63,7 @@ def main() -> None:
     target_runner = ar.engine.decoder.runner
     draft_runner = systems["sd"].engine.decoder.proposer.runner
     max_f = 4
-    target_steps = cm.calibrate_steps(target_runner, rows=[1, k + 1, 2 * (k + 1)], threads=[1, 2])
+    target_steps = cm.calibrate_steps(target_runner, rows=[1, k + 1, 2 * (k + 1), 16, 21, 31], threads=[1, 2])
     draft_steps = cm.calibrate_steps(draft_runner, rows=[1, k + 1, 2 * (k + 1), max_f * (k + 1)], threads=[1, 2])
     calibration_s = time.perf_counter() - t0
     costs = cm.Costs(target=target_steps, draft=draft_steps)
@@ -80,6 +90,8 @@ def main() -> None:
             return cm.predict_ar(c, work, 2)
         if name == "sd":
             return cm.predict_sd(c, acc, k, work, 2)
+        if name == "tree":
+            return cm.predict_tree(c, acc, TreeConfig().depth(k), work, 2)  # acc: the measured TreeShape
         place = cm.Placement(target_threads=1, draft_threads=systems[name].engine.decoder.config.draft_threads,
                              cores=2)
         return cm.predict_ssd(c, acc, cm.HitRate({fanout: hit}), k, fanout, work, place)
@@ -91,10 +103,12 @@ def main() -> None:
         spec = speculation_metrics(rs[-1].stats)
         fanout = int(systems[name].engine.decoder.stats.get("adaptive_fanout") or 1) if "ssd" in name else None
         acc = cm.Acceptance(spec["acceptance_rate_per_pos"]) if name != "ar" else None
+        if name == "tree":
+            acc = tree_shape(spec)
         hit = spec["cache_hit_rate"]
         # the per-round overhead, from a short run on the calibration prompt (not one of the measured prompts)
         sample = samples[name]
-        bare = predict(name, costs, sample.acceptance, sample.hit_rate, sample.fanout or 1,
+        bare = predict(name, costs, sample.tree or sample.acceptance, sample.hit_rate, sample.fanout or 1,
                        cm.Workload(sample.new_tokens, sample.prompt_tokens))
         overhead = cm.overhead_from(sample, bare)
         with_o = cm.Costs(costs.target, costs.draft, round_overhead_s=overhead, ar_overhead_s=overhead)

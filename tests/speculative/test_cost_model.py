@@ -30,6 +30,23 @@ def test_hand_computed_ar_and_sd():
     assert sd.tokens_per_s == pytest.approx(101 / (100 / 1.75 * 0.014))
 
 
+def test_hand_computed_tree():
+    """A tree round: the draft's share of (one catch-up forward + K - 1 forwards over w rows), then one target
+    forward over the root and the nodes (StepTimes interpolates linearly in rows)."""
+    costs = cm.Costs(target={2: cm.StepTimes({1: 0.010, 21: 0.020})},
+                     draft={2: cm.StepTimes({1: 0.001, 4: 0.0016})})
+    shape = cm.TreeShape(tokens_per_round=3.0, nodes=10, width=4, draft_share=0.5)
+    tree = cm.predict_tree(costs, shape, 3, W, 2)
+    verify = 0.010 + 0.010 * 10 / 20  # 11 rows
+    draft = 0.5 * (0.001 + 2 * 0.0016)
+    assert tree.round_s == pytest.approx(verify + draft)
+    assert tree.tokens_per_s == pytest.approx(101 / (100 / 3.0 * (verify + draft)))
+    no_draft = cm.predict_tree(costs, cm.TreeShape(2.0, 10, 0), 3, W, 2)  # n-gram guesses only: no draft cost
+    assert no_draft.round_s == pytest.approx(verify)
+    with pytest.raises(UserError, match="tokens_per_round >= 1"):
+        cm.TreeShape(0.5, 10, 4)
+
+
 def test_prefill_counts():
     costs = cm.Costs(target={2: cm.StepTimes({1: 0.010}, prefill_per_token_s=0.001)}, draft={})
     w = cm.Workload(new_tokens=101, prompt_tokens=50)

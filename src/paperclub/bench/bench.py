@@ -46,12 +46,14 @@ from paperclub.bench.peers import PEERS, Run, check_peers, make_peers
 from paperclub.device import cpu_model
 from paperclub.errors import UserError
 from paperclub.speculative import metrics as spec_metrics
+from paperclub.speculative.tree_proposer import TreeConfig
 
 log = logging.getLogger(__name__)
 
 MODES = ("ar", "sd", "ssd")  # the default set
 # SD with prompt-lookup drafting: alone, and combined with the model draft (--draft, or the shipped one)
-NGRAM_MODES = {"sd-ngram": "ngram", "sd-ngram+draft": "ngram+"}
+NGRAM_MODES = {"sd-ngram": "ngram", "sd-ngram+draft": "ngram+", "sd-tree": "ngram+"}
+TREE_MODES = ("sd-tree",)  # token trees of n-gram matches and draft branches (`speculative.tree_proposer`)
 ALL_MODES = (*MODES, *NGRAM_MODES)
 PROMPT_SETS = ("humaneval", "instruct")
 WARMUP_TOKENS = 8
@@ -245,7 +247,7 @@ def load_systems(s: BenchSettings) -> tuple[dict[str, Any], Any, Path | None]:
         if mode in NGRAM_MODES:
             draft = NGRAM_MODES[mode] + (str(s.draft or "default") if NGRAM_MODES[mode].endswith("+") else "")
         llm = LLM(model=s.model, draft=draft, mode=mode.split("-")[0], k=s.k, device=s.device, dtype=s.dtype,
-                  max_num_seqs=max(s.batch_sizes))
+                  max_num_seqs=max(s.batch_sizes), tree=TreeConfig() if mode in TREE_MODES else None)
         systems[mode] = OurSystem(llm, mode)
     scorer = systems[s.modes[0]].llm if s.modes else LLM(model=s.model, mode="ar", device=s.device, dtype=s.dtype)
     draft_dir = next((x.llm.draft_dir for x in systems.values() if x.llm.draft_dir), None)

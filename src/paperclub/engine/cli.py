@@ -34,6 +34,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-lookup-max", type=int, default=None,
                    help="with --draft ngram: longest n-gram to match, tried first (default 3)")
     p.add_argument("--k", type=int, default=5, help="draft tokens per round (sd, ssd)")
+    p.add_argument("--tree", action="store_true",
+                   help="with --mode sd: greedy requests verify a token tree each round, several n-gram matches "
+                        "(with --draft ngram+DRAFT or ngram) and the draft's chains from its top first tokens")
+    p.add_argument("--tree-ngram", type=int, default=None, help="with --tree: n-gram guesses per round (default 3)")
+    p.add_argument("--tree-width", type=int, default=None,
+                   help="with --tree: the draft's first tokens to branch on (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="weights/activations")
     g = p.add_argument_group("SSD (with --mode ssd)")
@@ -103,7 +109,22 @@ def make_llm(args: argparse.Namespace, **kwargs: Any):
 
     config = ssd_config(args)  # validated whatever the mode: a bad option is an error, not silently unused
     return LLM(model=args.model, draft=args.draft, mode=args.mode, k=args.k, device=args.device, dtype=args.dtype,
-               ssd_config=config, ngram_config=ngram_config(args), **kwargs)
+               ssd_config=config, ngram_config=ngram_config(args), tree=tree_config(args), **kwargs)
+
+
+def tree_config(args: argparse.Namespace):
+    from paperclub.speculative.tree_proposer import TreeConfig
+
+    given = {name: v for name, flag in (("ngram_candidates", "tree_ngram"), ("draft_width", "tree_width"))
+             if (v := getattr(args, flag, None)) is not None}
+    if given and not getattr(args, "tree", False):
+        raise UserError("--tree-ngram and --tree-width shape a token tree: add --tree")
+    if not getattr(args, "tree", False):
+        return None
+    for name, v in given.items():
+        if v < 0:
+            raise UserError(f"--tree-{'ngram' if name == 'ngram_candidates' else 'width'} must be >= 0, got {v}")
+    return TreeConfig(**given)
 
 
 def ngram_config(args: argparse.Namespace):

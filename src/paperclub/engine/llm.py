@@ -38,6 +38,7 @@ from paperclub.speculative.head_proposer import HeadProposer
 from paperclub.speculative.ngram import CombinedProposer, NgramConfig, NgramProposer, parse_draft
 from paperclub.speculative.sd import DraftProposer, SpeculativeDecoder
 from paperclub.speculative.ssd import SSDDecoder
+from paperclub.speculative.tree_proposer import TreeConfig, TreeProposer
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class LLM:
     "ngram" for prompt-lookup drafting (no draft model, SD only);
     "ngram+DRAFT" for prompt lookup where the context has a match and the model DRAFT elsewhere ("ngram+default":
     the shipped draft). `ngram_config` sets the n-gram sizes (`speculative.ngram.NgramConfig`).
+    `tree`: greedy requests verify a token tree each round (`speculative.tree`): several n-gram matches and the
+    draft's chains from its top first tokens (`speculative.tree_proposer.TreeConfig`); sampled ones keep chains.
 
     prefix_cache_mb: memory for automatic prefix caching (`engine.prefix_cache`): prompts that start like an earlier
     prompt or conversation skip the prefill of the part already seen. Off (0) by default here, so that timings of
@@ -116,6 +119,7 @@ class LLM:
         ngram_config: NgramConfig | None = None,
         auto_calibrate: bool = True,
         prefix_cache_mb: float = 0.0,
+        tree: TreeConfig | None = None,
     ):
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -153,7 +157,8 @@ class LLM:
                             "it drafts with --mode sd (not ssd) and without n-gram lookup")
         # auto calibrates only for a draft the caller named: a plain LLM() stays AR and starts without timing runs
         # (nor for a head yet: its calibration needs the target's states; auto runs it with SD)
-        calibrate = mode == "auto" and auto_calibrate and not ngram and draft is not None and not head
+        calibrate = (mode == "auto" and auto_calibrate and not ngram and draft is not None and not head
+                     and tree is None)
         self.mode = "ar" if self.draft_dir is None and not ngram else ("ssd" if mode == "ssd" else "sd")
         self.draft_name = ("ngram" + (f"+{self.draft_dir}" if self.draft_dir else "") if ngram
                            else str(self.draft_dir) if self.draft_dir else None)
@@ -173,9 +178,15 @@ class LLM:
                 self._draft_runner = None  # the draft runs in its own process
                 ssd_config = ssd_config or SSDConfig(k=k, draft_dtype=self.dtype)
         self.k = k
+        if tree is not None and (self.mode != "sd" or head):
+            raise UserError("token trees (--tree) draft with --mode sd, from a draft model and/or n-gram lookup "
+                            f"(not {'a draft head' if head else 'mode ' + self.mode})")
         if ngram:
             proposer = NgramProposer(k, cfg.vocab_size, ngram_config)
-            if self.draft_dir is not None:
+            if tree is not None:
+                model = DraftProposer(self._load_draft_runner(), k) if self.draft_dir is not None else None
+                proposer = TreeProposer(k, proposer, model, tree)
+            elif self.draft_dir is not None:
                 draft_runner = self._load_draft_runner()
                 proposer = CombinedProposer(proposer, DraftProposer(draft_runner, k))
             decoder = SpeculativeDecoder(target, proposer, k=k)
@@ -188,7 +199,8 @@ class LLM:
             decoder = SpeculativeDecoder(target, self._load_head_proposer(k), k=k)
         else:
             runner = self._draft_runner if self.auto_choice is not None else self._load_draft_runner()
-            decoder = SpeculativeDecoder(target, runner, k=k)
+            draft = runner if tree is None else TreeProposer(k, None, DraftProposer(runner, k), tree)
+            decoder = SpeculativeDecoder(target, draft, k=k)
         self.engine = Engine(decoder, tokenizer=self.tokenizer, eos_token_ids=eos, config=self.engine_config)
         # After loading, the interpreter holds ~300k long-lived objects (mostly torch's modules and functions).
         # A full garbage collection walks all of them (0.1 s on a 2-core Xeon) and can fall in the middle of a

@@ -234,6 +234,42 @@ def predict_sd(costs: Costs, acc: Acceptance, k: int, w: Workload, threads: int)
                       tokens_per_round=e, detail={"draft_s": draft_s, "verify_s": verify_s, "prefill_s": prefill})
 
 
+@dataclass
+class TreeShape:
+    """What a token-tree round looks like on average (measured: the engine's `num_tree_nodes`, the rounds in
+    which the draft ran, and the tokens per round that trees of this shape gave)."""
+
+    tokens_per_round: float  # E: accepted + 1, per target forward
+    nodes: float  # tree nodes per row verified each round
+    width: int  # the draft's branches (rows of its K - 1 branch steps)
+    draft_share: float = 1.0  # fraction of rounds in which the draft ran (the rest: n-gram guesses only)
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_round < 1 or self.nodes < 0 or self.width < 0 or not 0 <= self.draft_share <= 1:
+            raise UserError(f"a tree shape needs tokens_per_round >= 1, nodes >= 0, width >= 0 and a draft share "
+                            f"in [0, 1], got {self}")
+
+
+def predict_tree(costs: Costs, shape: TreeShape, depth: int, w: Workload, threads: int) -> Prediction:
+    """SD with token trees (`speculative.tree`): per round the draft catches up and branches (one forward of about
+    one row, then depth - 1 over `width` rows; depth = tokens per draft branch), and the target verifies the root
+    and every node in one forward:
+
+        round_tree = share (T_d(b) + (depth - 1) T_d(b w)) + T_t(b (1 + nodes)) + o,
+        time = T_pre + (N - 1) / E round_tree
+
+    E comes from a measured tree run (a tree's acceptance is not a function of the chain's a_i alone)."""
+    t, d = costs.of(costs.target, threads, "target"), costs.of(costs.draft, threads, "draft")
+    b = w.batch_size
+    draft_s = shape.draft_share * (d.at(b) + (depth - 1) * d.at(b * max(shape.width, 1))) if shape.width else 0.0
+    verify_s = t.at(b * (1 + shape.nodes))
+    round_s = draft_s + verify_s + costs.round_overhead_s
+    prefill = (t.prefill_per_token_s + (d.prefill_per_token_s if shape.width else 0.0)) * w.prompt_tokens * b
+    return Prediction("tree", _tps(w, prefill, (w.new_tokens - 1) / shape.tokens_per_round, round_s), k=depth,
+                      round_s=round_s, tokens_per_round=shape.tokens_per_round,
+                      detail={"draft_s": draft_s, "verify_s": verify_s, "prefill_s": prefill, "nodes": shape.nodes})
+
+
 def predict_ssd(costs: Costs, acc: Acceptance, hits: HitRate, k: int, fanout: int, w: Workload, place: Placement,
                 miss_fanout: int | None = None) -> Prediction:
     key_t, key_d = (0, 0) if place.separate_devices else (place.target_threads, place.draft_threads)
@@ -365,6 +401,7 @@ class RunSample:
     acceptance: Acceptance | None
     hit_rate: float | None
     fanout: int | None
+    tree: TreeShape | None = None  # with token trees: what their rounds looked like
 
 
 def sample_run(llm, new_tokens: int = 48, prompt=None) -> RunSample:
@@ -381,9 +418,14 @@ def sample_run(llm, new_tokens: int = 48, prompt=None) -> RunSample:
     per_pos = m.get("acceptance_rate_per_pos")
     looked = m.get("hits", 0) + m.get("misses", 0)
     fanout = getattr(llm.engine.decoder, "stats", {}).get("adaptive_fanout")
+    tree = None
+    if m.get("mean_tree_nodes") is not None:
+        config = getattr(llm.engine.decoder.proposer, "config", None)
+        tree = TreeShape(m["mean_acceptance_length"], m["mean_tree_nodes"], getattr(config, "draft_width", 0),
+                         m["num_tree_draft_rounds"] / m["num_drafts"])
     return RunSample(wall, int(m.get("num_drafts") or new_tokens - 1), len(ids), len(out.token_ids),
                      Acceptance(per_pos) if per_pos else None, m.get("hits", 0) / looked if looked else None,
-                     int(fanout) if fanout else None)
+                     int(fanout) if fanout else None, tree)
 
 
 def overhead_from(sample: RunSample, pred: Prediction) -> float:

@@ -12,6 +12,9 @@ Derived:
     mean_acceptance_length       1 + num_accepted_tokens / num_drafts: tokens emitted per target forward (the
                                  accepted drafts plus the target's own token)
     acceptance_rate_per_pos      [i]: num_accepted_tokens_per_pos[i] / num_drafts
+With token trees (`speculative.tree`) a draft's tokens are its tree's depth (the longest guess) and two more
+figures appear: num_tree_nodes (nodes verified, summed), num_tree_draft_rounds (rounds in which the draft model
+ran; the others had n-gram guesses only) and mean_tree_nodes = num_tree_nodes / num_drafts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 PER_POS = "num_accepted_tokens_per_pos"
+TREE_NODES = "num_tree_nodes"  # only where token trees ran
+TREE_COUNTERS = (TREE_NODES, "num_tree_draft_rounds")
 
 
 def new_counters() -> dict[str, Any]:
@@ -37,6 +42,9 @@ def add(totals: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
     """Sum `stats`' counters into `totals` (per-position lists element by element); returns `totals`."""
     for key in COUNTERS:
         totals[key] = totals.get(key, 0) + stats.get(key, 0)
+    for key in TREE_COUNTERS:
+        if key in stats:
+            totals[key] = totals.get(key, 0) + stats[key]
     theirs, ours = list(stats.get(PER_POS, [])), totals.setdefault(PER_POS, [])
     ours.extend([0] * (len(theirs) - len(ours)))
     for i, v in enumerate(theirs):
@@ -48,7 +56,11 @@ def summary(stats: Mapping[str, Any]) -> dict[str, Any]:
     """The counters and the derived figures; the derived ones are None where nothing was drafted."""
     drafts, drafted = stats.get("num_drafts", 0), stats.get("num_draft_tokens", 0)
     accepted, per_pos = stats.get("num_accepted_tokens", 0), list(stats.get(PER_POS, []))
-    return {
+    trees = {}
+    if TREE_NODES in stats:
+        trees = {key: stats.get(key, 0) for key in TREE_COUNTERS}
+        trees["mean_tree_nodes"] = stats[TREE_NODES] / drafts if drafts else None
+    return trees | {
         "num_drafts": drafts,
         "num_draft_tokens": drafted,
         "num_accepted_tokens": accepted,

@@ -97,6 +97,7 @@ class _Context:
 
     tokens: list[int]
     index: list[dict[tuple[int, ...], int]] = field(default_factory=list)
+    earlier: dict[tuple[int, int], int] = field(default_factory=dict)  # (n, position) -> the occurrence before it
 
 
 class NgramProposer:
@@ -116,7 +117,11 @@ class NgramProposer:
         for t in new:
             i = len(tokens)  # t's position: the n-grams ending just before it now have a continuation
             for n in range(lo, min(hi, i) + 1):
-                ctx.index[n - lo][tuple(tokens[i - n:i])] = i
+                gram = tuple(tokens[i - n:i])
+                before = ctx.index[n - lo].get(gram)
+                if before is not None:
+                    ctx.earlier[(n, i)] = before
+                ctx.index[n - lo][gram] = i
             tokens.append(t)
 
     def _sync(self, s: Sequence) -> _Context:
@@ -138,6 +143,31 @@ class NgramProposer:
                     out.append(tokens[j + i] if j + i < L else out[j + i - L])
                 return out
         return None
+
+    def lookup_many(self, ctx: _Context, count: int) -> list[tuple[int, list[int]]]:
+        """Up to `count` distinct K-token continuations as (match length n, tokens): longest suffix first, and
+        for each n its occurrences from the most recent back (the candidates a token tree verifies together)."""
+        tokens, lo = ctx.tokens, self.config.prompt_lookup_min
+        L = len(tokens)
+        out: list[tuple[int, list[int]]] = []
+        seen: set[tuple[int, ...]] = set()
+        for n in range(min(self.config.prompt_lookup_max, L - 1), lo - 1, -1):
+            j = ctx.index[n - lo].get(tuple(tokens[L - n:]))
+            while j is not None and len(out) < count:
+                cont: list[int] = []
+                for i in range(self.k):
+                    cont.append(tokens[j + i] if j + i < L else cont[j + i - L])
+                if tuple(cont) not in seen:
+                    seen.add(tuple(cont))
+                    out.append((n, cont))
+                j = ctx.earlier.get((n, j))
+            if len(out) >= count:
+                break
+        return out
+
+    def sync(self, s: Sequence) -> _Context:
+        """The sequence's context with its latest output indexed."""
+        return self._sync(s)
 
     # -- the DraftProposer interface -----------------------------------------------------------------------------
     def prefill(self, seqs: list[Sequence]) -> None:

@@ -25,7 +25,9 @@ from paperclub.engine.decoder import prefill_sequences
 from paperclub.engine.runner import ModelRunner
 from paperclub.engine.sampling import filtered_probs, greedy_tokens, next_tokens, record_logprobs, sample
 from paperclub.engine.sequence import Sequence
+from paperclub.errors import UserError
 from paperclub.speculative import metrics as spec_metrics
+from paperclub.speculative.tree import compact, tree_meta, verify_greedy_tree
 from paperclub.speculative.verify import judge
 
 
@@ -129,6 +131,11 @@ class SpeculativeDecoder:
         self.lookahead = k + 1
         self.proposer: Proposer = DraftProposer(draft, k) if isinstance(draft, ModelRunner) else draft
         self.features = getattr(self.proposer, "needs_features", False)  # a feature head reads the target's states
+        self.trees = hasattr(self.proposer, "propose_tree")  # greedy batches verify token trees (`tree.py`)
+        if self.trees:
+            if target.cfg.sliding_window is not None:
+                raise UserError("token-tree drafting needs a model without sliding-window attention")
+            self.lookahead = 1 + self.proposer.max_nodes()
 
     def prefill(self, seqs: list[Sequence]) -> list[list[int]]:
         if self.features:
@@ -147,6 +154,8 @@ class SpeculativeDecoder:
 
     def step(self, seqs: list[Sequence]) -> list[list[int]]:
         self.proposer.reserve(self.runner.cache.capacity)  # the target's cache may have grown since prefill
+        if self.trees and all(s.params.greedy for s in seqs):
+            return self.tree_step(seqs)
         prop = self.proposer.propose(seqs)
         draft_ids = prop.tokens.tolist()
         chunks = [[s.output_ids[-1]] + (d if ok else [])
@@ -185,6 +194,30 @@ class SpeculativeDecoder:
                 s.stats["num_ngram_drafts"] = s.stats.get("num_ngram_drafts", 0) + 1
             emitted.append(d[:n] + [t])
         record_logprobs(seqs, logits, emitted)
+        return emitted
+
+    def tree_step(self, seqs: list[Sequence]) -> list[list[int]]:
+        """One round with token trees (greedy rows only): every row's guesses verified in one target forward."""
+        trees = self.proposer.propose_tree(seqs)
+        starts = [s.num_cached for s in seqs]
+        tokens, positions, meta = tree_meta(trees, [s.output_ids[-1] for s in seqs], starts,
+                                            [s.slot for s in seqs], self.runner.device)
+        logits = self.runner.forward_meta(tokens, positions, meta)  # (B, 1 + nodes, V)
+        verdict = verify_greedy_tree(trees, logits)
+        emitted = verdict.emitted(trees)
+        for s, tree, path in zip(seqs, trees, verdict.paths, strict=True):
+            compact(self.runner.cache, s.slot, s.num_cached, path)
+            s.num_cached += 1 + len(path)
+            spec_metrics.count_draft(s.stats, tree.depth, len(path))
+            s.stats[spec_metrics.TREE_NODES] = s.stats.get(spec_metrics.TREE_NODES, 0) + len(tree)
+            s.stats["num_tree_draft_rounds"] = s.stats.get("num_tree_draft_rounds", 0) + tree.drafted
+            if path and tree.sources[path[0]] == "ngram":
+                s.stats["num_ngram_drafts"] = s.stats.get("num_ngram_drafts", 0) + 1
+        if any(s.params.logprobs is not None for s in seqs):  # the logits along each row's accepted path
+            rows = [[0] + [1 + i for i in path] for path in verdict.paths]
+            width = max(len(r) for r in rows)
+            index = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=logits.device)
+            record_logprobs(seqs, logits.gather(1, index[:, :, None].expand(-1, -1, logits.shape[-1])), emitted)
         return emitted
 
     def release(self, seq: Sequence) -> None:
