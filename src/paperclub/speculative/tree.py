@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from paperclub.engine.kv_cache import KVCache, slot_range
+from paperclub.engine.sampling import greedy_tokens
 from paperclub.models.llama import AttentionMeta
 
 
@@ -107,14 +108,15 @@ def tree_meta(trees: list[TokenTree], roots: list[int], starts: list[int], slots
         if n:
             tokens[b, 1: n + 1] = torch.tensor(tree.tokens)
             depth[b, 1: n + 1] = torch.tensor(tree.depths)
-        for j in range(T):  # self, then ancestors (node i is token 1 + i; the root is token 0)
-            mask[b, j, starts[b] + j] = True
-            node = j - 1
-            if node >= n:
-                continue  # padding: prefix and itself only
-            while node >= 0:
-                node = tree.parents[node]
-                mask[b, j, starts[b] + 1 + node] = True  # node == -1 marks the root (token 0)
+        sees = [[False] * T for _ in range(T)]  # sees[j][i]: token j attends to token i (root 0, node i - 1 at i)
+        sees[0][0] = True
+        for j in range(1, T):
+            if j > n:
+                sees[j][j] = True  # padding: prefix and itself only
+            else:  # itself and what its parent sees (parents come first)
+                sees[j] = list(sees[tree.parents[j - 1] + 1])
+                sees[j][j] = True
+        mask[b, :, starts[b]: starts[b] + T] = torch.tensor(sees)
     positions = start[:, None] + depth
     meta = AttentionMeta(slots=torch.tensor(slots, device=device), write_index=write.to(device), kv_len=S,
                          mask=mask[:, None].to(device), slot_range=slot_range(slots))
@@ -133,7 +135,8 @@ class TreeVerdict:
 
 def verify_greedy_tree(trees: list[TokenTree], logits: torch.Tensor) -> TreeVerdict:
     """logits (B, T, V) at [root, nodes...] -> per row the longest path of nodes that equal the target's argmax."""
-    argmax = logits.argmax(dim=-1).tolist()  # (B, T)
+    B, T, V = logits.shape
+    argmax = greedy_tokens(logits.reshape(B * T, V)).view(B, T).tolist()
     paths, nxt = [], []
     for tree, g in zip(trees, argmax, strict=True):
         path, node = [], -1
