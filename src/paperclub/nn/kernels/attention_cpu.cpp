@@ -314,6 +314,20 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
     __m256 qv[NV], acc[NV];
     for (int d = 0; d < NV; ++d) acc[d] = _mm256_setzero_ps();
     for (int64_t t = t0; t < std::min(nq, t0 + kQueryBlock); ++t) {
+      // Query t's G heads against nk keys: T rows read in place (AVX-512) or their float32 copies (AVX2).
+      auto heads = [&](const T* Kt, const T* Vt, const float* Kf, const float* Vf, int64_t nk, const bool* mk) {
+        if constexpr (kHeadsInRegisters) {
+          heads_in_registers(q + ((cu[b] + t) * H + hk * G) * D, Kt, Vt, nk, mk, score.data(), (t - t0) * G, emit);
+        } else {
+          for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+            const T* qi = q + ((cu[b] + t) * H + h) * D;
+            for (int d = 0; d < NV; ++d) qv[d] = load8(qi + 8 * d);
+            float mx, sum;
+            chunk_attend<NV>(qv, Kf, Vf, nk, mk, scale, score.data(), mx, sum, acc);
+            emit((t - t0) * G + h - hk * G, mx, sum, acc);
+          }
+        }
+      };
       if (mask && !gapped[b * Tq + t].empty()) {  // chunk c = visible keys 128c .. 128c + 127, in one run
         const auto& list = gapped[b * Tq + t];
         const int64_t lo = c * kKeyChunk, hi = std::min<int64_t>(list.size(), lo + kKeyChunk), nv = hi - lo;
@@ -332,19 +346,10 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
           Kg = gk.data(), Vg = gv.data();
         }
         if constexpr (kHeadsInRegisters) {
-          heads_in_registers(q + ((cu[b] + t) * H + hk * G) * D, Kg, Vg, nv, nullptr, score.data(), (t - t0) * G,
-                             emit);
+          heads(Kg, Vg, nullptr, nullptr, nv, nullptr);
         } else {
-          const float* Kf = as_float(Kg, nv, D, kbuf);
-          const float* Vf = as_float(Vg, nv, D, vbuf);
+          heads(Kg, Vg, as_float(Kg, nv, D, kbuf), as_float(Vg, nv, D, vbuf), nv, nullptr);
           K = V = nullptr;  // the buffers no longer hold the unit's chunk
-          for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
-            const T* qi = q + ((cu[b] + t) * H + h) * D;
-            for (int d = 0; d < NV; ++d) qv[d] = load8(qi + 8 * d);
-            float mx, sum;
-            chunk_attend<NV>(qv, Kf, Vf, nv, nullptr, scale, score.data(), mx, sum, acc);
-            emit((t - t0) * G + h - hk * G, mx, sum, acc);
-          }
         }
         continue;
       }
@@ -353,19 +358,10 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* slots, const in
         for (int64_t h = 0; h < G; ++h) emit((t - t0) * G + h, kNegInf, 0.f, acc);
         continue;
       }
-      if constexpr (kHeadsInRegisters) {
-        heads_in_registers(q + ((cu[b] + t) * H + hk * G) * D, kc + base, vc + base, n, m, score.data(),
-                           (t - t0) * G, emit);
-        continue;
+      if constexpr (!kHeadsInRegisters) {
+        if (!K) K = as_float(kc + base, n, D, kbuf), V = as_float(vc + base, n, D, vbuf);
       }
-      if (!K) K = as_float(kc + base, n, D, kbuf), V = as_float(vc + base, n, D, vbuf);
-      for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
-        const T* qi = q + ((cu[b] + t) * H + h) * D;
-        for (int d = 0; d < NV; ++d) qv[d] = load8(qi + 8 * d);
-        float mx, sum;
-        chunk_attend<NV>(qv, K, V, n, m, scale, score.data(), mx, sum, acc);
-        emit((t - t0) * G + h - hk * G, mx, sum, acc);
-      }
+      heads(kc + base, vc + base, K, V, n, m);
     }
     return true;
   };
