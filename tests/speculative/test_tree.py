@@ -130,6 +130,26 @@ def test_a_tree_accepts_at_least_what_its_best_chain_accepts(models):
     assert rounds[1] < rounds[0], rounds  # fewer target forwards for the same tokens
 
 
+def test_a_long_ngram_match_is_verified_alone_and_a_short_one_with_the_draft(models):
+    target, draft = models
+    config = TreeConfig(3, 2, draft_depth=2, ngram_alone_at=3)
+    proposer = TreeProposer(4, NgramProposer(4, target.cfg.vocab_size), DraftProposer(ModelRunner(draft, 256), 4),
+                            config)
+    runner = ModelRunner(target, 256)
+    long_match = Sequence([1, 2, 3, 9, 8, 5, 1, 2, 6, 7, 1, 2], SamplingParams())  # + 3: (1, 2, 3) seen before
+    short_match = Sequence([1, 2, 3, 9, 8, 5, 4, 2, 6, 7, 1, 2], SamplingParams())  # + 6: only (2, 6) and (6,)
+    for s in (long_match, short_match):
+        s.slot = runner.cache.allocate()
+    proposer.prefill([long_match, short_match])
+    long_match.output_ids.append(3)  # the token the prefill emitted
+    short_match.output_ids.append(6)
+    proposer.reserve(64)
+    alone, mixed = proposer.propose_tree([long_match, short_match])
+    assert alone.tokens == [9, 8, 5, 1] and not alone.drafted  # the 3-gram's continuation, nothing else
+    assert mixed.drafted and set(mixed.sources) == {"ngram", "draft"}
+    assert len(mixed) > 4  # n-gram guesses after (2, 6) and two 2-token draft branches
+
+
 def test_sampled_requests_keep_chains_and_are_reproducible(models):
     target, draft = models
     params = SamplingParams(max_tokens=16, temperature=0.9, seed=3)

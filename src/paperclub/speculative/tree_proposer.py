@@ -10,6 +10,10 @@ Each round, for a greedy batch, every row gets a `TokenTree` (`tree.py`) made of
       draft worker decodes its branches). The draft runs only when the longest n-gram match is shorter than
       `draft_below_match`.
 
+With `ngram_alone_at`, a match that long is verified alone, as a chain (fewer rows and no draft forwards where
+prompt lookup's guess is usually right); measured at 3 on the per-category prompts it trades acceptance for speed
+(2.95 tokens per forward and 1.38x AR against 3.02 and 1.32x; BENCHMARKS.md), so it is off by default.
+
 The default shape (3 n-gram guesses of K tokens, the draft's top 4 first tokens with 3 tokens each, the draft
 only below a 3-token match) was chosen by simulating greedy rounds exactly on the per-category evaluation
 prompts against the measured cost of a verification forward by its rows (BENCHMARKS.md): past 16 rows the
@@ -49,6 +53,7 @@ class TreeConfig:
     draft_width: int = 4
     draft_depth: int | None = 3  # tokens per draft branch (None: K); n-gram guesses are K long, being free
     draft_below_match: int = 3  # run the draft when the longest n-gram match is shorter (above n's max: always)
+    ngram_alone_at: int | None = None  # a match this long is verified alone, as a chain (None: never)
 
     def __post_init__(self) -> None:
         if self.ngram_candidates < 0 or self.draft_width < 0:
@@ -58,6 +63,8 @@ class TreeConfig:
             raise UserError("a token tree needs at least one n-gram candidate or one draft branch")
         if self.draft_depth is not None and self.draft_depth < 1:
             raise UserError(f"draft_depth must be >= 1, got {self.draft_depth}")
+        if self.ngram_alone_at is not None and self.ngram_alone_at < 1:
+            raise UserError(f"ngram_alone_at must be >= 1 (or None), got {self.ngram_alone_at}")
 
     def depth(self, k: int) -> int:
         return k if self.draft_depth is None else min(k, self.draft_depth)
@@ -149,10 +156,13 @@ class TreeProposer:
         if self.ngram is not None and cfg.ngram_candidates:
             for i, s in enumerate(seqs):
                 found = self.ngram.lookup_many(self.ngram.sync(s), cfg.ngram_candidates)
-                guesses[i] += [(cont, "ngram") for _, cont in found]
                 longest[i] = max((n for n, _ in found), default=0)
+                if cfg.ngram_alone_at is not None and longest[i] >= cfg.ngram_alone_at:
+                    found = found[:1]  # a long match is usually right: its chain alone, 6 rows, no draft
+                    longest[i] = -1
+                guesses[i] += [(cont, "ngram") for _, cont in found]
         if self.model is not None and cfg.draft_width:
-            rows = [i for i, n in enumerate(longest) if n < cfg.draft_below_match]
+            rows = [i for i, n in enumerate(longest) if 0 <= n < cfg.draft_below_match]
             if rows:
                 chains = draft_branches(self.model, [seqs[i] for i in rows], cfg.draft_width, cfg.depth(self.k))
                 for i, branch in zip(rows, chains, strict=True):
