@@ -187,3 +187,15 @@ def test_llm_with_token_trees_on_the_default_model(default_model_dir):
         assert stats["mean_tree_nodes"] > 5 and stats["num_tree_draft_rounds"] <= stats["num_drafts"], stats
     with pytest.raises(UserError, match="token trees"):
         LLM(model=str(default_model_dir), mode="ssd", tree=TreeConfig())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tree-width", "2"], "--tree-ngram and --tree-width shape a token tree: add --tree"),
+    (["--tree", "--tree-ngram", "-1"], "--tree-ngram must be >= 0"),
+])
+def test_cli_bad_tree_options_are_one_line_exit_2(capsys, tmp_path, argv, message):
+    from paperclub.cli import main
+
+    assert main(["generate", "--model", str(tmp_path / "no-model"), "--mode", "sd", *argv, "hi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
