@@ -25,7 +25,8 @@ from typing import Any
 COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 PER_POS = "num_accepted_tokens_per_pos"
 TREE_NODES = "num_tree_nodes"  # only where token trees ran
-TREE_COUNTERS = (TREE_NODES, "num_tree_draft_rounds")
+TREE_DRAFT_ROUNDS = "num_tree_draft_rounds"
+TREE_COUNTERS = (TREE_NODES, TREE_DRAFT_ROUNDS)
 
 
 def new_counters() -> dict[str, Any]:

@@ -124,7 +124,8 @@ class NgramProposer:
                 ctx.index[n - lo][gram] = i
             tokens.append(t)
 
-    def _sync(self, s: Sequence) -> _Context:
+    def sync(self, s: Sequence) -> _Context:
+        """The sequence's context with its latest output indexed."""
         ctx = self.contexts[s.request_id]
         have = len(ctx.tokens) - len(s.prompt_ids)
         if have < len(s.output_ids):
@@ -133,16 +134,8 @@ class NgramProposer:
 
     def lookup(self, ctx: _Context) -> list[int] | None:
         """The K tokens that followed the most recent earlier occurrence of the longest matching suffix, or None."""
-        tokens, lo = ctx.tokens, self.config.prompt_lookup_min
-        L = len(tokens)
-        for n in range(min(self.config.prompt_lookup_max, L - 1), lo - 1, -1):
-            j = ctx.index[n - lo].get(tuple(tokens[L - n:]))
-            if j is not None:
-                out: list[int] = []
-                for i in range(self.k):  # context[j + i], running on into the proposal when j + i >= L
-                    out.append(tokens[j + i] if j + i < L else out[j + i - L])
-                return out
-        return None
+        found = self.lookup_many(ctx, 1)
+        return found[0][1] if found else None
 
     def lookup_many(self, ctx: _Context, count: int) -> list[tuple[int, list[int]]]:
         """Up to `count` distinct K-token continuations as (match length n, tokens): longest suffix first, and
@@ -165,10 +158,6 @@ class NgramProposer:
                 break
         return out
 
-    def sync(self, s: Sequence) -> _Context:
-        """The sequence's context with its latest output indexed."""
-        return self._sync(s)
-
     # -- the DraftProposer interface -----------------------------------------------------------------------------
     def prefill(self, seqs: list[Sequence]) -> None:
         for s in seqs:
@@ -180,7 +169,7 @@ class NgramProposer:
         pass
 
     def propose_rows(self, seqs: list[Sequence]) -> list[list[int] | None]:
-        return [self.lookup(self._sync(s)) for s in seqs]
+        return [self.lookup(self.sync(s)) for s in seqs]
 
     def propose(self, seqs: list[Sequence]) -> Proposal:
         found = self.propose_rows(seqs)

@@ -210,7 +210,7 @@ class SpeculativeDecoder:
             s.num_cached += 1 + len(path)
             spec_metrics.count_draft(s.stats, tree.depth, len(path))
             s.stats[spec_metrics.TREE_NODES] = s.stats.get(spec_metrics.TREE_NODES, 0) + len(tree)
-            s.stats["num_tree_draft_rounds"] = s.stats.get("num_tree_draft_rounds", 0) + tree.drafted
+            s.stats[spec_metrics.TREE_DRAFT_ROUNDS] = s.stats.get(spec_metrics.TREE_DRAFT_ROUNDS, 0) + tree.drafted
             if path and tree.sources[path[0]] == "ngram":
                 s.stats["num_ngram_drafts"] = s.stats.get("num_ngram_drafts", 0) + 1
         if any(s.params.logprobs is not None for s in seqs):  # the logits along each row's accepted path

@@ -161,6 +161,7 @@ class TreeProposer:
                     found = found[:1]  # a long match is usually right: its chain alone, 6 rows, no draft
                     longest[i] = -1
                 guesses[i] += [(cont, "ngram") for _, cont in found]
+        rows = []
         if self.model is not None and cfg.draft_width:
             rows = [i for i, n in enumerate(longest) if 0 <= n < cfg.draft_below_match]
             if rows:
@@ -168,6 +169,6 @@ class TreeProposer:
                 for i, branch in zip(rows, chains, strict=True):
                     guesses[i] += [(c, "draft") for c in branch]
         trees = [build_tree(g) for g in guesses]
-        for tree, g in zip(trees, guesses, strict=True):
-            tree.drafted = any(source == "draft" for _, source in g)
+        for i in rows:
+            trees[i].drafted = True
         return trees
