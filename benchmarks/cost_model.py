@@ -51,7 +51,7 @@ def main() -> None:
     k = args.k
     systems = {
         "ar": LLM(mode="ar", dtype="bfloat16", device="cpu"),
-        "sd": LLM(mode="sd", k=k, dtype="bfloat16", device="cpu"),
+        "sd": LLM(mode="sd", draft="default", k=k, dtype="bfloat16", device="cpu"),
         "tree": LLM(mode="sd", k=k, dtype="bfloat16", device="cpu", draft="ngram+default", tree=TreeConfig()),
     }
     ar = systems["ar"]

@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/ssd_fanout.json")
     args = ap.parse_args()
     prompts = load_prompts("instruct", args.prompts)
-    systems = {"sd": LLM(mode="sd", k=args.k)}
+    systems = {"sd": LLM(mode="sd", draft="default", k=args.k)}
     for name, extra in SETTINGS.items():
         systems[name] = LLM(mode="ssd", k=args.k, ssd_config=SSDConfig(k=args.k, draft_dtype=systems["sd"].dtype,
                                                                          **extra))

@@ -30,6 +30,20 @@ def test_hand_computed_ar_and_sd():
     assert sd.tokens_per_s == pytest.approx(101 / (100 / 1.75 * 0.014))
 
 
+def test_hand_computed_sd_with_prompt_lookup_first():
+    """ngram+draft: the rounds prompt lookup drafted cost no draft time, so a draft share of 0.4 pays 0.4 of SD's
+    K draft steps; the acceptance is the combined one."""
+    costs = cm.Costs(target={2: cm.StepTimes({1: 0.010, 3: 0.012})}, draft={2: cm.StepTimes({1: 0.001})})
+    acc = cm.Acceptance([0.6, 0.4])
+    p = cm.predict_sd(costs, acc, 2, W, 2, draft_share=0.4, drafter="ngram+draft")
+    assert p.round_s == pytest.approx(0.4 * 2 * 0.001 + 0.012)
+    assert p.tokens_per_s == pytest.approx(101 / (100 / 2.0 * p.round_s))
+    assert cm.describe(p) == "SD n-gram+draft K=2" and p.detail["draft_share"] == 0.4
+    assert cm.predict_sd(costs, acc, 2, W, 2, draft_share=0.0).round_s == pytest.approx(0.012)
+    with pytest.raises(UserError, match="draft_share"):
+        cm.predict_sd(costs, acc, 2, W, 2, draft_share=1.5)
+
+
 def test_hand_computed_tree():
     """A tree round: the draft's share of (one catch-up forward + K - 1 forwards over w rows), then one target
     forward over the root and the nodes (StepTimes interpolates linearly in rows)."""
@@ -133,6 +147,51 @@ def test_choose_follows_the_costs():
     assert best.mode == "ssd"
 
 
+def test_choose_weighs_other_drafters():
+    """`extra` candidates (prompt lookup with the draft, trees) compete with AR, SD and SSD on their predictions;
+    the winner's drafter is what auto installs."""
+    costs = flat_costs(draft_s=0.004)
+    weak = cm.Acceptance.geometric(0.3)  # the draft alone: SD loses to AR
+    assert cm.choose(costs, weak, None, W, cores=2).best.mode == "ar"
+    lookup = [cm.predict_sd(costs, cm.Acceptance.geometric(0.8), k, W, 2, 0.3, "ngram+draft") for k in (2, 4)]
+    choice = cm.choose(costs, weak, None, W, cores=2, extra=lookup)
+    assert (choice.best.mode, choice.best.drafter, choice.best.k) == ("sd", "ngram+draft", 4)
+    assert choice.reason.startswith("SD n-gram+draft K=4 predicted")
+    tree = cm.predict_tree(costs, cm.TreeShape(4.0, 15, 4, 0.5), 3, W, 2)  # 250 tok/s against 227
+    choice = cm.choose(costs, weak, None, W, cores=2, extra=[*lookup, tree])
+    assert (choice.best.mode, choice.best.drafter) == ("tree", "tree") and "SD trees K=3" in choice.reason
+    assert "next best SD n-gram+draft K=4" in choice.reason
+
+
+def test_auto_installs_the_stored_drafter(default_model_dir, tmp_path, monkeypatch):
+    """A stored choice of prompt lookup with the draft (or trees) is built as such, with no calibration run."""
+    from paperclub.engine.llm import LLM
+    from paperclub.speculative.ngram import CombinedProposer
+    from paperclub.speculative.tree_proposer import TreeProposer
+
+    monkeypatch.setenv("PAPERCLUB_HOME", str(tmp_path))
+    monkeypatch.setattr(auto, "calibrate_and_choose", lambda *a, **k: pytest.fail("calibrated again"))
+    for drafter, kind in [("ngram+draft", CombinedProposer), ("tree", TreeProposer)]:
+        monkeypatch.setattr(auto, "load", lambda key, d=drafter: auto.AutoChoice("sd", 5, None, "stored", {}, d))
+        llm = LLM(model=str(default_model_dir), draft="default", dtype="float32", device="cpu")
+        assert (llm.mode, llm.k) == ("sd", 5) and isinstance(llm.engine.decoder.proposer, kind)
+        assert llm.draft_name.startswith("ngram+") and llm.draft_dir is not None
+    monkeypatch.setattr(auto, "load", lambda key: auto.AutoChoice("sd", 3, None, "stored", {}, "draft"))
+    llm = LLM(model=str(default_model_dir), draft="ngram+default", dtype="float32", device="cpu")
+    assert (llm.k, llm.draft_name) == (3, str(llm.draft_dir))  # the draft's chain alone, though ngram+ was asked
+
+
+def test_mode_sd_without_a_draft_is_prompt_lookup_with_the_shipped_draft(default_model_dir):
+    from paperclub.engine.llm import LLM
+    from paperclub.speculative.ngram import CombinedProposer
+
+    llm = LLM(model=str(default_model_dir), mode="sd", dtype="float32", device="cpu")
+    assert isinstance(llm.engine.decoder.proposer, CombinedProposer)
+    assert llm.draft_name == f"ngram+{llm.draft_dir}"
+    alone = LLM(model=str(default_model_dir), mode="sd", draft="default", dtype="float32", device="cpu")
+    assert alone.draft_dir == llm.draft_dir and alone.draft_name == str(llm.draft_dir)
+
+
 def test_bad_inputs_are_user_errors():
     with pytest.raises(UserError):
         cm.StepTimes({0: 0.01})
@@ -158,20 +217,25 @@ def test_auto_choice_round_trips_through_its_store(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_auto_on_the_default_pair_picks_what_measures_fastest(default_model_dir, tmp_path, monkeypatch):
-    """Calibrate from scratch, then measure AR, SD (the chosen K) and SSD on held-out prompts: auto's mode must
-    not be measurably slower than the fastest (5% for noise)."""
+    """Calibrate from scratch, then measure AR, SD with each drafter (the draft's chain, prompt lookup with the
+    draft, trees) and SSD on held-out prompts: auto's pick must not be measurably slower than the fastest (5% for
+    noise)."""
     from paperclub.bench.bench import OurSystem, load_prompts
     from paperclub.engine.llm import LLM
 
     monkeypatch.setenv("PAPERCLUB_HOME", str(tmp_path))  # a fresh calibration (models come from default_model_dir)
     from paperclub.models.draft import default_draft_for
+    from paperclub.speculative.tree_proposer import TreeConfig
 
     draft = default_draft_for(default_model_dir)
     picked = LLM(model=str(default_model_dir), draft=str(draft), dtype="bfloat16", device="cpu")
     k = picked.k if picked.mode != "ar" else 4
-    systems = {"ar": LLM(model=str(default_model_dir), mode="ar", dtype="bfloat16", device="cpu"),
-               "sd": LLM(model=str(default_model_dir), mode="sd", k=k, dtype="bfloat16", device="cpu"),
-               "ssd": LLM(model=str(default_model_dir), mode="ssd", k=k, dtype="bfloat16", device="cpu")}
+    common = {"model": str(default_model_dir), "dtype": "bfloat16", "device": "cpu"}
+    systems = {"ar": LLM(mode="ar", **common),
+               "sd-draft": LLM(mode="sd", draft=str(draft), k=k, **common),
+               "sd-ngram+draft": LLM(mode="sd", draft="ngram+default", k=k, **common),
+               "sd-tree": LLM(mode="sd", draft="ngram+default", k=auto.TREE_K, tree=TreeConfig(), **common),
+               "ssd": LLM(mode="ssd", k=k, **common)}
     ids = [systems["ar"].encode(p) for p in load_prompts("instruct", 4)]
     runs = {n: [] for n in systems}
     for _ in range(3):
@@ -181,4 +245,5 @@ def test_auto_on_the_default_pair_picks_what_measures_fastest(default_model_dir,
     for s in [*systems.values(), picked]:
         s.close()
     tps = {n: statistics.median(v) for n, v in runs.items()}
-    assert tps[picked.mode] >= 0.95 * max(tps.values()), (picked.auto_choice, tps)
+    name = picked.mode if picked.mode != "sd" else f"sd-{picked.auto_choice.drafter}"
+    assert tps[name] >= 0.95 * max(tps.values()), (picked.auto_choice, tps)

@@ -243,7 +243,7 @@ def load_systems(s: BenchSettings) -> tuple[dict[str, Any], Any, Path | None]:
 
     systems: dict[str, Any] = {}
     for mode in s.modes:
-        draft = s.draft
+        draft = s.draft if s.draft is not None or mode != "sd" else "default"  # "sd": the draft model's chain
         if mode in NGRAM_MODES:
             draft = NGRAM_MODES[mode] + (str(s.draft or "default") if NGRAM_MODES[mode].endswith("+") else "")
         llm = LLM(model=s.model, draft=draft, mode=mode.split("-")[0], k=s.k, device=s.device, dtype=s.dtype,

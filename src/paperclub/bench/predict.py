@@ -25,7 +25,7 @@ def predict(s: BenchSettings, measured: dict[str, Any] | None = None) -> dict[st
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
-    llm = LLM(model=s.model, draft=s.draft, mode="sd", k=s.k, device=s.device, dtype=s.dtype)
+    llm = LLM(model=s.model, draft=s.draft or "default", mode="sd", k=s.k, device=s.device, dtype=s.dtype)
     try:
         target, draft = llm.engine.decoder.runner, llm.engine.decoder.proposer.runner
         rows_t = sorted({1, s.k + 1, max(s.batch_sizes) * (s.k + 1)})

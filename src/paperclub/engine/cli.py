@@ -23,12 +23,13 @@ DEMO_PROMPTS = [
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model directory, .gguf file or cached name (default: embedded)")
     p.add_argument("--mode", default="auto", choices=["auto", "ar", "sd", "ssd"],
-                   help="decoding algorithm (auto: a short calibration and the cost model pick ar, sd or ssd and K "
-                        "when --draft is given, else ar)")
+                   help="decoding algorithm (auto: when --draft names a draft model, a short calibration and the "
+                        "cost model pick ar, sd or ssd, K, and how sd drafts; without --draft, ar)")
     p.add_argument("--draft", default=None,
-                   help="draft model for sd (default: the shipped draft of the default model); ngram: prompt-lookup "
-                        "drafting, no draft model; ngram+DRAFT: prompt lookup where the context has a match, the "
-                        "model DRAFT elsewhere (ngram+default: the shipped draft)")
+                   help="draft model (a directory or name; default: the target's shipped draft, for sd together "
+                        "with prompt lookup); default: the shipped draft; ngram: prompt-lookup drafting, no draft "
+                        "model; ngram+DRAFT: prompt lookup where the context has a match, the model DRAFT "
+                        "elsewhere (ngram+default: the shipped draft, what --mode sd uses when --draft is not given)")
     p.add_argument("--prompt-lookup-min", type=int, default=None,
                    help="with --draft ngram: shortest n-gram to match (default 1)")
     p.add_argument("--prompt-lookup-max", type=int, default=None,

@@ -85,11 +85,13 @@ def speculation_stats(seqs: list[Seq]) -> dict[str, float]:
 class LLM:
     """An engine over one target model and, for speculative modes, one draft model.
 
-    mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`), "ssd" (speculative
+    mode: "ar" (autoregressive), "sd" (speculative decoding with `draft`, K = `k`; with no draft given,
+    "ngram+default": prompt lookup, and the shipped draft where nothing matches), "ssd" (speculative
     speculative decoding: the draft runs in its own process and pre-drafts the likely outcomes; `ssd_config`
-    tunes fan-out, fallback and threads), or "auto": with a draft given, a short calibration on this machine and
-    the cost model (`speculative.auto`) pick AR, SD or SSD and K, and log why (the choice is stored per machine);
-    without one, AR. `auto_calibrate=False` keeps the old rule (SD when a draft is given, else AR).
+    tunes fan-out, fallback and threads), or "auto": with a draft model given (DRAFT or ngram+DRAFT), a short
+    calibration on this machine and the cost model (`speculative.auto`) pick AR, SD or SSD, K, and how SD drafts
+    (the draft's chain, prompt lookup with the draft, or token trees), and log why (the choice is stored per
+    machine); without one, AR. `auto_calibrate=False` keeps the old rule (SD when a draft is given, else AR).
     `draft_fallback`: when the SSD draft process is lost, go on decoding AR instead of failing the running requests
     (the server does).
 
@@ -125,6 +127,8 @@ class LLM:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if k < 1:
             raise UserError(f"k (draft tokens per round) must be >= 1, got {k}")
+        if mode == "sd" and draft is None:
+            draft = "ngram+default"  # prompt lookup, the shipped draft where nothing matches: SD's fastest here
         spec = parse_draft(None if draft is None else str(draft))
         if spec.ngram and mode == "ssd":
             raise UserError("n-gram drafting runs with --mode sd, not ssd: use --mode sd --draft ngram (or a model "
@@ -157,7 +161,7 @@ class LLM:
                             "it drafts with --mode sd (not ssd) and without n-gram lookup")
         # auto calibrates only for a draft the caller named: a plain LLM() stays AR and starts without timing runs
         # (nor for a head yet: its calibration needs the target's states; auto runs it with SD)
-        calibrate = (mode == "auto" and auto_calibrate and not ngram and draft is not None and not head
+        calibrate = (mode == "auto" and auto_calibrate and use_model and draft is not None and not head
                      and tree is None)
         self.mode = "ar" if self.draft_dir is None and not ngram else ("ssd" if mode == "ssd" else "sd")
         self.draft_name = ("ngram" + (f"+{self.draft_dir}" if self.draft_dir else "") if ngram
@@ -168,9 +172,13 @@ class LLM:
         self.engine_config = EngineConfig(max_num_seqs=max_num_seqs, draft_fallback=draft_fallback)
         self.eos = eos
         self.auto_choice = None
+        self._draft_runner = None
         if calibrate and self.draft_dir is not None:
             self.auto_choice = self._auto(target)
             self.mode, k = self.auto_choice.mode, self.auto_choice.k
+            ngram = self.mode == "sd" and self.auto_choice.drafter in ("ngram+draft", "tree")
+            tree = TreeConfig() if self.mode == "sd" and self.auto_choice.drafter == "tree" else None
+            self.draft_name = f"ngram+{self.draft_dir}" if ngram else str(self.draft_dir)
             if self.mode == "ar":
                 self.draft_dir = self.draft_name = None
                 self.draft_model = None
@@ -182,14 +190,7 @@ class LLM:
             raise UserError("token trees (--tree) draft with --mode sd, from a draft model and/or n-gram lookup "
                             f"(not {'a draft head' if head else 'mode ' + self.mode})")
         if ngram:
-            proposer = NgramProposer(k, cfg.vocab_size, ngram_config)
-            if tree is not None:
-                model = DraftProposer(self._load_draft_runner(), k) if self.draft_dir is not None else None
-                proposer = TreeProposer(k, proposer, model, tree)
-            elif self.draft_dir is not None:
-                draft_runner = self._load_draft_runner()
-                proposer = CombinedProposer(proposer, DraftProposer(draft_runner, k))
-            decoder = SpeculativeDecoder(target, proposer, k=k)
+            decoder = SpeculativeDecoder(target, self._ngram_proposer(k, ngram_config, tree), k=k)
         elif self.mode == "ar":
             decoder = ARDecoder(target)
         elif self.mode == "ssd":
@@ -198,7 +199,7 @@ class LLM:
         elif head:
             decoder = SpeculativeDecoder(target, self._load_head_proposer(k), k=k)
         else:
-            runner = self._draft_runner if self.auto_choice is not None else self._load_draft_runner()
+            runner = self._draft_runner_once()
             draft = runner if tree is None else TreeProposer(k, None, DraftProposer(runner, k), tree)
             decoder = SpeculativeDecoder(target, draft, k=k)
         self.engine = Engine(decoder, tokenizer=self.tokenizer, eos_token_ids=eos, config=self.engine_config)
@@ -215,23 +216,41 @@ class LLM:
 
         threads = torch.get_num_threads() if self.device.type == "cpu" else 0
         key = {"target": str(self.model_dir), "draft": str(self.draft_dir), "dtype": str(self.dtype),
-               "device": str(self.device), "threads": threads, "cpu": cpu_model(), "version": 1}
+               "device": str(self.device), "threads": threads, "cpu": cpu_model(), "version": 2}
         choice = auto.load(key)
         if choice is None:
-            self._draft_runner = self._load_draft_runner()
+            runner = self._draft_runner_once()
 
-            def sd_engine(k: int) -> None:
-                self.engine = Engine(SpeculativeDecoder(target, self._draft_runner, k=k), tokenizer=self.tokenizer,
+            def sd_engine(k: int, drafter: str) -> None:
+                if drafter == "draft":
+                    proposer = runner
+                else:
+                    proposer = self._ngram_proposer(k, None, TreeConfig() if drafter == "tree" else None)
+                self.engine = Engine(SpeculativeDecoder(target, proposer, k=k), tokenizer=self.tokenizer,
                                      eos_token_ids=self.eos, config=self.engine_config)
 
-            choice = auto.calibrate_and_choose(self, target, self._draft_runner, max(threads, 1), sd_engine)
+            choice = auto.calibrate_and_choose(self, target, runner, max(threads, 1), sd_engine)
             auto.save(key, choice, {})
-            log.info("mode auto: %s -> %s K=%d (%s)", "calibrated", choice.mode, choice.k, choice.reason)
+            how = "calibrated"
         else:
-            log.info("mode auto: %s K=%d, from the stored calibration (%s)", choice.mode, choice.k, choice.reason)
-            if choice.mode == "sd":
-                self._draft_runner = self._load_draft_runner()
+            how = "from the stored calibration"
+        log.info("mode auto (%s): %s K=%d%s (%s)", how, choice.mode, choice.k,
+                 f", drafting with {choice.drafter}" if choice.mode == "sd" else "", choice.reason)
         return choice
+
+    def _draft_runner_once(self) -> ModelRunner:
+        """The draft model's runner, loaded on first use (calibration and the chosen engine share it)."""
+        if self._draft_runner is None:
+            self._draft_runner = self._load_draft_runner()
+        return self._draft_runner
+
+    def _ngram_proposer(self, k: int, config: NgramConfig | None, tree: TreeConfig | None):
+        """Prompt lookup, with the draft model (if any) where nothing matches, or in token trees."""
+        proposer = NgramProposer(k, self.model.cfg.vocab_size, config)
+        model = DraftProposer(self._draft_runner_once(), k) if self.draft_dir is not None else None
+        if tree is not None:
+            return TreeProposer(k, proposer, model, tree)
+        return proposer if model is None else CombinedProposer(proposer, model)
 
     def _load_draft_runner(self) -> ModelRunner:
         self.draft_model = load_draft_model(self.draft_dir, self.model_dir, self.device, self.dtype, self.model)
@@ -246,8 +265,8 @@ class LLM:
 
     @staticmethod
     def _pick_draft(draft: str | Path | None, mode: str, target_dir: Path) -> Path | None:
-        """auto is AR unless a draft is given: the shipped default draft accepts too few tokens to beat AR yet
-        (see BENCHMARKS.md); `mode="sd"` uses it when no draft is given."""
+        """The draft model's directory: `draft` if given; for sd and ssd without one, the target's shipped draft;
+        none for AR (and for auto without a draft, which stays AR and starts without a calibration)."""
         if mode == "ar":
             return None
         if draft is not None:

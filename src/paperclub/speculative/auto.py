@@ -1,11 +1,20 @@
-"""`mode="auto"`: a short calibration on the engine's own runners, then the cost model picks AR, SD or SSD and K.
+"""`mode="auto"`: a short calibration on the engine's own runners, then the cost model picks AR, SD or SSD, K, and
+how SD drafts.
 
-Calibration (a few seconds): step times of the target and the draft at the thread counts each mode would use
-(`cost_model.calibrate_steps`), and one short greedy SD run with K = 8 on a fixed calibration prompt, which gives
-the draft's acceptance per position and SD's per-round overhead. The SSD cache's hit rate is not measured (that
-would mean starting the draft process): `PRIOR_HIT_RATES`, measured on a 2-core AMD EPYC with the shipped draft,
-stand in for it. The choice is stored per (target, draft, dtype, device, threads, CPU) under
-`$PAPERCLUB_HOME/calibration/`, so the next start reuses it (and a seeded request samples the same way each time).
+Calibration (several seconds, once per machine): step times of the target and the draft at the thread counts
+each mode would use (`cost_model.calibrate_steps`), then short greedy SD runs on three fixed calibration prompts
+(a chat question, a code edit, a summary: `cost_model.CALIBRATION_PROMPTS`), one per drafter:
+
+    draft         the draft model's chain, K = 8: its acceptance per position (SD's and SSD's) and the
+                  per-round overhead
+    ngram+draft   prompt lookup first and the draft model where nothing matched, K = 8: the combined acceptance
+                  and the share of rounds the draft ran (the rest cost no draft time)
+    tree          token trees (`speculative.tree_proposer`, its default shape, K = 5): tokens and nodes per round
+
+The SSD cache's hit rate is not measured (that would mean starting the draft process): `PRIOR_HIT_RATES`,
+measured on a 2-core AMD EPYC with the shipped draft, stand in for it. The choice is stored per (target, draft,
+dtype, device, threads, CPU) under `$PAPERCLUB_HOME/calibration/`, so the next start reuses it (and a seeded
+request samples the same way each time).
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from paperclub.speculative import cost_model as cm
@@ -24,6 +33,9 @@ log = logging.getLogger(__name__)
 # F=1 0.47, F=2 0.61, F=3 0.69). A prior, not a measurement of the machine auto runs on.
 PRIOR_HIT_RATES = {1: 0.47, 2: 0.61, 3: 0.69}
 CALIBRATION_K = 8
+CALIBRATION_TOKENS = 40  # new tokens per calibration prompt
+TREE_K = 5  # the depth trees are calibrated and run with (their shape was chosen at K = 5)
+DRAFTERS = ("draft", "ngram+draft", "tree")
 WORKLOAD = cm.Workload(new_tokens=128, prompt_tokens=64)  # what auto optimises for: a chat turn, batch 1
 
 
@@ -34,6 +46,7 @@ class AutoChoice:
     fanout: int | None
     reason: str
     predictions: dict[str, float]
+    drafter: str = "draft"  # with mode "sd": "draft", "ngram+draft" or "tree"
 
 
 def cache_path(key: dict) -> Path:
@@ -62,20 +75,49 @@ def save(key: dict, choice: AutoChoice, detail: dict) -> None:
         log.warning("auto: could not store the calibration (%s)", e)
 
 
-def calibrate_and_choose(llm, target, draft, threads: int, make_sd_engine) -> AutoChoice:
-    """`target`, `draft`: the engine's runners; `make_sd_engine(k)` installs an SD engine with K = k on `llm`
-    (for the sample run)."""
+def calibrate_and_choose(llm, target, draft, threads: int, make_sd_engine,
+                         drafters: tuple[str, ...] = DRAFTERS) -> AutoChoice:
+    """`target`, `draft`: the engine's runners; `make_sd_engine(k, drafter)` installs an SD engine with K = k
+    drafting with `drafter` (one of `DRAFTERS`) on `llm`, for the sample runs."""
     ssd_threads = max(1, threads - 1)
-    costs = cm.Costs(target=cm.calibrate_steps(target, rows=[1, 5, 9], threads=sorted({threads, ssd_threads})),
-                     draft=cm.calibrate_steps(draft, rows=[1, 5, 10, 20], threads=sorted({threads, 1})))
-    make_sd_engine(CALIBRATION_K)
-    sample = cm.sample_run(llm, new_tokens=40)
-    acc = sample.acceptance or cm.Acceptance([0.0])
-    bare = cm.predict_sd(costs, acc, CALIBRATION_K, cm.Workload(sample.new_tokens, sample.prompt_tokens), threads)
-    costs.round_overhead_s = cm.overhead_from(sample, bare)  # SSD gets SD's: a lower bound of its own
-    result = cm.choose(costs, acc, cm.HitRate(PRIOR_HIT_RATES), WORKLOAD, threads)
+    costs = cm.Costs(target=cm.calibrate_steps(target, rows=[1, 5, 9, 17], threads=sorted({threads, ssd_threads})),
+                     draft=cm.calibrate_steps(draft, rows=[1, 4, 10, 20], threads=sorted({threads, 1})))
+    samples = {}
+    for drafter in drafters:
+        make_sd_engine(TREE_K if drafter == "tree" else CALIBRATION_K, drafter)
+        samples[drafter] = cm.sample_run(llm, new_tokens=CALIBRATION_TOKENS, prompts=cm.CALIBRATION_PROMPTS)
+    chain = samples["draft"]
+    acc = chain.acceptance or cm.Acceptance([0.0])
+    costs.round_overhead_s = cm.overhead_from(chain, cm.predict_sd(costs, acc, CALIBRATION_K, chain.workload,
+                                                                   threads))  # SSD gets SD's: a lower bound
+    extra, seen = [], {"draft": _seen(chain)}
+    if "ngram+draft" in samples:
+        s = samples["ngram+draft"]
+        a = s.acceptance or cm.Acceptance([0.0])
+        c = replace(costs, round_overhead_s=0.0)
+        c.round_overhead_s = cm.overhead_from(s, cm.predict_sd(c, a, CALIBRATION_K, s.workload, threads,
+                                                               s.draft_share))
+        extra += [cm.predict_sd(c, a, k, WORKLOAD, threads, s.draft_share, "ngram+draft") for k in range(1, 9)]
+        seen["ngram+draft"] = _seen(s)
+    if "tree" in samples and samples["tree"].tree is not None:
+        s = samples["tree"]
+        c = replace(costs, round_overhead_s=0.0)
+        c.round_overhead_s = cm.overhead_from(s, cm.predict_tree(c, s.tree, TREE_K, s.workload, threads))
+        extra.append(cm.predict_tree(c, s.tree, TREE_K, WORKLOAD, threads))
+        seen["tree"] = _seen(s) | {"nodes_per_round": round(s.tree.nodes, 1)}
+    result = cm.choose(costs, acc, cm.HitRate(PRIOR_HIT_RATES), WORKLOAD, threads, extra=extra)
     best = result.best
     preds = {cm.describe(p): round(p.tokens_per_s, 2) for p in result.candidates}
-    return AutoChoice(best.mode, best.k or CALIBRATION_K, best.fanout,
-                      f"{result.reason} (acceptance per position {[round(a, 2) for a in acc.per_pos]}, "
-                      f"per-round overhead {costs.round_overhead_s * 1e3:.1f} ms, {threads} threads)", preds)
+    mode, drafter = ("sd", "tree") if best.mode == "tree" else (best.mode, best.drafter or "draft")
+    return AutoChoice(mode, best.k or CALIBRATION_K, best.fanout,
+                      f"{result.reason} (calibration runs: {seen}; {threads} threads)", preds, drafter)
+
+
+def _seen(sample: cm.RunSample) -> dict:
+    """What a calibration run measured, for the log line."""
+    acc = sample.acceptance
+    out = {"tok/s": round(sample.new_tokens / sample.wall_s, 1),
+           "tokens/forward": round(acc.tokens_per_round(len(acc.per_pos)), 2) if acc else 1.0}
+    if sample.draft_share < 1:
+        out["draft share"] = round(sample.draft_share, 2)
+    return out

@@ -209,6 +209,7 @@ class Prediction:
     round_s: float | None = None
     tokens_per_round: float | None = None
     detail: dict = field(default_factory=dict)
+    drafter: str | None = None  # SD only: "draft" (the model), "ngram+draft" (prompt lookup first), "tree"
 
 
 def _tps(w: Workload, prefill_s: float, rounds: float, round_s: float) -> float:
@@ -223,15 +224,22 @@ def predict_ar(costs: Costs, w: Workload, threads: int) -> Prediction:
                       detail={"prefill_s": prefill})
 
 
-def predict_sd(costs: Costs, acc: Acceptance, k: int, w: Workload, threads: int) -> Prediction:
+def predict_sd(costs: Costs, acc: Acceptance, k: int, w: Workload, threads: int, draft_share: float = 1.0,
+               drafter: str = "draft") -> Prediction:
+    """SD with a chain of K draft tokens per round. `draft_share` < 1: prompt lookup first ("ngram+draft"), the
+    draft model only in the rounds where no n-gram matched (that fraction of rounds pays K T_d; `acc` is then
+    the combined acceptance, measured with both)."""
+    if not 0 <= draft_share <= 1:
+        raise UserError(f"draft_share must be in [0, 1], got {draft_share}")
     t, d = costs.of(costs.target, threads, "target"), costs.of(costs.draft, threads, "draft")
     b = w.batch_size
-    draft_s, verify_s = k * d.at(b), t.at(b * (k + 1))
+    draft_s, verify_s = draft_share * k * d.at(b), t.at(b * (k + 1))
     round_s = draft_s + verify_s + costs.round_overhead_s
     e = acc.tokens_per_round(k)
     prefill = (t.prefill_per_token_s + d.prefill_per_token_s) * w.prompt_tokens * b
     return Prediction("sd", _tps(w, prefill, (w.new_tokens - 1) / e, round_s), k=k, round_s=round_s,
-                      tokens_per_round=e, detail={"draft_s": draft_s, "verify_s": verify_s, "prefill_s": prefill})
+                      tokens_per_round=e, detail={"draft_s": draft_s, "verify_s": verify_s, "prefill_s": prefill,
+                                                  "draft_share": draft_share}, drafter=drafter)
 
 
 @dataclass
@@ -267,7 +275,8 @@ def predict_tree(costs: Costs, shape: TreeShape, depth: int, w: Workload, thread
     prefill = (t.prefill_per_token_s + (d.prefill_per_token_s if shape.width else 0.0)) * w.prompt_tokens * b
     return Prediction("tree", _tps(w, prefill, (w.new_tokens - 1) / shape.tokens_per_round, round_s), k=depth,
                       round_s=round_s, tokens_per_round=shape.tokens_per_round,
-                      detail={"draft_s": draft_s, "verify_s": verify_s, "prefill_s": prefill, "nodes": shape.nodes})
+                      detail={"draft_s": draft_s, "verify_s": verify_s, "prefill_s": prefill, "nodes": shape.nodes},
+                      drafter="tree")
 
 
 def predict_ssd(costs: Costs, acc: Acceptance, hits: HitRate, k: int, fanout: int, w: Workload, place: Placement,
@@ -302,12 +311,15 @@ class Choice:
 
 
 def choose(costs: Costs, acc: Acceptance | None, hits: HitRate | None, w: Workload, cores: int,
-           ks: Iterable[int] = range(1, 9), fanouts: Iterable[int] = (1, 2, 3), margin: float = 0.05) -> Choice:
-    """The fastest predicted of AR (all cores), SD (all cores) for each K, and SSD (target and draft splitting
-    the cores) for each K and F. Speculation must beat AR by `margin` to be chosen: a near-tie is noise, and AR
-    costs no draft."""
+           ks: Iterable[int] = range(1, 9), fanouts: Iterable[int] = (1, 2, 3), margin: float = 0.05,
+           extra: Iterable[Prediction] = ()) -> Choice:
+    """The fastest predicted of AR (all cores), SD (all cores) for each K, SSD (target and draft splitting
+    the cores) for each K and F, and the `extra` candidates (other drafters, predicted by the caller: prompt
+    lookup with the draft, token trees). Speculation must beat AR by `margin` to be chosen: a near-tie is noise,
+    and AR costs no draft."""
+    ks = list(ks)
     ar = predict_ar(costs, w, cores)
-    cands = [ar]
+    cands = [ar, *extra]
     if acc is not None:
         cands += [predict_sd(costs, acc, k, w, cores) for k in ks]
         if hits is not None and cores >= 2:
@@ -320,7 +332,8 @@ def choose(costs: Costs, acc: Acceptance | None, hits: HitRate | None, w: Worklo
                   f"{ar.tokens_per_s:.1f}: AR")
         best = ar
     else:
-        runner_up = max((p for p in cands if p.mode != best.mode), key=lambda p: p.tokens_per_s, default=None)
+        others = [p for p in cands if (p.mode, p.drafter) != (best.mode, best.drafter)]
+        runner_up = max(others, key=lambda p: p.tokens_per_s, default=None)
         reason = f"{describe(best)} predicted {best.tokens_per_s:.1f} tok/s"
         if runner_up is not None:
             reason += f", next best {describe(runner_up)} {runner_up.tokens_per_s:.1f}"
@@ -330,7 +343,10 @@ def choose(costs: Costs, acc: Acceptance | None, hits: HitRate | None, w: Worklo
 
 
 def describe(p: Prediction) -> str:
-    return p.mode.upper() + (f" K={p.k}" if p.k else "") + (f" F={p.fanout}" if p.fanout else "")
+    if p.drafter == "tree":
+        return f"SD trees K={p.k}"
+    name = "SD n-gram+draft" if p.drafter == "ngram+draft" else p.mode.upper()
+    return name + (f" K={p.k}" if p.k else "") + (f" F={p.fanout}" if p.fanout else "")
 
 
 # -- calibration on the engine's runners ------------------------------------------------------------------------
@@ -388,11 +404,25 @@ def calibrate_steps(runner, rows: Iterable[int], threads: Iterable[int], context
 
 
 CALIBRATION_PROMPT = [{"role": "user", "content": "Explain in a few sentences how a bicycle stays upright."}]
+# `auto`'s calibration set: a chat question, a code edit and a summary. Prompt lookup pays on the last two and not
+# on the first, so the share of rounds it drafts, and its acceptance, are a mix rather than either extreme.
+CALIBRATION_PROMPTS = [
+    CALIBRATION_PROMPT,
+    [{"role": "user", "content": "Rename the variable `total` to `running_sum` in this function and show the "
+      "whole function again:\n\n```python\ndef mean_of_positive(values):\n    total = 0\n    count = 0\n"
+      "    for v in values:\n        if v > 0:\n            total += v\n            count += 1\n"
+      "    return total / count if count else 0.0\n```"}],
+    [{"role": "user", "content": "Summarize this note in two sentences:\n\nThe library closes at six on weekdays "
+      "and at noon on Saturdays. Books borrowed on a Friday are due back the following Friday, and a book "
+      "returned late costs ten cents a day. Members can renew a book twice online, as long as nobody else has "
+      "reserved it. The reading room on the second floor is quiet space: phones must be silent there, and "
+      "group study happens in the rooms on the first floor, which can be booked at the front desk."}],
+]
 
 
 @dataclass
 class RunSample:
-    """A short real generation on the calibration prompt: what the step times cannot show."""
+    """A short real generation on the calibration prompt(s): what the step times cannot show."""
 
     wall_s: float
     rounds: int
@@ -402,30 +432,54 @@ class RunSample:
     hit_rate: float | None
     fanout: int | None
     tree: TreeShape | None = None  # with token trees: what their rounds looked like
+    draft_share: float = 1.0  # the fraction of rounds the draft model drafted (the rest: prompt lookup)
+
+    @property
+    def workload(self) -> Workload:
+        return Workload(self.new_tokens, self.prompt_tokens)
 
 
-def sample_run(llm, new_tokens: int = 48, prompt=None) -> RunSample:
+def sample_run(llm, new_tokens: int = 48, prompt=None, prompts=None) -> RunSample:
     """Generate `new_tokens` greedy tokens (EOS ignored) from the calibration prompt with `llm`, once to warm up
-    (8 tokens), once timed."""
+    (8 tokens), once timed. With `prompts`, one timed generation each (batch 1, one after the other), summed as
+    if they were one: wall time, rounds, prompt and new tokens, and the speculation counters."""
     from paperclub.engine.sampling import SamplingParams
 
-    ids = llm.encode(prompt or CALIBRATION_PROMPT)
-    llm.generate([ids], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
-    t0 = time.perf_counter()
-    out = llm.generate([ids], SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True))[0]
-    wall = time.perf_counter() - t0
-    m = out.metrics
+    prompts = prompts or [prompt or CALIBRATION_PROMPT]
+    ids = [llm.encode(p) for p in prompts]
+    llm.generate([ids[0]], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    wall, outs = 0.0, []
+    for x in ids:
+        t0 = time.perf_counter()
+        outs.append(llm.generate([x], SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True))[0])
+        wall += time.perf_counter() - t0
+    m = _summed([o.metrics for o in outs])
     per_pos = m.get("acceptance_rate_per_pos")
     looked = m.get("hits", 0) + m.get("misses", 0)
     fanout = getattr(llm.engine.decoder, "stats", {}).get("adaptive_fanout")
+    drafts = m.get("num_drafts") or 0
     tree = None
     if m.get("mean_tree_nodes") is not None:
         config = getattr(llm.engine.decoder.proposer, "config", None)
         tree = TreeShape(m["mean_acceptance_length"], m["mean_tree_nodes"], getattr(config, "draft_width", 0),
-                         m["num_tree_draft_rounds"] / m["num_drafts"])
-    return RunSample(wall, int(m.get("num_drafts") or new_tokens - 1), len(ids), len(out.token_ids),
+                         m["num_tree_draft_rounds"] / drafts)
+    new = sum(len(o.token_ids) for o in outs)
+    share = 1.0 - m.get("num_ngram_drafts", 0) / drafts if drafts else 1.0
+    return RunSample(wall, int(drafts or new - len(outs)), sum(len(x) for x in ids), new,
                      Acceptance(per_pos) if per_pos else None, m.get("hits", 0) / looked if looked else None,
-                     int(fanout) if fanout else None, tree)
+                     int(fanout) if fanout else None, tree, share)
+
+
+def _summed(many: list[dict]) -> dict:
+    """One request's metrics, or several requests' speculation counters and SSD cache counts summed."""
+    if len(many) == 1:
+        return many[0]
+    from paperclub.speculative import metrics as spec_metrics
+
+    out = spec_metrics.summary(spec_metrics.total(many)) if any(m.get("num_drafts") for m in many) else {}
+    for key in ("hits", "misses", "num_ngram_drafts"):
+        out[key] = sum(m.get(key, 0) for m in many)
+    return out
 
 
 def overhead_from(sample: RunSample, pred: Prediction) -> float:

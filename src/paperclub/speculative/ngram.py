@@ -76,10 +76,13 @@ class DraftSpec:
 
 def parse_draft(draft: str | None) -> DraftSpec:
     """"ngram" -> n-gram only; "ngram+DIR" -> n-gram, the model draft DIR where no n-gram matches ("ngram+default":
-    the shipped draft); anything else is a model draft (a directory named ngram: write ./ngram)."""
+    the shipped draft); "default" -> the shipped draft alone; anything else is a model draft (a directory named
+    ngram or default: write ./ngram, ./default)."""
     if draft is None:
         return DraftSpec(False, None)
     text = str(draft)
+    if text == "default":
+        return DraftSpec(False, None, True)
     if text == NGRAM:
         return DraftSpec(True, None)
     if text.startswith(NGRAM + "+"):
