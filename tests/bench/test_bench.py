@@ -209,3 +209,20 @@ def test_llamacpp_peer_runs_the_same_weights(tmp_path, default_model_dir):
     assert len(data["results"]["llamacpp"]["outputs"][0]) == 8
     assert "batch 1 only" in data["configs"][1]["skipped"]["llamacpp"]
     assert data["machine"]["llama_cpp_python"]
+
+
+def test_bench_auto_mode_reports_what_auto_picked(default_model_dir, tmp_path, monkeypatch):
+    """`--modes auto` times `LLM(mode="auto")` with the draft and writes its pick (here a stored one, so that no
+    calibration runs); greedy outputs equal AR's."""
+    from paperclub.speculative import auto
+
+    monkeypatch.setattr(auto, "load", lambda key: auto.AutoChoice("sd", 3, None, "stored", {}, "ngram+draft"))
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "one two three one two three one two"}])
+    out = tmp_path / "out.json"
+    assert main(["bench", "--model", str(default_model_dir), "--prompts", prompts, "--num-prompts", "1",
+                 "--modes", "ar,auto", "--peers", "", "--max-new-tokens", "8", "--batch-size", "1",
+                 "--temperature", "0", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    picked = data["results"]["auto"]["auto_choice"]
+    assert (picked["mode"], picked["k"], picked["drafter"]) == ("sd", 3, "ngram+draft")
+    assert data["identical_greedy"] and data["results"]["auto"]["num_drafts"] > 0

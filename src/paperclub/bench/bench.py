@@ -54,7 +54,8 @@ MODES = ("ar", "sd", "ssd")  # the default set
 # SD with prompt-lookup drafting: alone, and combined with the model draft (--draft, or the shipped one)
 NGRAM_MODES = {"sd-ngram": "ngram", "sd-ngram+draft": "ngram+", "sd-tree": "ngram+"}
 TREE_MODES = ("sd-tree",)  # token trees of n-gram matches and draft branches (`speculative.tree_proposer`)
-ALL_MODES = (*MODES, *NGRAM_MODES)
+# auto: `LLM(mode="auto")` with the draft (--draft, or the shipped one): what its calibration picks, timed
+ALL_MODES = (*MODES, *NGRAM_MODES, "auto")
 PROMPT_SETS = ("humaneval", "instruct")
 WARMUP_TOKENS = 8
 
@@ -243,7 +244,7 @@ def load_systems(s: BenchSettings) -> tuple[dict[str, Any], Any, Path | None]:
 
     systems: dict[str, Any] = {}
     for mode in s.modes:
-        draft = s.draft if s.draft is not None or mode != "sd" else "default"  # "sd": the draft model's chain
+        draft = s.draft if s.draft is not None or mode not in ("sd", "auto") else "default"  # sd: the draft's chain
         if mode in NGRAM_MODES:
             draft = NGRAM_MODES[mode] + (str(s.draft or "default") if NGRAM_MODES[mode].endswith("+") else "")
         llm = LLM(model=s.model, draft=draft, mode=mode.split("-")[0], k=s.k, device=s.device, dtype=s.dtype,
@@ -284,6 +285,10 @@ def run_config(systems: dict[str, Any], prompt_ids: list[list[int]], s: BenchSet
         spec = speculation_metrics(rs[-1].stats)
         results[name] = {"tokens_per_s": statistics.median(tps), "tokens_per_s_runs": tps, **spec,
                          "outputs": rs[-1].outputs}
+        choice = getattr(getattr(active[name], "llm", None), "auto_choice", None)
+        if choice is not None:  # what auto picked, and why
+            results[name]["auto_choice"] = {"mode": choice.mode, "k": choice.k, "drafter": choice.drafter,
+                                            "fanout": choice.fanout, "reason": choice.reason}
     block: dict[str, Any] = {"batch_size": batch_size, "temperature": temperature, "results": results,
                              "identical_greedy": None, "mismatches": [], "skipped": skipped}
     if temperature == 0 and results:

@@ -183,7 +183,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--modes", type=_names, default=list(MODES),
                    help=f"comma list of {','.join(ALL_MODES)} (default {','.join(MODES)}; sd-ngram: prompt-lookup "
                         "drafting, sd-ngram+draft: combined with --draft, sd-tree: token trees of n-gram matches "
-                        "and draft branches, greedy)")
+                        "and draft branches, greedy; sd: the draft's chain alone; auto: what mode auto picks "
+                        "after its calibration, with the pick in the JSON)")
     b.add_argument("--peers", type=_names, default=["hf", "hf-assisted"],
                    help=f"comma list of {','.join(PEERS)} ('' for none; llamacpp needs $PAPERCLUB_LLAMACPP_PYTHON)")
     b.add_argument("--k", type=int, default=4, help="draft tokens per round (sd, ssd, hf-assisted)")
