@@ -5,7 +5,8 @@
 
 One process loads the default pair for every placement measured here: AR and SD with 2 threads, SD with token
 trees (n-gram guesses and the draft's branches, `--tree`; its shape, tokens per round, nodes and the rounds the
-draft ran, taken from its measured run like the others' acceptance), SSD with the
+draft ran, taken from its measured run like the others' acceptance), SD with prompt lookup and the draft where
+nothing matched (`--draft ngram+default`; the share of rounds the draft ran also from its measured run), SSD with the
 target on 1 thread and the draft process on 1 thread, SSD with the draft on 2 threads (the target then gets 1:
 3 threads on 2 cores). It calibrates the step times of the target and the draft on the engine's own runners
 (1 and 2 threads, a few row counts), then runs every placement round-robin per repeat (greedy, EOS ignored,
@@ -52,6 +53,7 @@ def main() -> None:
     systems = {
         "ar": LLM(mode="ar", dtype="bfloat16", device="cpu"),
         "sd": LLM(mode="sd", draft="default", k=k, dtype="bfloat16", device="cpu"),
+        "ngram+draft": LLM(mode="sd", draft="ngram+default", k=k, dtype="bfloat16", device="cpu"),
         "tree": LLM(mode="sd", k=k, dtype="bfloat16", device="cpu", draft="ngram+default", tree=TreeConfig()),
     }
     ar = systems["ar"]
@@ -90,6 +92,8 @@ def main() -> None:
             return cm.predict_ar(c, work, 2)
         if name == "sd":
             return cm.predict_sd(c, acc, k, work, 2)
+        if name == "ngram+draft":  # acc: (acceptance, the share of rounds the draft model drafted)
+            return cm.predict_sd(c, acc[0], k, work, 2, acc[1], "ngram+draft")
         if name == "tree":
             return cm.predict_tree(c, acc, TreeConfig().depth(k), work, 2)  # acc: the measured TreeShape
         place = cm.Placement(target_threads=1, draft_threads=systems[name].engine.decoder.config.draft_threads,
@@ -105,10 +109,15 @@ def main() -> None:
         acc = cm.Acceptance(spec["acceptance_rate_per_pos"]) if name != "ar" else None
         if name == "tree":
             acc = tree_shape(spec)
+        if name == "ngram+draft":
+            acc = (acc, 1 - spec.get("num_ngram_drafts", 0) / spec["num_drafts"])
         hit = spec["cache_hit_rate"]
         # the per-round overhead, from a short run on the calibration prompt (not one of the measured prompts)
         sample = samples[name]
-        bare = predict(name, costs, sample.tree or sample.acceptance, sample.hit_rate, sample.fanout or 1,
+        sampled = sample.tree or sample.acceptance
+        if name == "ngram+draft":
+            sampled = (sample.acceptance, sample.draft_share)
+        bare = predict(name, costs, sampled, sample.hit_rate, sample.fanout or 1,
                        cm.Workload(sample.new_tokens, sample.prompt_tokens))
         overhead = cm.overhead_from(sample, bare)
         with_o = cm.Costs(costs.target, costs.draft, round_overhead_s=overhead, ar_overhead_s=overhead)

@@ -118,6 +118,7 @@ def _seen(sample: cm.RunSample) -> dict:
     acc = sample.acceptance
     out = {"tok/s": round(sample.new_tokens / sample.wall_s, 1),
            "tokens/forward": round(acc.tokens_per_round(len(acc.per_pos)), 2) if acc else 1.0}
-    if sample.draft_share < 1:
-        out["draft share"] = round(sample.draft_share, 2)
+    share = sample.tree.draft_share if sample.tree is not None else sample.draft_share
+    if share < 1:
+        out["draft share"] = round(share, 2)
     return out

@@ -477,7 +477,7 @@ def _summed(many: list[dict]) -> dict:
     from paperclub.speculative import metrics as spec_metrics
 
     out = spec_metrics.summary(spec_metrics.total(many)) if any(m.get("num_drafts") for m in many) else {}
-    for key in ("hits", "misses", "num_ngram_drafts"):
+    for key in ("hits", "misses"):
         out[key] = sum(m.get(key, 0) for m in many)
     return out
 

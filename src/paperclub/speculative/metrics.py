@@ -14,7 +14,9 @@ Derived:
     acceptance_rate_per_pos      [i]: num_accepted_tokens_per_pos[i] / num_drafts
 With token trees (`speculative.tree`) a draft's tokens are its tree's depth (the longest guess) and two more
 figures appear: num_tree_nodes (nodes verified, summed), num_tree_draft_rounds (rounds in which the draft model
-ran; the others had n-gram guesses only) and mean_tree_nodes = num_tree_nodes / num_drafts.
+ran; the others had n-gram guesses only) and mean_tree_nodes = num_tree_nodes / num_drafts. With prompt lookup
+(`speculative.ngram`), num_ngram_drafts counts the drafts it made (with a draft model beside it, the rest are the
+model's; with trees, the rounds whose accepted path began with an n-gram guess).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ PER_POS = "num_accepted_tokens_per_pos"
 TREE_NODES = "num_tree_nodes"  # only where token trees ran
 TREE_DRAFT_ROUNDS = "num_tree_draft_rounds"
 TREE_COUNTERS = (TREE_NODES, TREE_DRAFT_ROUNDS)
+NGRAM_DRAFTS = "num_ngram_drafts"  # only where prompt lookup ran
+OPTIONAL_COUNTERS = (*TREE_COUNTERS, NGRAM_DRAFTS)
 
 
 def new_counters() -> dict[str, Any]:
@@ -43,7 +47,7 @@ def add(totals: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
     """Sum `stats`' counters into `totals` (per-position lists element by element); returns `totals`."""
     for key in COUNTERS:
         totals[key] = totals.get(key, 0) + stats.get(key, 0)
-    for key in TREE_COUNTERS:
+    for key in OPTIONAL_COUNTERS:
         if key in stats:
             totals[key] = totals.get(key, 0) + stats[key]
     theirs, ours = list(stats.get(PER_POS, [])), totals.setdefault(PER_POS, [])
@@ -61,6 +65,8 @@ def summary(stats: Mapping[str, Any]) -> dict[str, Any]:
     if TREE_NODES in stats:
         trees = {key: stats.get(key, 0) for key in TREE_COUNTERS}
         trees["mean_tree_nodes"] = stats[TREE_NODES] / drafts if drafts else None
+    if NGRAM_DRAFTS in stats:
+        trees[NGRAM_DRAFTS] = stats[NGRAM_DRAFTS]
     return trees | {
         "num_drafts": drafts,
         "num_draft_tokens": drafted,

@@ -191,7 +191,7 @@ class SpeculativeDecoder:
             s.num_cached += 1 + n  # the last token and the accepted drafts; the rest is rolled back
             spec_metrics.count_draft(s.stats, self.k if ok else 0, n)
             if src == "ngram":
-                s.stats["num_ngram_drafts"] = s.stats.get("num_ngram_drafts", 0) + 1
+                s.stats[spec_metrics.NGRAM_DRAFTS] = s.stats.get(spec_metrics.NGRAM_DRAFTS, 0) + 1
             emitted.append(d[:n] + [t])
         record_logprobs(seqs, logits, emitted)
         return emitted
@@ -212,7 +212,7 @@ class SpeculativeDecoder:
             s.stats[spec_metrics.TREE_NODES] = s.stats.get(spec_metrics.TREE_NODES, 0) + len(tree)
             s.stats[spec_metrics.TREE_DRAFT_ROUNDS] = s.stats.get(spec_metrics.TREE_DRAFT_ROUNDS, 0) + tree.drafted
             if path and tree.sources[path[0]] == "ngram":
-                s.stats["num_ngram_drafts"] = s.stats.get("num_ngram_drafts", 0) + 1
+                s.stats[spec_metrics.NGRAM_DRAFTS] = s.stats.get(spec_metrics.NGRAM_DRAFTS, 0) + 1
         if any(s.params.logprobs is not None for s in seqs):  # the logits along each row's accepted path
             rows = [[0] + [1 + i for i in path] for path in verdict.paths]
             width = max(len(r) for r in rows)
