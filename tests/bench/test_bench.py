@@ -226,3 +226,22 @@ def test_bench_auto_mode_reports_what_auto_picked(default_model_dir, tmp_path, m
     picked = data["results"]["auto"]["auto_choice"]
     assert (picked["mode"], picked["k"], picked["drafter"]) == ("sd", 3, "ngram+draft")
     assert data["identical_greedy"] and data["results"]["auto"]["num_drafts"] > 0
+
+
+def test_bench_predict_measure_models_prompt_lookup_with_its_measured_share(default_model_dir, tmp_path):
+    """`--predict --measure`: the cost model's tokens/s beside the measured ones for AR, SD and SD with prompt
+    lookup and the draft, whose draft share is the measured run's (rounds not drafted by prompt lookup)."""
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "red green blue red green blue red green blue red"}])
+    out = tmp_path / "pred.json"
+    assert main(["bench", "--predict", "--measure", "--model", str(default_model_dir), "--prompts", prompts,
+                 "--num-prompts", "1", "--modes", "ar,sd,sd-ngram+draft", "--k", "3", "--max-new-tokens", "12",
+                 "--batch-size", "1", "--temperature", "0", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    pred, measured = data["predicted"], data["measured"]["results"]
+    assert set(pred) == {"ar", "sd", "sd-ngram+draft"}
+    for r in pred.values():
+        assert r["tokens_per_s"] > 0 and r["measured_tokens_per_s"] > 0
+        assert r["error"] == pytest.approx(r["tokens_per_s"] / r["measured_tokens_per_s"] - 1)
+    m = measured["sd-ngram+draft"]
+    assert m["num_ngram_drafts"] > 0  # the prompt repeats itself: prompt lookup drafted
+    assert pred["sd-ngram+draft"]["detail"]["draft_share"] == pytest.approx(1 - m["num_ngram_drafts"] / m["num_drafts"])

@@ -63,8 +63,11 @@ def predict(s: BenchSettings, measured: dict[str, Any] | None = None) -> dict[st
                 else cm.HitRate(auto.PRIOR_HIT_RATES)
             place = cm.Placement(max(1, min(threads, available_cores() - 1)), 1, available_cores())
             p = cm.predict_ssd(costs, a, hits, s.k, 1, w, place)
+        elif mode == "sd-ngram+draft" and m.get("num_drafts"):  # prompt lookup's share only from a measured run
+            share = 1 - m.get("num_ngram_drafts", 0) / m["num_drafts"]
+            p = cm.predict_sd(costs, a, s.k, w, threads, share, "ngram+draft")
         else:
-            continue  # prompt lookup is not modelled
+            continue  # prompt lookup alone, trees, and prompt lookup without a measured run are not modelled here
         got = m.get("tokens_per_s")
         out[mode] = {"tokens_per_s": p.tokens_per_s, "k": p.k, "fanout": p.fanout, "measured_tokens_per_s": got,
                      "error": p.tokens_per_s / got - 1 if got else None, "detail": p.detail}
