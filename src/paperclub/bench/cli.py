@@ -200,8 +200,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     b.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights/activations")
     b.add_argument("--predict", action="store_true",
-                   help="print the cost model's tokens/s for --modes (ar, sd, ssd; sd-ngram+draft with --measure) after a short calibration "
-                        "instead of benchmarking (speculative.cost_model)")
+                   help="print the cost model's tokens/s for --modes (ar, sd, ssd; sd-ngram+draft with --measure) "
+                        "after a short calibration instead of benchmarking (speculative.cost_model)")
     b.add_argument("--measure", action="store_true", help="with --predict: also run the bench and compare")
     b.set_defaults(func=cmd_bench)
 
