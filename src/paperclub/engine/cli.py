@@ -283,8 +283,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    if args.mode == "auto" and args.draft is None:
+        args.draft = "default"  # auto weighs speculation with the shipped draft here (calibrated once per machine)
     llm = make_llm(args, max_num_seqs=1)
-    print(f"model: {llm.model_dir} ({llm.dtype}, {llm.device}), loaded in {time.perf_counter() - t0:.1f}s\n")
+    print(f"model: {llm.model_dir} ({llm.dtype}, {llm.device}), loaded in {time.perf_counter() - t0:.1f}s")
+    print(f"decoding: {describe_decoding(llm)}\n")
     params = sampling_params(args)
     total_tokens, total_time = 0, 0.0
     for chat in DEMO_PROMPTS:
@@ -297,6 +300,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n  [{m['generated_tokens']} tokens, {m['tokens_per_s']:.1f} tok/s]\n")
     print(f"overall: {total_tokens} tokens in {total_time:.1f}s = {total_tokens / total_time:.1f} tok/s")
     return 0
+
+
+def describe_decoding(llm) -> str:
+    """One line: the mode, K and drafter, and for auto the cost model's reason."""
+    draft = llm.draft_name or ""
+    if llm.draft_dir is not None:
+        draft = draft.replace(str(llm.draft_dir), Path(llm.draft_dir).name)
+    text = llm.mode.upper() if llm.mode == "ar" else f"{llm.mode.upper()} K={llm.k}, draft {draft}"
+    if llm.auto_choice is not None:
+        text += f" (picked by --mode auto: {llm.auto_choice.reason.split(' (')[0]})"
+    return text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
