@@ -192,6 +192,19 @@ def test_mode_sd_without_a_draft_is_prompt_lookup_with_the_shipped_draft(default
     assert alone.draft_dir == llm.draft_dir and alone.draft_name == str(llm.draft_dir)
 
 
+def test_mode_sd_without_a_draft_on_a_target_that_ships_none_is_prompt_lookup_alone(tmp_path):
+    from paperclub.engine.llm import LLM
+    from paperclub.engine.sampling import SamplingParams
+    from tests.distill.test_train import make_target
+
+    target = make_target(tmp_path / "target")
+    sd = LLM(model=str(target), mode="sd", k=3, dtype="float32", device="cpu")
+    assert (sd.mode, sd.draft_dir, sd.draft_name) == ("sd", None, "ngram")
+    ar = LLM(model=str(target), mode="ar", dtype="float32", device="cpu")
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    assert sd.generate(["a b a b a b"], params)[0].token_ids == ar.generate(["a b a b a b"], params)[0].token_ids
+
+
 def test_bad_inputs_are_user_errors():
     with pytest.raises(UserError):
         cm.StepTimes({0: 0.01})

@@ -29,7 +29,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="draft model (a directory or name; default: the target's shipped draft, for sd together "
                         "with prompt lookup); default: the shipped draft; ngram: prompt-lookup drafting, no draft "
                         "model; ngram+DRAFT: prompt lookup where the context has a match, the model DRAFT "
-                        "elsewhere (ngram+default: the shipped draft, what --mode sd uses when --draft is not given)")
+                        "elsewhere (ngram+default: the shipped draft, what --mode sd uses when --draft is not given; "
+                        "ngram where the target ships no draft)")
     p.add_argument("--prompt-lookup-min", type=int, default=None,
                    help="with --draft ngram: shortest n-gram to match (default 1)")
     p.add_argument("--prompt-lookup-max", type=int, default=None,

@@ -127,13 +127,19 @@ class LLM:
             raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if k < 1:
             raise UserError(f"k (draft tokens per round) must be >= 1, got {k}")
-        if mode == "sd" and draft is None:
-            draft = "ngram+default"  # prompt lookup, the shipped draft where nothing matches: SD's fastest here
         spec = parse_draft(None if draft is None else str(draft))
         if spec.ngram and mode == "ssd":
             raise UserError("n-gram drafting runs with --mode sd, not ssd: use --mode sd --draft ngram (or a model "
                             "draft with ssd)")
         self.model_dir = resolve_model(model)
+        if mode == "sd" and draft is None:
+            # prompt lookup, the shipped draft where nothing matches (SD's fastest measured); prompt lookup alone
+            # for a target that ships no draft
+            draft = "ngram+default" if default_draft_for(self.model_dir) is not None else "ngram"
+            if draft == "ngram":
+                log.info("mode sd: %s has no shipped draft, drafting by prompt lookup alone (--draft DIR for a "
+                         "draft model)", self.model_dir)
+            spec = parse_draft(draft)
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
