@@ -50,8 +50,25 @@ def test_models_health_and_metrics(server, client):
     for name in ("paperclub:num_requests_running", "paperclub:num_requests_waiting", "paperclub:prompt_tokens_total",
                  "paperclub:generation_tokens_total", "paperclub:time_to_first_token_seconds_bucket",
                  "paperclub:inter_token_latency_seconds_bucket", "paperclub:spec_decode_num_accepted_tokens_total",
-                 "paperclub:ssd_speculation_cache_hits_total", "paperclub:draft_fallbacks_total"):
+                 "paperclub:ssd_speculation_cache_hits_total", "paperclub:draft_fallbacks_total",
+                 "paperclub:spec_decode_num_ngram_drafts_total"):
         assert name in text
+
+
+def test_speculation_counters_add_what_each_sequence_gained():
+    from prometheus_client import generate_latest
+
+    from paperclub.serve.metrics import Metrics
+
+    m = Metrics("smol")
+    stats = {"num_drafts": 4, "num_draft_tokens": 20, "num_accepted_tokens": 7, "num_ngram_drafts": 3,
+             "num_accepted_tokens_per_pos": [3, 2, 1, 1, 0]}
+    m.speculation(stats, {"num_drafts": 1, "num_ngram_drafts": 1, "num_accepted_tokens_per_pos": [1]})
+    text = generate_latest(m.registry).decode()
+    for name, value in (("spec_decode_num_drafts", 3), ("spec_decode_num_ngram_drafts", 2),
+                        ("spec_decode_num_accepted_tokens", 7)):
+        assert f'paperclub:{name}_total{{model_name="smol"}} {value:.1f}' in text, name
+    assert 'paperclub:spec_decode_num_accepted_tokens_per_pos_total{model_name="smol",position="0"} 2.0' in text
 
 
 def test_chat_greedy_equals_the_offline_api_streamed_or_not(client, offline):

@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from paperclub.speculative.metrics import PER_POS
+from paperclub.speculative.metrics import NGRAM_DRAFTS, PER_POS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
                    2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
@@ -48,6 +48,8 @@ class Metrics:
         self.num_drafts = counter("spec_decode_num_drafts", "speculative rounds (one per sequence per round)")
         self.num_draft_tokens = counter("spec_decode_num_draft_tokens", "draft tokens proposed")
         self.num_accepted_tokens = counter("spec_decode_num_accepted_tokens", "draft tokens accepted")
+        self.num_ngram_drafts = counter("spec_decode_num_ngram_drafts",
+                                        "drafts made by prompt lookup (n-gram) rather than the draft model")
         self._accepted_per_pos = Counter("paperclub:spec_decode_num_accepted_tokens_per_pos",
                                          "drafts whose token at this position was accepted",
                                          [*labels, "position"], registry=r)
@@ -79,7 +81,8 @@ class Metrics:
         """Add what a sequence's speculation counters (`speculative.metrics`, and SSD's cache hits and misses)
         gained since `seen`."""
         for key, metric in (("num_drafts", self.num_drafts), ("num_draft_tokens", self.num_draft_tokens),
-                            ("num_accepted_tokens", self.num_accepted_tokens), ("hits", self.cache_hits),
+                            ("num_accepted_tokens", self.num_accepted_tokens),
+                            (NGRAM_DRAFTS, self.num_ngram_drafts), ("hits", self.cache_hits),
                             ("misses", self.cache_misses)):
             gained = stats.get(key, 0) - seen.get(key, 0)
             if gained > 0:
