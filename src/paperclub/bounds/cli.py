@@ -103,6 +103,8 @@ def cmd_lm(args) -> int:
     cfg = replace(LMTrainConfig(), seed=args.seed, search_space=args.search_space,
                   **{k: v for k, v in given.items() if v is not None})
     cfg.check()
+    if args.sublora_dim is not None and not args.train:
+        raise UserError("--sublora-dim trains a new SubLoRA model: add --train (a saved one is certified with --ckpt)")
     ckpt = None if args.train else Path(args.ckpt) if args.ckpt else SHIPPED_LM
     if ckpt is not None and not (ckpt / "config.json").is_file():  # a compressed model: certify it as it is
         compressed, meta = lm_message.load(ckpt)
@@ -119,16 +121,28 @@ def cmd_lm(args) -> int:
 
             model = load_model(ckpt).requires_grad_(True)
             log.info("quantizing %s to %d levels per tensor", ckpt, cfg.levels)
+        elif args.sublora_dim is not None:
+            from paperclub.bounds import sublora
+
+            sub = sublora.SubLoRAConfig(rank=args.sublora_rank, dim=args.sublora_dim, seed=args.seed,
+                                        lr=args.lr or sublora.SubLoRAConfig.lr)
+            sub.check()
+            subspace = sublora.train_sublora(corpus.train, corpus.vocab_size, replace(cfg, lr=sub.lr), sub,
+                                             progress=not args.quiet)
+            compressed = sublora.quantize_sublora(subspace, corpus.train, cfg, progress=not args.quiet)
         else:
             model = train_lm(corpus.train, corpus.vocab_size, cfg, progress=not args.quiet)
-        compressed = quantize_lm(model, corpus.train, cfg, progress=not args.quiet)
+        if args.sublora_dim is None:
+            compressed = quantize_lm(model, corpus.train, cfg, progress=not args.quiet)
         seq_len = cfg.seq_len
         if args.save:
             command = "paperclub bounds " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
-            lm_message.save(Path(args.save), compressed, {"corpus_fingerprint": corpus.fingerprint,
-                                                           "seq_len": seq_len, "train": asdict(cfg),
-                                                           "source": str(ckpt) if ckpt else "trained",
-                                                           "command": command})
+            meta = {"corpus_fingerprint": corpus.fingerprint, "seq_len": seq_len, "train": asdict(cfg),
+                    "source": str(ckpt) if ckpt else "trained", "command": command}
+            if args.sublora_dim is not None:
+                sublora.save(Path(args.save), compressed, meta)
+            else:
+                lm_message.save(Path(args.save), compressed, meta)
     result = certify_lm(compressed, corpus, seq_len, args.delta, args.eval_tokens, args.val_tokens, args.seed,
                         progress=not args.quiet)
     result["checkpoint"] = str(ckpt) if ckpt else None
@@ -215,7 +229,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, help="context window when training or quantizing (default 128)")
     p.add_argument("--tokens", type=int, help="training tokens (default 0: one pass over the training split)")
     p.add_argument("--levels", type=int, help="quantization levels per tensor (default 8)")
-    p.add_argument("--lr", type=float, help="peak learning rate when training (default 3e-3)")
+    p.add_argument("--lr", type=float, help="peak learning rate when training (default 3e-3; SubLoRA's w: 1e-2)")
+    p.add_argument("--sublora-dim", type=int, default=None,
+                   help="with --train: train a SubLoRA model instead (a LoRA adapter on the seed's random "
+                        "initialization, its numbers in a random subspace of this dimension; only they are coded)")
+    p.add_argument("--sublora-rank", type=int, default=4, help="with --sublora-dim: the LoRA rank (default 4)")
     p.add_argument("--seed", type=int, default=0, help="training seed, and the seed that draws --eval-tokens")
     p.add_argument("--search-space", type=int, default=1,
                    help="how many configurations you tried before this one (its log2 is paid in the bound)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -144,5 +144,7 @@ def certify_lm(compressed: CompressedLM, corpus: LMCorpus, seq_len: int, delta: 
         "vocab_size": corpus.vocab_size,
         "corpus": {"root": str(corpus.root), "fingerprint": corpus.fingerprint},
         "model": {"hidden": compressed.config.hidden_size, "layers": compressed.config.num_layers,
-                  "levels": max(enc.levels for _, enc in compressed.tensors)},
+                  "levels": max(enc.levels for _, enc in compressed.tensors),
+                  "compression": "sublora" if hasattr(compressed, "sublora") else "direct quantization",
+                  **({"sublora": asdict(compressed.sublora)} if hasattr(compressed, "sublora") else {})},
     }

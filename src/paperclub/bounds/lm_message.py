@@ -91,14 +91,28 @@ def save(path: Path, compressed: CompressedLM, meta: dict) -> Path:
     return Path(path) / FILE
 
 
+def model_config(d: dict) -> ModelConfig:
+    """A model config as `ModelConfig.to_dict` wrote it into a message."""
+    return ModelConfig(**{k: v for k, v in d.items() if k not in ("rope_scaling", "eos_token_ids")},
+                       rope_scaling=d.get("rope_scaling") or {}, eos_token_ids=tuple(d.get("eos_token_ids") or ()))
+
+
 def load(path: Path) -> tuple[CompressedLM, dict]:
-    """The compressed model in a checkpoint folder (or its compressed.json), and its `meta`."""
+    """The compressed model in a checkpoint folder (or its compressed.json), and its `meta`; a SubLoRA model
+    (`sublora.py`) where the file is one."""
+    file = Path(path) / FILE if Path(path).is_dir() else Path(path)
+    try:
+        import json
+
+        from paperclub.bounds import sublora
+
+        if json.loads(file.read_text()).get("format") == sublora.FORMAT:
+            return sublora.load(path)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        pass  # read_message below says what is wrong with it
     file, obj = read_message(path, FORMAT, "language model", "paperclub bounds lm --train --save DIR")
     try:
-        config = ModelConfig(**{k: v for k, v in obj["config"].items()
-                                if k not in ("rope_scaling", "eos_token_ids")},
-                             rope_scaling=obj["config"].get("rope_scaling") or {},
-                             eos_token_ids=tuple(obj["config"].get("eos_token_ids") or ()))
+        config = model_config(obj["config"])
         tensors = [(t["name"], Encoded.from_dict(t)) for t in obj["tensors"]]
         compressed = CompressedLM(config, tensors, int(obj["search_space"]))
     except (KeyError, TypeError, ValueError) as e:

@@ -65,7 +65,7 @@ class LMTrainConfig:
                            max_position_embeddings=self.seq_len, tie_word_embeddings=True)
 
 
-class _Scorer(torch.nn.Module):
+class Scorer(torch.nn.Module):
     """Logits for whole windows: `functional_call` swaps in the quantized tensors."""
 
     def __init__(self, model: Llama):
@@ -81,8 +81,9 @@ def _windows(tokens: np.ndarray, seq_len: int, batch: int, g: torch.Generator) -
     return torch.from_numpy(np.stack([tokens[s: s + seq_len + 1] for s in starts]).astype(np.int64))
 
 
-def _run(params: list, loss_of, tokens: np.ndarray, cfg: LMTrainConfig, steps: int, lr: float, weight_decay: float,
-         seed: int, desc: str, progress: bool) -> None:
+def run_steps(params: list, loss_of, tokens: np.ndarray, cfg: LMTrainConfig, steps: int, lr: float,
+              weight_decay: float, seed: int, desc: str, progress: bool) -> None:
+    """`steps` AdamW steps (warm-up, cosine to zero) on `loss_of(batch)` over random windows of `tokens`."""
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     sched = warmup_cosine(opt, steps)
     g = torch.Generator().manual_seed(seed)
@@ -93,7 +94,7 @@ def _run(params: list, loss_of, tokens: np.ndarray, cfg: LMTrainConfig, steps: i
     bar.close()
 
 
-def _next_token_loss(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+def next_token_loss(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
@@ -107,12 +108,12 @@ def train_lm(tokens: np.ndarray, vocab_size: int, cfg: LMTrainConfig, progress: 
     for p in model.parameters():  # small init (the module defaults are sized for other layers)
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.02)
-    scorer = _Scorer(model)
+    scorer = Scorer(model)
     total = cfg.tokens or len(tokens)
     steps = max(1, total // (cfg.batch_size * cfg.seq_len))
     log.info("training %d parameters on %d tokens (%d steps)", sum(p.numel() for p in model.parameters()),
              total, steps)
-    _run(list(model.parameters()), lambda b: _next_token_loss(scorer(b[:, :-1]), b), tokens, cfg, steps, cfg.lr,
+    run_steps(list(model.parameters()), lambda b: next_token_loss(scorer(b[:, :-1]), b), tokens, cfg, steps, cfg.lr,
          cfg.weight_decay, cfg.seed, "train", progress)
     return model.eval()
 
@@ -121,7 +122,7 @@ def quantize_lm(model: Llama, tokens: np.ndarray | None, cfg: LMTrainConfig, pro
     """k-means every tensor to `cfg.levels` levels, fine-tune with quantization in the loop on `tokens` (skipped
     when `tokens` is None or qat_fraction is 0), and code the result."""
     cfg.check()
-    scorer = _Scorer(model)
+    scorer = Scorer(model)
     named = [(f"model.{n}", p) for n, p in model.named_parameters()]
     weights = {n: torch.nn.Parameter(p.detach().float().clone()) for n, p in named}
     centres = {n: torch.nn.Parameter(kmeans_1d(w, min(cfg.levels, w.numel()))) for n, w in weights.items()}
@@ -130,9 +131,9 @@ def quantize_lm(model: Llama, tokens: np.ndarray | None, cfg: LMTrainConfig, pro
     if tokens is not None and steps > 0:
         def loss_of(batch):
             quantized = {n: straight_through(w.reshape(-1), centres[n]).view(w.shape) for n, w in weights.items()}
-            return _next_token_loss(functional_call(scorer, quantized, (batch[:, :-1],)), batch)
+            return next_token_loss(functional_call(scorer, quantized, (batch[:, :-1],)), batch)
 
-        _run([*weights.values(), *centres.values()], loss_of, tokens, cfg, steps, cfg.qat_lr, 0.0, cfg.seed + 1,
+        run_steps([*weights.values(), *centres.values()], loss_of, tokens, cfg, steps, cfg.qat_lr, 0.0, cfg.seed + 1,
              "quantized", progress)
     coded = []
     for name, w in weights.items():
