@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from paperclub.bounds import lm_message, sublora
+from paperclub.bounds.cli import load_lm
 from paperclub.bounds.coding import decode
 from paperclub.bounds.lm_train import LMTrainConfig
 from paperclub.cli import main
@@ -50,8 +51,10 @@ def test_the_coded_w_decodes_to_the_model_that_is_scored(tmp_path):
     lm = LMTrainConfig(hidden=32, layers=1, seq_len=16, levels=5, search_space=2)
     compressed = sublora.quantize_sublora(m, None, lm)
     sublora.save(tmp_path, compressed, {"corpus_fingerprint": "x"})
-    loaded, meta = lm_message.load(tmp_path)  # the language-model loader recognises the format
+    loaded, meta = load_lm(tmp_path)  # what `bounds lm --ckpt` loads: the format picks the loader
     assert isinstance(loaded, sublora.CompressedSubLoRA) and meta == {"corpus_fingerprint": "x"}
+    with pytest.raises(UserError, match="not a compressed language model"):
+        lm_message.load(tmp_path)
     assert loaded.bits() == compressed.bits() and compressed.bits()["search"] == 1.0
     assert loaded.num_params() == 96 and compressed.bits()["tensors"] >= 32 * len(compressed.w.stream)
     indices, centres = decode(compressed.w)

@@ -87,6 +87,18 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def load_lm(ckpt: Path):
+    """A compressed language model and its meta: SubLoRA's format (`sublora.py`) or direct quantization's."""
+    from paperclub.bounds import lm_message, sublora
+
+    file = ckpt / lm_message.FILE if ckpt.is_dir() else ckpt
+    try:
+        fmt = json.loads(file.read_text()).get("format")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        fmt = None  # lm_message.load says what is wrong with it
+    return sublora.load(ckpt) if fmt == sublora.FORMAT else lm_message.load(ckpt)
+
+
 def cmd_lm(args) -> int:
     from paperclub.bounds import lm_message
     from paperclub.bounds.lm_certify import certify_lm, load_corpus
@@ -107,7 +119,7 @@ def cmd_lm(args) -> int:
         raise UserError("--sublora-dim trains a new SubLoRA model: add --train (a saved one is certified with --ckpt)")
     ckpt = None if args.train else Path(args.ckpt) if args.ckpt else SHIPPED_LM
     if ckpt is not None and not (ckpt / "config.json").is_file():  # a compressed model: certify it as it is
-        compressed, meta = lm_message.load(ckpt)
+        compressed, meta = load_lm(ckpt)
         made_on = meta.get("corpus_fingerprint")
         if made_on != corpus.fingerprint:
             raise UserError(f"{ckpt} was trained on corpus {made_on}, not on {args.corpus} ({corpus.fingerprint}): "

@@ -98,18 +98,7 @@ def model_config(d: dict) -> ModelConfig:
 
 
 def load(path: Path) -> tuple[CompressedLM, dict]:
-    """The compressed model in a checkpoint folder (or its compressed.json), and its `meta`; a SubLoRA model
-    (`sublora.py`) where the file is one."""
-    file = Path(path) / FILE if Path(path).is_dir() else Path(path)
-    try:
-        import json
-
-        from paperclub.bounds import sublora
-
-        if json.loads(file.read_text()).get("format") == sublora.FORMAT:
-            return sublora.load(path)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        pass  # read_message below says what is wrong with it
+    """The compressed model in a checkpoint folder (or its compressed.json), and its `meta`."""
     file, obj = read_message(path, FORMAT, "language model", "paperclub bounds lm --train --save DIR")
     try:
         config = model_config(obj["config"])
