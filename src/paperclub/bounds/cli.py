@@ -139,8 +139,7 @@ def cmd_lm(args) -> int:
             sub = sublora.SubLoRAConfig(rank=args.sublora_rank, dim=args.sublora_dim, seed=args.seed,
                                         lr=args.lr or sublora.SubLoRAConfig.lr)
             sub.check()
-            subspace = sublora.train_sublora(corpus.train, corpus.vocab_size, replace(cfg, lr=sub.lr), sub,
-                                             progress=not args.quiet)
+            subspace = sublora.train_sublora(corpus.train, corpus.vocab_size, cfg, sub, progress=not args.quiet)
             compressed = sublora.quantize_sublora(subspace, corpus.train, cfg, progress=not args.quiet)
         else:
             model = train_lm(corpus.train, corpus.vocab_size, cfg, progress=not args.quiet)

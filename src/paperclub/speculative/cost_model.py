@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from paperclub.errors import UserError
+from paperclub.speculative import metrics as spec_metrics
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +465,7 @@ def sample_run(llm, new_tokens: int = 48, prompt=None, prompts=None) -> RunSampl
         tree = TreeShape(m["mean_acceptance_length"], m["mean_tree_nodes"], getattr(config, "draft_width", 0),
                          m["num_tree_draft_rounds"] / drafts)
     new = sum(len(o.token_ids) for o in outs)
-    share = 1.0 - m.get("num_ngram_drafts", 0) / drafts if drafts else 1.0
+    share = 1.0 - m.get(spec_metrics.NGRAM_DRAFTS, 0) / drafts if drafts else 1.0
     return RunSample(wall, int(drafts or new - len(outs)), sum(len(x) for x in ids), new,
                      Acceptance(per_pos) if per_pos else None, m.get("hits", 0) / looked if looked else None,
                      int(fanout) if fanout else None, tree, share)
@@ -474,8 +475,6 @@ def _summed(many: list[dict]) -> dict:
     """One request's metrics, or several requests' speculation counters and SSD cache counts summed."""
     if len(many) == 1:
         return many[0]
-    from paperclub.speculative import metrics as spec_metrics
-
     out = spec_metrics.summary(spec_metrics.total(many)) if any(m.get("num_drafts") for m in many) else {}
     for key in ("hits", "misses"):
         out[key] = sum(m.get(key, 0) for m in many)
