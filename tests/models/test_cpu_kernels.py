@@ -154,15 +154,17 @@ def assert_close_to_torch(out, q, kc, vc, slots, S, mask, scale=0.25):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("prefix", [5, 120, 126, 300])
-def test_a_tree_query_gives_the_bits_of_its_path_laid_out_contiguously(kernels, dtype, prefix):
+@pytest.mark.parametrize("D", [16, 64])
+def test_a_tree_query_gives_the_bits_of_its_path_laid_out_contiguously(kernels, dtype, prefix, D):
     """Token-tree verification: a node sees the prefix, then its ancestors with other branches' nodes between
     them. Its result must be bit for bit what the same keys give laid out one after the other (a plain decode of
-    that path), including where the gaps push its keys past a 128-key chunk boundary (prefix 120, 126)."""
+    that path), including where the gaps push its keys past a 128-key chunk boundary (prefix 120, 126). At 64 dims
+    the AVX-512 BF16 build takes the AMX path (its tile part and float32 tail split each query by its own keys)."""
     g = torch.Generator().manual_seed(prefix)
     S = prefix + 24
-    kc = torch.randn(2, 2, 512, 16, generator=g).to(dtype)
-    vc = torch.randn(2, 2, 512, 16, generator=g).to(dtype)
-    q = torch.randn(1, 3, 4, 16, generator=g).to(dtype)
+    kc = torch.randn(2, 2, 512, D, generator=g).to(dtype)
+    vc = torch.randn(2, 2, 512, D, generator=g).to(dtype)
+    q = torch.randn(1, 3, 4, D, generator=g).to(dtype)
     paths = [[0], [0, 4, 9], [0, 2, 7, 12, 20]]  # per query: tree indices of its ancestors and itself (0: root)
     mask = torch.zeros(1, 3, S, dtype=torch.bool)
     mask[:, :, :prefix] = True
@@ -202,15 +204,16 @@ def test_attention_head_sizes_and_gqa_groups(kernels, dtype, D, group):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_long_contexts_merge_key_chunks_the_same_way_at_every_batch(kernels, dtype):
+@pytest.mark.parametrize("D", [16, 64])
+def test_long_contexts_merge_key_chunks_the_same_way_at_every_batch(kernels, dtype, D):
     """333 keys are three chunks. Sixteen rows run each query's chunks in one task; one query alone spreads its
     chunks over the threads and merges them afterwards. Same bits either way, and close to torch's attention
     (including a query whose first chunk is entirely masked and one that sees a single key)."""
     g = torch.Generator().manual_seed(5)
     B, T, S = 16, 3, 333
-    kc = torch.randn(B, 2, 400, 16, generator=g).to(dtype)
-    vc = torch.randn(B, 2, 400, 16, generator=g).to(dtype)
-    q = torch.randn(B, T, 4, 16, generator=g).to(dtype)
+    kc = torch.randn(B, 2, 400, D, generator=g).to(dtype)
+    vc = torch.randn(B, 2, 400, D, generator=g).to(dtype)
+    q = torch.randn(B, T, 4, D, generator=g).to(dtype)
     slots = torch.randperm(B, generator=g)
     mask = torch.rand(B, T, S, generator=g) > 0.5
     mask[:, :, 300] = True
@@ -223,6 +226,54 @@ def test_long_contexts_merge_key_chunks_the_same_way_at_every_batch(kernels, dty
                                 mask[b : b + 1, t : t + 1].contiguous(), 0.25)
         assert torch.equal(many[b : b + 1, t : t + 1], one), (b, t)
     assert_close_to_torch(many, q, kc, vc, slots, S, mask)
+
+
+AMX = pytest.mark.skipif(cpu_kernel() is None or not cpu_kernel().amx(), reason="CPU has no AMX tiles")
+
+
+@AMX
+@pytest.mark.parametrize("context", [40, 300, 2000])
+def test_amx_attention_agrees_with_the_vector_path_and_is_batch_invariant(context):
+    """The AMX path (scores on tiles; e in bf16 on the tiles for all but each query's last 32 or more keys, which
+    stay in float32) against the vector path on SmolLM2's layout (9 query heads, 3 KV heads of 64 dims): within
+    bf16 rounding, and a query's bits do not depend on the 15 queries verified with it."""
+    k = load_build(AVX512_BF16)
+    assert k.attention_amx(64) and not k.attention_amx(48)
+    g = torch.Generator().manual_seed(context)
+    kc = torch.randn(2, 3, context + 32, 64, generator=g).bfloat16()
+    vc = torch.randn(2, 3, context + 32, 64, generator=g).bfloat16()
+    q = torch.randn(1, 16, 9, 64, generator=g).bfloat16()
+    S = context + 16
+    causal = (torch.arange(S)[None, :] <= (context + torch.arange(16))[:, None])[None]
+    slot = torch.tensor([1])
+    tiles = k.attention_on(q, kc, vc, slot, S, causal, 0.125, None, True)
+    vector = k.attention_on(q, kc, vc, slot, S, causal, 0.125, None, False)
+    torch.testing.assert_close(tiles.float(), vector.float(), atol=1e-2, rtol=2e-2)
+    for t in (0, 7, 15):  # query t decoded alone: it sees [0, context + t], no mask needed
+        alone = k.attention_on(q[:, t : t + 1].contiguous(), kc, vc, slot, context + t + 1, None, 0.125, None, True)
+        assert torch.equal(alone, tiles[:, t : t + 1]), t
+
+
+@AMX
+def test_amx_attention_never_reads_what_a_query_does_not_see():
+    """Cache entries a query does not see (never written: NaN here) cannot reach its output, in the tile part or
+    the tail; a query that sees no key gives zeros."""
+    k = load_build(AVX512_BF16)
+    g = torch.Generator().manual_seed(9)
+    S = 400
+    kc = torch.randn(1, 3, S, 64, generator=g).bfloat16()
+    vc = torch.randn(1, 3, S, 64, generator=g).bfloat16()
+    q = torch.randn(1, 3, 9, 64, generator=g).bfloat16()
+    mask = torch.zeros(1, 3, S, dtype=torch.bool)
+    mask[0, 0, :250] = True  # a long leading run
+    mask[0, 1, :200] = True  # ... then a few keys after a gap, as a tree node's ancestors
+    mask[0, 1, [260, 333, 399]] = True
+    clean = k.attention_on(q, kc, vc, torch.tensor([0]), S, mask, 0.125, None, True)
+    kc[0, :, ~mask[0].any(0)] = float("nan")
+    vc[0, :, ~mask[0].any(0)] = float("nan")
+    dirty = k.attention_on(q, kc, vc, torch.tensor([0]), S, mask, 0.125, None, True)
+    assert torch.equal(clean, dirty) and torch.isfinite(dirty).all()
+    assert torch.equal(dirty[0, 2], torch.zeros_like(dirty[0, 2]))  # query 2 sees nothing
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -44,8 +44,10 @@ class KernelBuild:
 AVX512_BF16 = KernelBuild(
     "paperclub_cpu_kernels",
     frozenset({"avx512f", "avx512_bf16"}),
-    ("linear_cpu.cpp", "amx_cpu.cpp", "attention_cpu.cpp", "block_cpu.cpp", "argmax_cpu.cpp", "module_cpu.cpp"),
-    ("-mavx512f", "-mavx512bf16", "-mavx512vl", "-mavx512bw", "-mfma", "-mamx-tile", "-mamx-bf16"),
+    ("linear_cpu.cpp", "amx_cpu.cpp", "attention_cpu.cpp", "attention_amx.cpp", "block_cpu.cpp", "argmax_cpu.cpp",
+     "module_cpu.cpp"),
+    ("-mavx512f", "-mavx512bf16", "-mavx512vl", "-mavx512bw", "-mfma", "-mamx-tile", "-mamx-bf16",
+     "-DPAPERCLUB_AMX_ATTENTION"),
 )
 AVX512 = KernelBuild(
     "paperclub_cpu_kernels_avx512",

@@ -466,12 +466,31 @@ void attend_d(int64_t D, const T* q, const T* kc, const T* vc, const int64_t* sl
 
 }  // namespace
 
+#ifdef PAPERCLUB_AMX_ATTENTION  // the AVX-512 BF16 build: scores on AMX tiles (attention_amx.cpp)
+bool amx_attention_applies(int64_t D);
+void amx_attention_bf16(const uint16_t* q, const uint16_t* kc, const uint16_t* vc, const int64_t* slots,
+                        const int64_t* cu, const bool* mask, uint16_t* out, int64_t B, int64_t Tq, int64_t H,
+                        int64_t Hkv, int64_t cap, int64_t S, int64_t D, float scale);
+#endif
+
+// Whether bf16 attention with heads of D dims takes the AMX path in this process (fixed per process and model,
+// never per call: every call must reduce in the same order).
+bool attention_uses_amx(int64_t D) {
+#ifdef PAPERCLUB_AMX_ATTENTION
+  return amx_attention_applies(D);
+#else
+  (void)D;
+  return false;
+#endif
+}
+
 // q: (B, T, H, D), or (N, H, D) with cu_seqlens (B + 1,): the queries of a ragged batch packed row after row, row
 // b's at [cu_seqlens[b], cu_seqlens[b + 1]) (no padding rows to compute). k_cache, v_cache: (slots, Hkv, cap, D);
-// slots: (B,) int64; mask: (B, T, S) bool or None, T = the longest row. The output has q's shape.
-torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale,
-                        c10::optional<torch::Tensor> cu_seqlens) {
+// slots: (B,) int64; mask: (B, T, S) bool or None, T = the longest row. The output has q's shape. `amx`: bf16 on
+// the AMX path (attention_amx.cpp) rather than the vector one; callers pass attention_uses_amx(D).
+torch::Tensor attention_on(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
+                           int64_t S, c10::optional<torch::Tensor> mask_opt, double scale,
+                           c10::optional<torch::Tensor> cu_seqlens, bool amx) {
   const bool ragged = cu_seqlens.has_value() && cu_seqlens->defined();
   TORCH_CHECK(q.dim() == (ragged ? 3 : 4) && k_cache.dim() == 4 && q.scalar_type() == k_cache.scalar_type(),
               "attention: shapes");
@@ -504,6 +523,19 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_
     mp = mask.data_ptr<bool>();
   }
   auto out = torch::empty_like(q);
+  if (amx) {
+    TORCH_CHECK(q.scalar_type() == torch::kBFloat16 && attention_uses_amx(D),
+                "attention: no AMX path here for ", q.scalar_type(), " heads of ", D);
+#ifdef PAPERCLUB_AMX_ATTENTION
+    amx_attention_bf16(reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>()),
+                       reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>()),
+                       reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>()),
+                       slots_c.data_ptr<int64_t>(), cu.data(), mp,
+                       reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), B, Tq, H, Hkv, cap, S, D,
+                       (float)scale);
+#endif
+    return out;
+  }
   if (q.scalar_type() == torch::kBFloat16) {
     attend_d<uint16_t>(D, reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>()),
                        reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>()),
@@ -517,4 +549,11 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_
                     (float)scale);
   }
   return out;
+}
+
+torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
+                        int64_t S, c10::optional<torch::Tensor> mask_opt, double scale,
+                        c10::optional<torch::Tensor> cu_seqlens) {
+  const bool amx = q.scalar_type() == torch::kBFloat16 && attention_uses_amx(q.size(-1));
+  return attention_on(q, k_cache, v_cache, slots, S, mask_opt, scale, cu_seqlens, amx);
 }

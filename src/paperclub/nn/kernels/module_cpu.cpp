@@ -11,6 +11,10 @@ torch::Tensor pack(torch::Tensor w);  // linear_*.cpp: the weight layout `linear
 torch::Tensor attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                         int64_t S, c10::optional<torch::Tensor> mask_opt, double scale,
                         c10::optional<torch::Tensor> cu_seqlens);  // attention_cpu.cpp
+torch::Tensor attention_on(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
+                           int64_t S, c10::optional<torch::Tensor> mask_opt, double scale,
+                           c10::optional<torch::Tensor> cu_seqlens, bool amx);
+bool attention_uses_amx(int64_t D);
 torch::Tensor block(torch::Tensor x, torch::Tensor attn_norm, torch::Tensor w_qkv, c10::optional<torch::Tensor> b_qkv,
                     c10::optional<torch::Tensor> q_norm, c10::optional<torch::Tensor> k_norm, torch::Tensor w_o,
                     c10::optional<torch::Tensor> b_o, torch::Tensor mlp_norm, torch::Tensor w_gate_up,
@@ -35,6 +39,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention", &attention, "batch-invariant attention over a slot KV cache", py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("slots"), py::arg("S"), py::arg("mask"), py::arg("scale"),
         py::arg("cu_seqlens") = py::none());
+  m.def("attention_on", &attention_on, "attention on a chosen path (amx=True: scores on AMX tiles, bf16 only)",
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("slots"), py::arg("S"), py::arg("mask"),
+        py::arg("scale"), py::arg("cu_seqlens") = py::none(), py::arg("amx") = false);
+  m.def("attention_amx", &attention_uses_amx, "whether bf16 attention with heads of this size runs on AMX tiles",
+        py::arg("head_dim"));
   m.def("layers", &layers, "all decoder blocks of a model, one after the other", py::arg("x"), py::arg("params"),
         py::arg("k_caches"), py::arg("v_caches"), py::arg("cos"), py::arg("sin"), py::arg("slots"),
         py::arg("write_index"), py::arg("S"), py::arg("mask"), py::arg("num_heads"), py::arg("eps"),
