@@ -378,3 +378,23 @@ def test_final_rmsnorm_matches_torch_and_is_batch_invariant(kernels, dtype):
     assert torch.equal(kernels.rmsnorm(x[1:2, 3:4].contiguous(), norm.weight.detach(), 1e-5), out[1:2, 3:4])
     with pytest.raises(RuntimeError, match="rmsnorm: a contiguous x"):
         kernels.rmsnorm(x, norm.weight.detach()[:64], 1e-5)
+
+
+def test_the_kernel_signature_follows_the_sources(tmp_path, monkeypatch):
+    """`mode="auto"` stores its step-time calibration under the kernels' signature: editing a kernel source (a new
+    attention path, say) must change it, so that a machine recalibrates instead of reusing stale step times."""
+    import shutil
+
+    from paperclub.nn import cpu_kernels
+
+    shutil.copytree(cpu_kernels.KERNEL_DIR, tmp_path / "kernels")
+    monkeypatch.setattr(cpu_kernels, "KERNEL_DIR", tmp_path / "kernels")
+    cpu_kernels.kernel_signature.cache_clear()
+    before = cpu_kernels.kernel_signature()
+    assert before == cpu_kernels.kernel_signature() and len(before) == 12
+    build = next(b for b in cpu_kernels.BUILDS if cpu_kernels.load_build(b) is cpu_kernel())
+    with open(tmp_path / "kernels" / build.sources[-1], "a") as f:
+        f.write("\n// edited\n")
+    cpu_kernels.kernel_signature.cache_clear()
+    assert cpu_kernels.kernel_signature() != before
+    cpu_kernels.kernel_signature.cache_clear()

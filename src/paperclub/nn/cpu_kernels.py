@@ -177,6 +177,21 @@ def load_build(build: KernelBuild):
         return None
 
 
+@functools.cache
+def kernel_signature() -> str:
+    """What decides this process's CPU arithmetic, as a short digest: the build in use, its sources and the AMX
+    switches. A step-time calibration stored under it (`mode="auto"`) is redone when any of them changes."""
+    k = cpu_kernel()
+    if k is None:
+        return "torch"
+    build = next(b for b in BUILDS if load_build(b) is k)
+    h = hashlib.sha256(build.name.encode())
+    for name in build.sources + ("vec_avx2.h",):
+        h.update((KERNEL_DIR / name).read_bytes())
+    h.update(repr((k.amx(), k.attention_amx(64))).encode() if build is AVX512_BF16 else b"")
+    return h.hexdigest()[:12]
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """True when the CPU kernels can take these tensors: CPU, bf16/fp32 alike, no autograd."""
     t0 = tensors[0]

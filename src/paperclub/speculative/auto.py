@@ -2,14 +2,17 @@
 how SD drafts.
 
 Calibration (several seconds, once per machine): step times of the target and the draft at the thread counts
-each mode would use (`cost_model.calibrate_steps`), then short greedy SD runs on three fixed calibration prompts
-(a chat question, a code edit, a summary: `cost_model.CALIBRATION_PROMPTS`), one per drafter:
+each mode would use (`cost_model.calibrate_steps`), then short greedy SD runs on four fixed calibration prompts
+(two chat questions, a code edit, a summary: `cost_model.CALIBRATION_PROMPTS`), one per drafter:
 
     draft         the draft model's chain, K = 8: its acceptance per position (SD's and SSD's) and the
                   per-round overhead
-    ngram+draft   prompt lookup first and the draft model where nothing matched, K = 8: the combined acceptance
-                  and the share of rounds the draft ran (the rest cost no draft time)
+    ngram+draft   prompt lookup first and the draft model where nothing matched, K = 5: the combined acceptance
+                  and the share of rounds the draft ran (the rest cost no draft time); K up to 5 is weighed
     tree          token trees (`speculative.tree_proposer`, its default shape, K = 5): tokens and nodes per round
+
+The two drafters that compete most closely run at the same K, so that each one's prediction is anchored by its
+per-round overhead where it was measured rather than extrapolated from K = 8.
 
 The SSD cache's hit rate is not measured (that would mean starting the draft process): `PRIOR_HIT_RATES`,
 measured on a 2-core AMD EPYC with the shipped draft, stand in for it. The choice is stored per (target, draft,
@@ -84,7 +87,7 @@ def calibrate_and_choose(llm, target, draft, threads: int, make_sd_engine,
                      draft=cm.calibrate_steps(draft, rows=[1, 4, 10, 20], threads=sorted({threads, 1})))
     samples = {}
     for drafter in drafters:
-        make_sd_engine(TREE_K if drafter == "tree" else CALIBRATION_K, drafter)
+        make_sd_engine(CALIBRATION_K if drafter == "draft" else TREE_K, drafter)
         samples[drafter] = cm.sample_run(llm, new_tokens=CALIBRATION_TOKENS, prompts=cm.CALIBRATION_PROMPTS)
     chain = samples["draft"]
     acc = chain.acceptance or cm.Acceptance([0.0])
@@ -95,9 +98,9 @@ def calibrate_and_choose(llm, target, draft, threads: int, make_sd_engine,
         s = samples["ngram+draft"]
         a = s.acceptance or cm.Acceptance([0.0])
         c = replace(costs, round_overhead_s=0.0)
-        c.round_overhead_s = cm.overhead_from(s, cm.predict_sd(c, a, CALIBRATION_K, s.workload, threads,
-                                                               s.draft_share))
-        extra += [cm.predict_sd(c, a, k, WORKLOAD, threads, s.draft_share, "ngram+draft") for k in range(1, 9)]
+        c.round_overhead_s = cm.overhead_from(s, cm.predict_sd(c, a, TREE_K, s.workload, threads, s.draft_share))
+        extra += [cm.predict_sd(c, a, k, WORKLOAD, threads, s.draft_share, "ngram+draft")
+                  for k in range(1, TREE_K + 1)]
         seen["ngram+draft"] = _seen(s)
     if "tree" in samples and samples["tree"].tree is not None:
         s = samples["tree"]

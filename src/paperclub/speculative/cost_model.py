@@ -405,10 +405,12 @@ def calibrate_steps(runner, rows: Iterable[int], threads: Iterable[int], context
 
 
 CALIBRATION_PROMPT = [{"role": "user", "content": "Explain in a few sentences how a bicycle stays upright."}]
-# `auto`'s calibration set: a chat question, a code edit and a summary. Prompt lookup pays on the last two and not
-# on the first, so the share of rounds it drafts, and its acceptance, are a mix rather than either extreme.
+# `auto`'s calibration set: two chat questions, a code edit and a summary. Prompt lookup pays on the last two and not
+# on the first, so the share of rounds it drafts, and its acceptance, are a mix rather than either extreme; chat, the
+# default model's use, weighs as much as the other two together.
 CALIBRATION_PROMPTS = [
     CALIBRATION_PROMPT,
+    [{"role": "user", "content": "What are three good habits for someone learning to cook at home?"}],
     [{"role": "user", "content": "Rename the variable `total` to `running_sum` in this function and show the "
       "whole function again:\n\n```python\ndef mean_of_positive(values):\n    total = 0\n    count = 0\n"
       "    for v in values:\n        if v > 0:\n            total += v\n            count += 1\n"
