@@ -2,7 +2,8 @@
 (9 query heads, 3 KV heads of 64 dims): microseconds per call, one layer, by context and query rows (1: decode;
 6: chain verification of K = 5; 16: a token tree), medians of --repeats, the two paths interleaved.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/attention_kernel.py --json benchmarks/results/tree/attention_kernel.json
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/attention_kernel.py \
+        --json benchmarks/results/tree/attention_kernel.json
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def main() -> None:
     args = ap.parse_args()
     k = cpu_kernel()
     if k is None or not k.attention_amx(64):
-        raise UserError("this benchmark needs the AVX-512 BF16 build with AMX tiles (and PAPERCLUB_AMX_ATTENTION unset)")
+        raise UserError("this benchmark needs the AVX-512 BF16 build with AMX tiles "
+                        "(and PAPERCLUB_AMX_ATTENTION unset)")
     g = torch.Generator().manual_seed(0)
     H, Hkv, D = 9, 3, 64
     contexts = [int(x) for x in args.contexts.split(",")]
