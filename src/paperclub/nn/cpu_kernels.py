@@ -186,7 +186,7 @@ def kernel_signature() -> str:
         return "torch"
     build = next(b for b in BUILDS if load_build(b) is k)
     h = hashlib.sha256(build.name.encode())
-    for name in build.sources + ("vec_avx2.h",):
+    for name in build.sources + ("vec_avx2.h", "amx_tiles.h"):
         h.update((KERNEL_DIR / name).read_bytes())
     h.update(repr((k.amx(), k.attention_amx(64))).encode() if build is AVX512_BF16 else b"")
     return h.hexdigest()[:12]

@@ -26,19 +26,13 @@
 #include <cstring>
 #include <vector>
 
+#include "amx_tiles.h"
+
 namespace {
 
 constexpr int64_t kTile = 16;         // rows of an A or C tile, columns (x rows) of a B or C tile
 constexpr int64_t kKStep = 32;        // bf16 values of k per tile product (64 bytes per tile row)
 constexpr int64_t kBlocksPerTask = 2; // 16-row weight blocks per work item: two C tiles share each B tile load
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // tmm0, tmm1: C (fp32, 16 rows x `cols`); tmm2, tmm3: A (weights, 16 rows x 32 bf16); tmm6: B (x, 16 pair-rows x
 // `cols` x 2 bf16). (Alternating two sets of A and B tiles by k-step, so that a load need not wait for the product

@@ -30,6 +30,7 @@
 #include <limits>
 #include <vector>
 
+#include "amx_tiles.h"
 #include "vec_avx2.h"
 
 bool amx_available();  // amx_cpu.cpp
@@ -43,14 +44,6 @@ constexpr int64_t kPv = 32;     // keys per tile product of the value sums (e pa
 constexpr int64_t kChunk = 128; // keys per task of the tile path (fixed positions)
 constexpr int64_t kWindow = 32; // a column's last kWindow keys (at least) go through the float32 tail
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // Every tile 16 rows of 64 bytes. Scores: tmm0 = C (16 keys x 16 columns, fp32), tmm1 = A (16 keys x 32 dims),
 // tmm2 = B (16 dim pairs x 16 columns x 2). Value sums: tmm4-7 = C (16 columns x 16 dims each), tmm1 = A (16
