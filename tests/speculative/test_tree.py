@@ -168,6 +168,15 @@ def test_bad_tree_configs_are_refused(kwargs, message):
         TreeConfig(**kwargs)
 
 
+def test_trees_deeper_than_the_attention_float32_tail_are_refused():
+    """A tree node's gaps must lie in its last 32 keys (the CPU attention's float32 tail) for its verification to
+    round exactly like decoding its path: K above 32 is refused, 32 is accepted."""
+    ngram = NgramProposer(32, 100, NgramConfig())
+    TreeProposer(32, ngram, None, TreeConfig())
+    with pytest.raises(UserError, match="at most 32 tokens deep"):
+        TreeProposer(33, NgramProposer(33, 100, NgramConfig()), None, TreeConfig())
+
+
 def test_llm_with_token_trees_on_the_default_model(default_model_dir):
     """The wiring (LLM(tree=...) with n-gram guesses and the shipped draft) on the real model: token-identical to
     AR, fewer target forwards than tokens, and the tree counters reported."""

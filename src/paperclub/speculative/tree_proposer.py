@@ -44,6 +44,8 @@ from paperclub.speculative.ngram import CombinedProposer, NgramProposer
 from paperclub.speculative.sd import DraftProposer, Proposal
 from paperclub.speculative.tree import TokenTree, build_tree
 
+MAX_TREE_DEPTH = 32  # = attention_amx.cpp's kWindow: deeper trees could round differently from their path decoded
+
 
 @dataclass(frozen=True)
 class TreeConfig:
@@ -118,6 +120,10 @@ class TreeProposer:
 
     def __init__(self, k: int, ngram: NgramProposer | None, model: DraftProposer | None,
                  config: TreeConfig | None = None):
+        if k > MAX_TREE_DEPTH:
+            raise UserError(f"token trees verify at most {MAX_TREE_DEPTH} tokens deep, got K = {k}: the CPU "
+                            "attention keeps a node's last 32 keys in float32, which is what makes a tree's "
+                            "verification round exactly like decoding its path")
         self.k, self.config = k, config or TreeConfig()
         if ngram is None and self.config.ngram_candidates:
             self.config = replace(self.config, ngram_candidates=0)
