@@ -121,12 +121,12 @@ def test_amx_rows_identical_at_every_width_on_model_shapes():
             assert torch.equal(got, full[:m]), f"K={k}: rows differ at batch {m}"
 
 
-def small_attention_inputs(dtype, seed: int):
-    """3 rows x 5 queries x 4 heads of 16 (2 KV heads), 20 of 32 cache entries, a random mask that keeps key 0."""
+def small_attention_inputs(dtype, seed: int, D: int = 16):
+    """3 rows x 5 queries x 4 heads of D (2 KV heads), 20 of 32 cache entries, a random mask that keeps key 0."""
     g = torch.Generator().manual_seed(seed)
-    kc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
-    vc = torch.randn(3, 2, 32, 16, generator=g).to(dtype)
-    q = torch.randn(3, 5, 4, 16, generator=g).to(dtype)
+    kc = torch.randn(3, 2, 32, D, generator=g).to(dtype)
+    vc = torch.randn(3, 2, 32, D, generator=g).to(dtype)
+    q = torch.randn(3, 5, 4, D, generator=g).to(dtype)
     slots, S = torch.tensor([2, 0, 1]), 20
     mask = torch.rand(3, 5, S, generator=g) > 0.3
     mask[..., 0] = True
@@ -277,14 +277,16 @@ def test_amx_attention_never_reads_what_a_query_does_not_see():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_ragged_queries_equal_padded_rows(kernels, dtype):
-    """cu_seqlens: rows of 5, 2 and 0 queries packed together give the padded call's rows, bit for bit."""
-    q, kc, vc, slots, S, mask = small_attention_inputs(dtype, seed=4)
+@pytest.mark.parametrize("D", [16, 64])
+def test_packed_ragged_queries_equal_padded_rows(kernels, dtype, D):
+    """cu_seqlens: rows of 5, 2 and 0 queries packed together give the padded call's rows, bit for bit (at 64 dims
+    on the AMX path where the build has it)."""
+    q, kc, vc, slots, S, mask = small_attention_inputs(dtype, seed=4, D=D)
     lengths = [5, 2, 0]
     padded = kernels.attention(q, kc, vc, slots, S, mask, 0.25)
     real = torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]
     packed = kernels.attention(q[real].contiguous(), kc, vc, slots, S, mask, 0.25, torch.tensor([0, 5, 7, 7]))
-    assert packed.shape == (7, 4, 16) and torch.equal(packed, padded[real])
+    assert packed.shape == (7, 4, D) and torch.equal(packed, padded[real])
     with pytest.raises(RuntimeError, match="cu_seqlens"):
         kernels.attention(q[real].contiguous(), kc, vc, slots, S, mask, 0.25, torch.tensor([0, 5, 8, 7]))
 
