@@ -16,8 +16,8 @@ per-round overhead where it was measured rather than extrapolated from K = 8.
 
 The SSD cache's hit rate is not measured (that would mean starting the draft process): `PRIOR_HIT_RATES`,
 measured on a 2-core AMD EPYC with the shipped draft, stand in for it. The choice is stored per (target, draft,
-dtype, device, threads, CPU) under `$PAPERCLUB_HOME/calibration/`, so the next start reuses it (and a seeded
-request samples the same way each time).
+dtype, device, threads, CPU, CPU kernels: `cpu_kernels.kernel_signature`) under `$PAPERCLUB_HOME/calibration/`, so
+the next start reuses it (and a seeded request samples the same way each time).
 """
 
 from __future__ import annotations
