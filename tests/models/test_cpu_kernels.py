@@ -9,7 +9,16 @@ import torch.nn.functional as F
 from paperclub.errors import UserError
 from paperclub.models.config import ModelConfig
 from paperclub.models.llama import AttentionMeta, Block
-from paperclub.nn.cpu_kernels import AVX2, AVX512, AVX512_BF16, cpu_flags, cpu_kernel, kernel_build, load_build
+from paperclub.nn.cpu_kernels import (
+    AVX2,
+    AVX512,
+    AVX512_BF16,
+    cpu_flags,
+    cpu_kernel,
+    kernel_build,
+    load_build,
+    selected_build,
+)
 from paperclub.nn.linear import linear
 from paperclub.nn.rope import rope_table
 
@@ -39,14 +48,14 @@ def test_the_build_follows_the_cpu_flags():
 def test_a_forced_build_is_checked(monkeypatch):
     monkeypatch.setenv("PAPERCLUB_CPU_KERNELS", "sse4")
     with pytest.raises(UserError, match="expected one of avx512_bf16, avx512, avx2, none"):
-        cpu_kernel.__wrapped__()
+        selected_build.__wrapped__()
     monkeypatch.setenv("PAPERCLUB_CPU_KERNELS", "none")
-    assert cpu_kernel.__wrapped__() is None
+    assert selected_build.__wrapped__() is None
     lacking = next((b for b in (AVX512_BF16, AVX512) if not b.requires <= cpu_flags()), None)
     if lacking is not None:
         monkeypatch.setenv("PAPERCLUB_CPU_KERNELS", {AVX512_BF16: "avx512_bf16", AVX512: "avx512"}[lacking])
         with pytest.raises(UserError, match="this CPU lacks"):
-            cpu_kernel.__wrapped__()
+            selected_build.__wrapped__()
 
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -394,7 +403,7 @@ def test_the_kernel_signature_follows_the_sources(tmp_path, monkeypatch):
     cpu_kernels.kernel_signature.cache_clear()
     before = cpu_kernels.kernel_signature()
     assert before == cpu_kernels.kernel_signature() and len(before) == 12
-    build = next(b for b in cpu_kernels.BUILDS if cpu_kernels.load_build(b) is cpu_kernel())
+    build = cpu_kernels.selected_build()
     with open(tmp_path / "kernels" / build.sources[-1], "a") as f:
         f.write("\n// edited\n")
     cpu_kernels.kernel_signature.cache_clear()

@@ -81,26 +81,30 @@ def cpu_flags() -> frozenset[str]:
 
 
 @functools.cache
-def cpu_kernel():
-    """The compiled extension for this CPU, or None where it cannot be built or used. `PAPERCLUB_CPU_KERNELS`
-    picks a build by name (avx512_bf16, avx512, avx2; none: torch's ops), e.g. to compare two on one machine."""
+def selected_build() -> KernelBuild | None:
+    """The build this process uses (None: torch's ops). `PAPERCLUB_CPU_KERNELS` picks one by name (avx512_bf16,
+    avx512, avx2; none: torch's ops), e.g. to compare two on one machine; otherwise the CPU's flags decide."""
     choice = os.environ.get("PAPERCLUB_CPU_KERNELS", "").lower()
     if not choice:
         build = kernel_build(cpu_flags())
         if build is None:
             log.info("CPU has neither AVX-512 nor AVX2+FMA: using torch's ops (not batch-invariant)")
-            return None
-        return load_build(build)
+        return build
     named = {"avx512_bf16": AVX512_BF16, "avx512": AVX512, "avx2": AVX2, "none": None}
     if choice not in named:
         raise UserError(f"PAPERCLUB_CPU_KERNELS={choice!r}: expected one of {', '.join(named)}")
     build = named[choice]
-    if build is None:
-        return None
-    if not build.requires <= cpu_flags():
+    if build is not None and not build.requires <= cpu_flags():
         missing = " ".join(sorted(build.requires - cpu_flags()))
         raise UserError(f"PAPERCLUB_CPU_KERNELS={choice}: this CPU lacks {missing}; unset it for this CPU's build")
-    return load_build(build)
+    return build
+
+
+@functools.cache
+def cpu_kernel():
+    """The compiled extension of `selected_build()`, or None where there is none or it cannot be built."""
+    build = selected_build()
+    return None if build is None else load_build(build)
 
 
 KERNEL_DIR = Path(__file__).parent / "kernels"  # the C++ sources
@@ -184,7 +188,7 @@ def kernel_signature() -> str:
     k = cpu_kernel()
     if k is None:
         return "torch"
-    build = next(b for b in BUILDS if load_build(b) is k)
+    build = selected_build()
     h = hashlib.sha256(build.name.encode())
     for name in build.sources + ("vec_avx2.h", "amx_tiles.h"):
         h.update((KERNEL_DIR / name).read_bytes())

@@ -54,8 +54,6 @@ TileConfig make_config() {
   return c;
 }
 
-inline float exp1(float x) { return _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(x)))); }
-
 // e^x for 16 lanes, each on its own: exp8 (vec_avx2.h) on each half (the merges and the float32 tail).
 inline __m512 exp16(__m512 x) {
   const __m256 lo = exp8(_mm512_castps512_ps256(x));
@@ -166,6 +164,33 @@ inline __m512 round_bf16(__m512 v) {  // to the nearest bf16 (ties to even), as 
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
   return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xFFFF0000u))));
+}
+
+// The softmax numerators of n keys x 16 columns (lanes) in place: each score scaled, -inf where seen(s) leaves its
+// column out; the max per column over the keys kept; e = exp(score - max), exactly 0 where left out, and its sum
+// added key after key. kBf16: e to bf16 precision and rounded to bf16 (the tile path), else float32 (the tail).
+template <bool kBf16, typename SeenFn>
+inline void softmax_lanes(float* sc, int64_t n, float scale, SeenFn seen, __m512& vmax, __m512& vsum) {
+  const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(kNegInf);
+  vmax = ninf;
+  for (int64_t s = 0; s < n; ++s) {
+    const __m512 v = _mm512_mask_mul_ps(ninf, seen(s), _mm512_loadu_ps(sc + s * kCols), vscale);
+    _mm512_storeu_ps(sc + s * kCols, v);
+    vmax = _mm512_max_ps(vmax, v);
+  }
+  vsum = _mm512_setzero_ps();
+  for (int64_t s = 0; s < n; ++s) {
+    const __m512 v = _mm512_loadu_ps(sc + s * kCols);
+    const __mmask16 kept = _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ);
+    __m512 p;
+    if constexpr (kBf16) {
+      p = round_bf16(_mm512_maskz_mov_ps(kept, exp16_bf16(_mm512_sub_ps(v, vmax))));
+    } else {
+      p = _mm512_maskz_mov_ps(kept, exp16(_mm512_sub_ps(v, vmax)));
+    }
+    _mm512_storeu_ps(sc + s * kCols, p);
+    vsum = _mm512_add_ps(vsum, p);
+  }
 }
 
 // What a unit's columns have seen so far: max and sum per column (lanes) and each column's D value sums. A part (its
@@ -319,7 +344,7 @@ void attend_amx(const uint16_t* q, const uint16_t* kc, const uint16_t* vc, const
   std::vector<int64_t> task_unit(tasks);
   for (int64_t i = 0; i < nu; ++i)
     for (int64_t t = units[i].task0; t < (i + 1 < nu ? units[i + 1].task0 : tasks); ++t) task_unit[t] = i;
-  const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(kNegInf);
+  const __m512 ninf = _mm512_set1_ps(kNegInf);
 
   // 1. The tile path, one chunk of kChunk keys per task: scores, the chunk's max per column, e rounded to bf16
   //    and its sum, then sum_k e_k v_k on the tile unit (e as the A tile, pairs of value rows as the B tiles).
@@ -341,21 +366,10 @@ void attend_amx(const uint16_t* q, const uint16_t* kc, const uint16_t* vc, const
       for (int64_t s = 0; s < nk; s += kKeys)
         score_block<D>(u, K, k0 + s, u.xa, qb.data() + qb_at[ui], kpad.data(), sc + s * kCols);
       const __m512i vx = _mm512_load_si512(u.x);
-      __m512 vmax = ninf;
-      for (int64_t s = 0; s < nk; ++s) {
-        const __mmask16 in = _mm512_cmpgt_epi32_mask(vx, _mm512_set1_epi32(int32_t(k0 + s)));
-        const __m512 v = _mm512_mask_mul_ps(ninf, in, _mm512_load_ps(sc + s * kCols), vscale);
-        _mm512_store_ps(sc + s * kCols, v);
-        vmax = _mm512_max_ps(vmax, v);
-      }
-      __m512 vsum = _mm512_setzero_ps();
-      for (int64_t s = 0; s < nk; ++s) {
-        const __m512 v = _mm512_load_ps(sc + s * kCols);
-        const __mmask16 seen_k = _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ);
-        const __m512 p = round_bf16(_mm512_maskz_mov_ps(seen_k, exp16_bf16(_mm512_sub_ps(v, vmax))));
-        _mm512_store_ps(sc + s * kCols, p);
-        vsum = _mm512_add_ps(vsum, p);
-      }
+      __m512 vmax, vsum;
+      softmax_lanes<true>(sc, nk, scale, [&](int64_t s) {  // key k0 + s is in column c's tile part: below x[c]
+        return _mm512_cmpgt_epi32_mask(vx, _mm512_set1_epi32(int32_t(k0 + s)));
+      }, vmax, vsum);
       // e as the A tile's layout, [column][key] in bf16: keys 2r and 2r + 1 of a column make one 32-bit pair (e is
       // already a bf16 value: its low half is zero), then 16 x 16 transposes of the pairs.
       for (int64_t r0 = 0; r0 < nk / 2; r0 += 16) {
@@ -436,20 +450,8 @@ void attend_amx(const uint16_t* q, const uint16_t* kc, const uint16_t* vc, const
         sc.resize((nt + kKeys - 1) / kKeys * kKeys * kCols);
         for (int64_t s = 0; s < nt; s += kKeys)
           score_block<D>(u, K, u.t0 + s, u.n, qb.data() + qb_at[ui], kpad.data(), sc.data() + s * kCols);
-        __m512 vmax = ninf;
-        for (int64_t s = 0; s < nt; ++s) {
-          const __m512 v = _mm512_mask_mul_ps(ninf, tb[s], _mm512_loadu_ps(sc.data() + s * kCols), vscale);
-          _mm512_storeu_ps(sc.data() + s * kCols, v);
-          vmax = _mm512_max_ps(vmax, v);
-        }
-        __m512 vsum = _mm512_setzero_ps();
-        for (int64_t s = 0; s < nt; ++s) {
-          const __m512 v = _mm512_loadu_ps(sc.data() + s * kCols);
-          const __mmask16 seen_k = _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ);
-          const __m512 p = _mm512_maskz_mov_ps(seen_k, exp16(_mm512_sub_ps(v, vmax)));
-          _mm512_storeu_ps(sc.data() + s * kCols, p);
-          vsum = _mm512_add_ps(vsum, p);
-        }
+        __m512 vmax, vsum;
+        softmax_lanes<false>(sc.data(), nt, scale, [&](int64_t s) { return __mmask16(tb[s]); }, vmax, vsum);
         for (int64_t e = 0; e < u.nh; ++e)
           for (int64_t c0 = u.h_first[e]; c0 < u.h_first[e + 1]; c0 += CB) {
             __m512 a[CB][NZ];
