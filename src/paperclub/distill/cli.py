@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extra-prompts", default=None,
                    help="JSONL of training-only prompts, several comma-separated (one greedy continuation each, never "
                         "held out)")
+    p.add_argument("--self-prompts", type=int, default=None,
+                   help="N prompts the target writes for itself (Magpie-style user turns, decontaminated against "
+                        "the held-out and category evaluation prompts), one greedy continuation each (default 0)")
     p.add_argument("--reuse-data", default=None,
                    help="another distill --out made with the same data settings: link its teacher data, including "
                         "that of its --extra-prompts (only --extra-prompts given here are generated)")
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         "extra_prompts": ",".join(str(Path(f).resolve()) for f in args.extra_prompts.split(","))
         if args.extra_prompts else None,
         "arch": args.arch, "reg_weight": args.reg_weight, "feature_noise": args.feature_noise,
-        "unroll": args.unroll,
+        "unroll": args.unroll, "self_prompts": args.self_prompts,
     }
     if args.arch == "head" and args.layers is None and not args.resume:
         given["layers"] = 1  # a head is one block by default

@@ -80,6 +80,8 @@ class DistillConfig:
     reuse_data: str | None = None  # another run's --out whose teacher data (same data settings) this run links
     # JSONL of training-only prompts (several: comma-separated), one greedy continuation each, never evaluated
     extra_prompts: str | None = None
+    # prompts the target writes for itself (Magpie-style, `self_prompts.py`), one greedy continuation each
+    self_prompts: int = 0
     arch: str = "lm"  # "lm": a draft LM (this file); "head": a feature draft head (`head_train.py`, EAGLE-style)
     reg_weight: float = 1.0  # head: weight of the hidden-state regression beside the cross-entropy
     feature_noise: float = 0.0  # head: Gaussian noise on the input features, as a fraction of their RMS
@@ -100,6 +102,7 @@ class DistillConfig:
             (self.arch in ("lm", "head"), f"--arch must be lm or head, got {self.arch!r}"),
             (self.reg_weight >= 0 and self.feature_noise >= 0, "--reg-weight and --feature-noise must be >= 0"),
             (1 <= self.unroll <= 8, f"--unroll must be in [1, 8], got {self.unroll}"),
+            (self.self_prompts >= 0, f"--self-prompts must be >= 0, got {self.self_prompts}"),
             (len(self.data_temperatures) >= 1 and all(0 <= t <= 2 for t in self.data_temperatures),
              f"--data-temperatures must be one or more values in [0, 2], got {self.data_temperatures}"),
         ]
@@ -345,6 +348,10 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
     with atomic_path(work / "eval_prompts.jsonl") as tmp:
         tmp.write_text("".join(json.dumps({"messages": p} if isinstance(p, list) else {"prompt": p}) + "\n"
                                for p in eval_prompts))
+    if cfg.self_prompts:
+        from paperclub.distill.self_prompts import pre_query_ids
+
+        pre_query_ids(llm)  # a target without a chat template fails here, before any teacher data
     if cfg.reuse_data:
         link_teacher_data(Path(cfg.reuse_data), work, cfg)
     paths = build_chunks(llm, train_prompts, work / "data", cfg.chunk_size, cfg.max_new_tokens, cfg.topk,
@@ -353,6 +360,15 @@ def run_distill(target_dir: Path, out: Path, cfg: DistillConfig, resume: bool = 
         extra = [x for f in cfg.extra_prompts.split(",") for x in read_prompts(f)]
         paths += build_chunks(llm, extra, work / "extra", cfg.chunk_size,
                               cfg.max_new_tokens, cfg.topk, temperatures=(0.0,), seed=cfg.seed)
+    if cfg.self_prompts:  # held out from them: this run's evaluation prompts and every category evaluation prompt
+        from paperclub.distill.categories import CATEGORIES, category_prompts
+        from paperclub.distill.self_prompts import self_prompts
+
+        held = [p if isinstance(p, str) else " ".join(m["content"] for m in p)
+                for p in [*eval_prompts, *(q for c in CATEGORIES for q in category_prompts(c))]]
+        own = self_prompts(llm, cfg.self_prompts, work / "self_prompts.json", cfg.seed, held)
+        paths += build_chunks(llm, own, work / "self", cfg.chunk_size, cfg.max_new_tokens, cfg.topk,
+                              temperatures=(0.0,), seed=cfg.seed)
     if cfg.reuse_data:
         paths += sorted((work / REUSED_EXTRA).glob("chunk-*.pt"))
     examples = load_examples(paths)
@@ -479,8 +495,9 @@ REUSED_EXTRA = "reused-extra"
 
 
 def extra_chunks(work: Path) -> list[Path]:
-    """A run's training-only teacher-data chunks: its --extra-prompts and those another run's --reuse-data lent it."""
-    return sorted((work / REUSED_EXTRA).glob("chunk-*.pt")) + sorted((work / "extra").glob("chunk-*.pt"))
+    """A run's training-only teacher-data chunks: its --extra-prompts, its --self-prompts and those another run's
+    --reuse-data lent it."""
+    return [p for d in (REUSED_EXTRA, "extra", "self") for p in sorted((work / d).glob("chunk-*.pt"))]
 
 
 def prepare_out(out: Path, resume: bool, force: bool) -> None:
