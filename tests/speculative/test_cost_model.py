@@ -229,6 +229,28 @@ def test_auto_choice_round_trips_through_its_store(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_the_calibration_key_follows_the_drafts_weights_not_its_docs(default_model_dir, tmp_path, monkeypatch):
+    """A draft retrained and saved over the old one (same path) must be calibrated again."""
+    from paperclub.engine.llm import LLM
+    from paperclub.models.draft import default_draft_dir, weights_digest
+
+    keys = []
+    monkeypatch.setattr(auto, "load", lambda key: keys.append(key) or auto.AutoChoice("ar", 0, None, "stored", {}))
+    LLM(model=str(default_model_dir), draft="default", dtype="float32", device="cpu")
+    shipped = default_draft_dir()
+    assert keys[0]["draft_weights"] == weights_digest(shipped) and keys[0]["draft"] == str(shipped)
+
+    d = tmp_path / "draft"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"weights-1")
+    (d / "README.md").write_text("v1")
+    first = weights_digest(d)
+    (d / "README.md").write_text("v2, same weights")
+    assert weights_digest(d) == first
+    (d / "model.safetensors").write_bytes(b"weights-2")
+    assert weights_digest(d) != first
+
+
 def test_auto_on_the_default_pair_picks_what_measures_fastest(default_model_dir, tmp_path, monkeypatch):
     """Calibrate from scratch, then measure AR, SD with each drafter (the draft's chain, prompt lookup with the
     draft, trees) and SSD on held-out prompts: auto's pick must not be measurably slower than the fastest (5% for

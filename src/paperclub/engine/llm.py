@@ -218,11 +218,13 @@ class LLM:
     def _auto(self, target: ModelRunner):
         """Calibrate (or reuse this machine's stored calibration) and let the cost model choose."""
         from paperclub.device import cpu_model
+        from paperclub.models.draft import weights_digest
         from paperclub.nn.cpu_kernels import kernel_signature
         from paperclub.speculative import auto
 
         threads = torch.get_num_threads() if self.device.type == "cpu" else 0
         key = {"target": str(self.model_dir), "draft": str(self.draft_dir), "dtype": str(self.dtype),
+               "draft_weights": weights_digest(self.draft_dir) if self.draft_dir is not None else None,
                "device": str(self.device), "threads": threads, "cpu": cpu_model(), "version": 2,
                "kernels": kernel_signature() if self.device.type == "cpu" else None}
         choice = auto.load(key)

@@ -18,6 +18,7 @@ and the speculative acceptance rule stays exact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -248,6 +249,18 @@ def is_draft_dir(model_dir: str | Path) -> bool:
         return path.is_file() and DRAFT_KEY in json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """A digest of a model directory's weights (its `*.safetensors` files, by name and content): what a cache of
+    measurements made with these weights (auto's calibration) is keyed by, so a retrained draft saved over an old
+    one in the same place is measured again."""
+    h = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()[:16]
 
 
 def _tokenizer_fingerprint(model_dir: Path) -> tuple[int, dict[str, int]] | None:
