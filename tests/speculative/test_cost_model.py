@@ -228,7 +228,6 @@ def test_auto_choice_round_trips_through_its_store(tmp_path, monkeypatch):
     assert auto.load(key | {"threads": 1}) is None
 
 
-@pytest.mark.slow
 def test_the_calibration_key_follows_the_drafts_weights_not_its_docs(default_model_dir, tmp_path, monkeypatch):
     """A draft retrained and saved over the old one (same path) must be calibrated again."""
     from paperclub.engine.llm import LLM
@@ -251,6 +250,7 @@ def test_the_calibration_key_follows_the_drafts_weights_not_its_docs(default_mod
     assert weights_digest(d) != first
 
 
+@pytest.mark.slow
 def test_auto_on_the_default_pair_picks_what_measures_fastest(default_model_dir, tmp_path, monkeypatch):
     """Calibrate from scratch, then measure AR, SD with each drafter (the draft's chain, prompt lookup with the
     draft, trees) and SSD on held-out prompts: auto's pick must not be measurably slower than the fastest (5% for
