@@ -79,6 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unroll", type=int, default=None,
                    help="head: train on N drafting steps, each fed the head's own previous prediction "
                         "(training-time test; default 1 = teacher forcing only)")
+    p.add_argument("--average", default=None, metavar="A,B",
+                   help="no training: write the weighted mean of two drafts of one shape into --out (a model soup, "
+                        "e.g. a draft and its continuation on new data)")
+    p.add_argument("--average-weight", type=float, default=0.5,
+                   help="with --average: the weight of B (default 0.5)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="delete an existing --out first")
     p.set_defaults(func=run)
@@ -91,6 +96,15 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.force:
         raise UserError("--resume and --force contradict each other: pick one")
     out = Path(args.out)
+    if args.average is not None:
+        from paperclub.distill.soup import average_drafts
+
+        parts = [x for x in args.average.split(",") if x]
+        if len(parts) != 2 or args.resume:
+            raise UserError("--average takes two draft directories, A,B (and no --resume)")
+        prepare_out(out, False, args.force)
+        print(json.dumps(average_drafts(Path(parts[0]), Path(parts[1]), args.average_weight, out)))
+        return 0
     prepare_out(out, args.resume, args.force)
     given = {
         "layers": args.layers, "init": args.init, "draft_vocab": args.draft_vocab, "steps": args.steps,
