@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -56,17 +55,15 @@ def average_drafts(a: Path, b: Path, weight_b: float, out: Path) -> dict[str, fl
             raise UserError(f"{a} and {b} differ in {k} (the draft vocabulary?): they cannot be averaged")
     cfg = dict(cb)
     cfg[DRAFT_KEY] = {**cb[DRAFT_KEY], "averaged": {"a": a.name, "b": b.name, "weight_b": weight_b}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".soup-", dir=out.parent))
-    try:
-        save_file(mixed, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    from paperclub.distill.train import publish
+
+    def write(d: Path) -> None:
+        save_file(mixed, str(d / WEIGHTS), metadata={"format": "pt"})
+        (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         for name in TOKENIZER_FILES:
             if (b / name).is_file():
-                shutil.copyfile(b / name, tmp / name)
-        if out.exists():
-            out.rmdir()  # an empty directory (prepare_out refuses a full one without --force)
-        tmp.replace(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copyfile(b / name, d / name)
+
+    out.mkdir(parents=True, exist_ok=True)
+    publish(out, write)  # each file replaces its predecessor atomically
     return {"weight_b": weight_b, "tensors": len(mixed)}
